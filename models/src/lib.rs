@@ -1,0 +1,47 @@
+//! Candle ports of the models behind the spatial viewer, with their pre- and post-processing.
+//!
+//! * [`vggt`]: VGGT (aggregator, camera head, DPT depth and point heads), at parity with
+//!   facebookresearch/vggt.
+//! * [`sampling`]: space-aware frame sampling (greedy maximum voxel coverage), at parity with
+//!   Spatial-MLLM.
+//! * [`checkpoint`]: reading and checking released checkpoints without loading tensor data.
+
+pub mod checkpoint;
+pub mod interp;
+pub mod nn;
+pub mod resample;
+pub mod sampling;
+pub mod vggt;
+
+pub use candle_core::{DType, Device, Tensor};
+
+/// Parses a user-facing dtype name (`f32`, `bf16`, `f16`).
+pub fn parse_dtype(name: &str) -> anyhow::Result<DType> {
+    match name {
+        "f32" | "float32" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f16" | "float16" => Ok(DType::F16),
+        other => anyhow::bail!("unknown dtype '{other}': expected f32, bf16 or f16"),
+    }
+}
+
+/// Opens a compute device by name (`cpu`, `cuda`, `metal`), with a clear message when this build
+/// lacks the feature.
+pub fn open_device(name: &str) -> anyhow::Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => {
+            if !candle_core::utils::cuda_is_available() {
+                anyhow::bail!("--device cuda: this build has no CUDA support (rebuild with `--features cuda`)");
+            }
+            Ok(Device::new_cuda(0)?)
+        }
+        "metal" => {
+            if !candle_core::utils::metal_is_available() {
+                anyhow::bail!("--device metal: this build has no Metal support (rebuild with `--features metal`)");
+            }
+            Ok(Device::new_metal(0)?)
+        }
+        other => anyhow::bail!("unknown device '{other}': expected cpu, cuda or metal"),
+    }
+}

@@ -1,0 +1,207 @@
+//! Transformer building blocks shared by the VGGT parts (and later the Qwen vision tower):
+//! LayerNorm / Linear loaded with the checkpoint's names, LayerScale, the pre-norm `Block`, and an
+//! attention that never materialises more than a bounded slice of the score matrix.
+
+use candle_core::{D, DType, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// `nn.LayerNorm(dim, eps)` with weight and bias.
+pub fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<candle_nn::LayerNorm> {
+    let weight = vb.get(dim, "weight")?;
+    let bias = vb.get(dim, "bias")?;
+    Ok(candle_nn::LayerNorm::new(weight, bias, eps))
+}
+
+/// Layer norm without affine parameters (DiT's adaLN norm).
+pub fn layer_norm_plain(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let dim = x.dim(D::Minus1)?;
+    let ones = Tensor::ones(dim, x.dtype(), x.device())?;
+    let zeros = Tensor::zeros(dim, x.dtype(), x.device())?;
+    candle_nn::ops::layer_norm(&x.contiguous()?, &ones, &zeros, eps as f32)
+}
+
+/// `nn.Linear(in, out)` with bias.
+pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<candle_nn::Linear> {
+    let weight = vb.get((out_dim, in_dim), "weight")?;
+    let bias = vb.get(out_dim, "bias")?;
+    Ok(candle_nn::Linear::new(weight, Some(bias)))
+}
+
+/// DINOv2's `LayerScale`: a learned per-channel gain.
+#[derive(Debug, Clone)]
+pub struct LayerScale {
+    gamma: Tensor,
+}
+
+impl LayerScale {
+    pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { gamma: vb.get(dim, "gamma")? })
+    }
+}
+
+impl Module for LayerScale {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.broadcast_mul(&self.gamma)
+    }
+}
+
+/// Two-layer MLP with exact (erf) GELU: `fc1 -> GELU -> fc2`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    fc1: candle_nn::Linear,
+    fc2: candle_nn::Linear,
+}
+
+impl Mlp {
+    pub fn new(in_dim: usize, hidden: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { fc1: linear(in_dim, hidden, vb.pp("fc1"))?, fc2: linear(hidden, out_dim, vb.pp("fc2"))? })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&self.fc1.forward(x)?.gelu_erf()?)
+    }
+}
+
+/// Rotary tables for a token sequence: `cos`/`sin` of shape [T, head_dim] laid out so that
+/// `x * cos + rotate(x) * sin` applies the rotation (see [`crate::vggt::rope`]).
+#[derive(Debug, Clone)]
+pub struct RotaryTables {
+    pub cos: Tensor,
+    pub sin: Tensor,
+    /// Size of each independently rotated section of the head (rotate-half within a section).
+    pub section: usize,
+}
+
+impl RotaryTables {
+    /// Applies the rotation to `x` of shape [B, heads, T, head_dim].
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let head_dim = x.dim(D::Minus1)?;
+        let half = self.section / 2;
+        let mut parts = Vec::with_capacity(2 * head_dim / self.section);
+        for start in (0..head_dim).step_by(self.section) {
+            parts.push(x.narrow(D::Minus1, start + half, half)?.neg()?);
+            parts.push(x.narrow(D::Minus1, start, half)?);
+        }
+        let rotated = Tensor::cat(&parts, D::Minus1)?;
+        let cos = self.cos.to_dtype(x.dtype())?;
+        let sin = self.sin.to_dtype(x.dtype())?;
+        x.broadcast_mul(&cos)?.add(&rotated.broadcast_mul(&sin)?)
+    }
+}
+
+/// Upper bound on the number of attention scores held at once (per call), in elements.
+/// 64M f32 scores = 256 MiB: global attention over many frames is computed in query chunks.
+const MAX_SCORE_ELEMENTS: usize = 64 * 1024 * 1024;
+
+/// Softmax attention `softmax(q k^T * scale) v` for q, k, v of shape [B, heads, T, d], computed
+/// in chunks of queries so memory stays bounded for long sequences. Scores are accumulated in f32.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let (b, h, t_q, _d) = q.dims4()?;
+    let t_k = k.dim(2)?;
+    let in_dtype = q.dtype();
+    let k_t = k.transpose(2, 3)?.contiguous()?;
+    let v = v.contiguous()?;
+    let per_query = b * h * t_k;
+    let chunk = (MAX_SCORE_ELEMENTS / per_query.max(1)).clamp(1, t_q.max(1));
+    let mut outputs = Vec::with_capacity(t_q.div_ceil(chunk));
+    let mut start = 0;
+    while start < t_q {
+        let len = chunk.min(t_q - start);
+        let q_chunk = q.narrow(2, start, len)?.contiguous()?;
+        let scores = (q_chunk.matmul(&k_t)? * scale)?;
+        let probs = if in_dtype == DType::F32 {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(in_dtype)?
+        };
+        outputs.push(probs.matmul(&v)?);
+        start += len;
+    }
+    if outputs.len() == 1 { Ok(outputs.pop().unwrap()) } else { Tensor::cat(&outputs, 2) }
+}
+
+/// Multi-head self-attention with a fused qkv projection, optional per-head q/k LayerNorm and
+/// optional rotary embedding (VGGT's `Attention`).
+#[derive(Debug, Clone)]
+pub struct SelfAttention {
+    qkv: candle_nn::Linear,
+    proj: candle_nn::Linear,
+    qk_norm: Option<(candle_nn::LayerNorm, candle_nn::LayerNorm)>,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+impl SelfAttention {
+    pub fn new(dim: usize, num_heads: usize, qk_norm: bool, vb: VarBuilder) -> Result<Self> {
+        let head_dim = dim / num_heads;
+        let qk_norm = if qk_norm {
+            Some((layer_norm(head_dim, 1e-5, vb.pp("q_norm"))?, layer_norm(head_dim, 1e-5, vb.pp("k_norm"))?))
+        } else {
+            None
+        };
+        Ok(Self {
+            qkv: linear(dim, 3 * dim, vb.pp("qkv"))?,
+            proj: linear(dim, dim, vb.pp("proj"))?,
+            qk_norm,
+            num_heads,
+            head_dim,
+        })
+    }
+
+    /// x: [B, T, C] -> [B, T, C].
+    pub fn forward(&self, x: &Tensor, rope: Option<&RotaryTables>) -> Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        let qkv = self.qkv.forward(x)?.reshape((b, t, 3, self.num_heads, self.head_dim))?.permute((2, 0, 3, 1, 4))?;
+        let mut q = qkv.get(0)?;
+        let mut k = qkv.get(1)?;
+        let v = qkv.get(2)?;
+        if let Some((q_norm, k_norm)) = &self.qk_norm {
+            q = q_norm.forward(&q.contiguous()?)?;
+            k = k_norm.forward(&k.contiguous()?)?;
+        }
+        if let Some(rope) = rope {
+            q = rope.apply(&q)?;
+            k = rope.apply(&k)?;
+        }
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let out = attention(&q, &k, &v, scale)?;
+        let out = out.transpose(1, 2)?.reshape((b, t, c))?;
+        self.proj.forward(&out)
+    }
+}
+
+/// Pre-norm transformer block with LayerScale:
+/// `x + ls1(attn(norm1(x)))`, then `x + ls2(mlp(norm2(x)))`.
+#[derive(Debug, Clone)]
+pub struct Block {
+    norm1: candle_nn::LayerNorm,
+    attn: SelfAttention,
+    ls1: LayerScale,
+    norm2: candle_nn::LayerNorm,
+    mlp: Mlp,
+    ls2: LayerScale,
+}
+
+impl Block {
+    pub fn new(dim: usize, num_heads: usize, mlp_ratio: f64, qk_norm: bool, eps: f64, vb: VarBuilder) -> Result<Self> {
+        let hidden = (dim as f64 * mlp_ratio) as usize;
+        Ok(Self {
+            norm1: layer_norm(dim, eps, vb.pp("norm1"))?,
+            attn: SelfAttention::new(dim, num_heads, qk_norm, vb.pp("attn"))?,
+            ls1: LayerScale::new(dim, vb.pp("ls1"))?,
+            norm2: layer_norm(dim, eps, vb.pp("norm2"))?,
+            mlp: Mlp::new(dim, hidden, dim, vb.pp("mlp"))?,
+            ls2: LayerScale::new(dim, vb.pp("ls2"))?,
+        })
+    }
+
+    /// x: [B, T, C] -> [B, T, C].
+    pub fn forward(&self, x: &Tensor, rope: Option<&RotaryTables>) -> Result<Tensor> {
+        let h = self.attn.forward(&self.norm1.forward(x)?, rope)?;
+        let x = (x + self.ls1.forward(&h)?)?;
+        let h = self.mlp.forward(&self.norm2.forward(&x)?)?;
+        x + self.ls2.forward(&h)?
+    }
+}

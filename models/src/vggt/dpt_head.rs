@@ -1,0 +1,240 @@
+//! DPT heads for depth (`exp`) and world points (`inv_log`), both with an `expp1` confidence.
+//! Four aggregated layers are projected, resized to four scales, fused RefineNet-style with
+//! bilinear (align_corners) upsampling, and brought back to the input resolution.
+
+use super::config::VggtConfig;
+use crate::nn::layer_norm;
+use candle_core::{D, DType, Module, Result, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, VarBuilder};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DptActivation {
+    /// Depth: `exp`.
+    Exp,
+    /// World points: `sign(x) * expm1(|x|)`.
+    InvLog,
+}
+
+fn conv(in_c: usize, out_c: usize, k: usize, stride: usize, padding: usize, bias: bool, vb: VarBuilder) -> Result<Conv2d> {
+    let weight = vb.get((out_c, in_c, k, k), "weight")?;
+    let bias = if bias { Some(vb.get(out_c, "bias")?) } else { None };
+    Ok(Conv2d::new(weight, bias, Conv2dConfig { padding, stride, ..Default::default() }))
+}
+
+/// `relu -> conv3x3 -> relu -> conv3x3`, plus the input. Upstream's ReLU is in-place, so the
+/// skip connection adds the *rectified* input; we reproduce that.
+#[derive(Debug, Clone)]
+struct ResidualConvUnit {
+    conv1: Conv2d,
+    conv2: Conv2d,
+}
+
+impl ResidualConvUnit {
+    fn new(features: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { conv1: conv(features, features, 3, 1, 1, true, vb.pp("conv1"))?, conv2: conv(features, features, 3, 1, 1, true, vb.pp("conv2"))? })
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.relu()?;
+        let out = self.conv2.forward(&self.conv1.forward(&x)?.relu()?)?;
+        out + x
+    }
+}
+
+#[derive(Debug, Clone)]
+struct FusionBlock {
+    res_conf_unit1: Option<ResidualConvUnit>,
+    res_conf_unit2: ResidualConvUnit,
+    out_conv: Conv2d,
+}
+
+impl FusionBlock {
+    fn new(features: usize, has_residual: bool, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            res_conf_unit1: if has_residual { Some(ResidualConvUnit::new(features, vb.pp("resConfUnit1"))?) } else { None },
+            res_conf_unit2: ResidualConvUnit::new(features, vb.pp("resConfUnit2"))?,
+            out_conv: conv(features, features, 1, 1, 0, true, vb.pp("out_conv"))?,
+        })
+    }
+    /// Fuses `x` with the skip feature, then upsamples to `size` (or x2).
+    fn forward(&self, x: &Tensor, skip: Option<&Tensor>, size: Option<(usize, usize)>) -> Result<Tensor> {
+        let mut out = x.clone();
+        if let (Some(unit), Some(skip)) = (&self.res_conf_unit1, skip) {
+            out = (out + unit.forward(skip)?)?;
+        }
+        let out = self.res_conf_unit2.forward(&out)?;
+        let (h, w) = out.dims4().map(|(_, _, h, w)| (h, w))?;
+        let (th, tw) = size.unwrap_or((2 * h, 2 * w));
+        let out = out.upsample_bilinear2d(th, tw, true)?;
+        self.out_conv.forward(&out)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Resize {
+    Up(ConvTranspose2d),
+    Identity,
+    Down(Conv2d),
+}
+
+impl Resize {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Resize::Up(c) => c.forward(x),
+            Resize::Identity => Ok(x.clone()),
+            Resize::Down(c) => c.forward(x),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DptHead {
+    norm: candle_nn::LayerNorm,
+    projects: Vec<Conv2d>,
+    resize_layers: Vec<Resize>,
+    layer_rn: Vec<Conv2d>,
+    refinenets: Vec<FusionBlock>, // refinenet1..4
+    output_conv1: Conv2d,
+    output_conv2a: Conv2d,
+    output_conv2b: Conv2d,
+    layer_idx: [usize; 4],
+    patch_size: usize,
+    activation: DptActivation,
+}
+
+/// Frames processed together by a head; the heads are strictly per-frame.
+pub const FRAMES_CHUNK: usize = 8;
+
+impl DptHead {
+    pub fn new(cfg: &VggtConfig, output_dim: usize, activation: DptActivation, vb: VarBuilder) -> Result<Self> {
+        let dim_in = cfg.head_dim_in();
+        let d = &cfg.dpt_head;
+        let oc = d.out_channels;
+        let f = d.features;
+        let projects = (0..4).map(|i| conv(dim_in, oc[i], 1, 1, 0, true, vb.pp("projects").pp(i))).collect::<Result<Vec<_>>>()?;
+        let ct = |i: usize, k: usize| -> Result<Resize> {
+            let v = vb.pp("resize_layers").pp(i);
+            Ok(Resize::Up(ConvTranspose2d::new(
+                v.get((oc[i], oc[i], k, k), "weight")?,
+                Some(v.get(oc[i], "bias")?),
+                ConvTranspose2dConfig { padding: 0, output_padding: 0, stride: k, dilation: 1 },
+            )))
+        };
+        let resize_layers = vec![ct(0, 4)?, ct(1, 2)?, Resize::Identity, Resize::Down(conv(oc[3], oc[3], 3, 2, 1, true, vb.pp("resize_layers").pp(3))?)];
+        let scratch = vb.pp("scratch");
+        let layer_rn = (0..4).map(|i| conv(oc[i], f, 3, 1, 1, false, scratch.pp(format!("layer{}_rn", i + 1)))).collect::<Result<Vec<_>>>()?;
+        let refinenets = (1..=4).map(|i| FusionBlock::new(f, i != 4, scratch.pp(format!("refinenet{i}")))).collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            norm: layer_norm(dim_in, 1e-5, vb.pp("norm"))?,
+            projects,
+            resize_layers,
+            layer_rn,
+            refinenets,
+            output_conv1: conv(f, f / 2, 3, 1, 1, true, scratch.pp("output_conv1"))?,
+            output_conv2a: conv(f / 2, 32, 3, 1, 1, true, scratch.pp("output_conv2").pp(0))?,
+            output_conv2b: conv(32, output_dim, 1, 1, 0, true, scratch.pp("output_conv2").pp(2))?,
+            layer_idx: d.intermediate_layer_idx,
+            patch_size: cfg.patch_size,
+            activation,
+        })
+    }
+
+    pub fn layer_indices(&self) -> [usize; 4] {
+        self.layer_idx
+    }
+
+    /// layers: the aggregated layers (at least the four this head reads), [S, T, 2C];
+    /// image size (H, W). Returns (prediction [S, H, W, C-1], confidence [S, H, W]).
+    pub fn forward(&self, layers: &BTreeMap<usize, Tensor>, patch_start: usize, image_hw: (usize, usize)) -> Result<(Tensor, Tensor)> {
+        let s = layers.values().next().map(|t| t.dim(0)).transpose()?.unwrap_or(0);
+        let mut preds = Vec::new();
+        let mut confs = Vec::new();
+        let mut start = 0;
+        while start < s {
+            let len = FRAMES_CHUNK.min(s - start);
+            let (p, c) = self.forward_chunk(layers, patch_start, image_hw, start, len)?;
+            preds.push(p);
+            confs.push(c);
+            start += len;
+        }
+        Ok((Tensor::cat(&preds, 0)?, Tensor::cat(&confs, 0)?))
+    }
+
+    fn forward_chunk(&self, layers: &BTreeMap<usize, Tensor>, patch_start: usize, (h, w): (usize, usize), start: usize, len: usize) -> Result<(Tensor, Tensor)> {
+        let (gh, gw) = (h / self.patch_size, w / self.patch_size);
+        let dtype = self.norm.weight().dtype();
+        let mut feats = Vec::with_capacity(4);
+        for (i, idx) in self.layer_idx.iter().enumerate() {
+            let layer = layers.get(idx).ok_or_else(|| candle_core::Error::Msg(format!("DPT head needs aggregated layer {idx}, which was not kept")))?;
+            let tokens = layer.narrow(0, start, len)?;
+            let tokens = tokens.narrow(1, patch_start, tokens.dim(1)? - patch_start)?.to_dtype(dtype)?;
+            let x = self.norm.forward(&tokens.contiguous()?)?;
+            let c = x.dim(2)?;
+            let x = x.transpose(1, 2)?.reshape((len, c, gh, gw))?;
+            let x = self.projects[i].forward(&x)?;
+            let x = add_uv_embedding(&x, w, h)?;
+            feats.push(self.resize_layers[i].forward(&x)?);
+        }
+        let rn: Vec<Tensor> = feats.iter().zip(&self.layer_rn).map(|(f, c)| c.forward(f)).collect::<Result<_>>()?;
+        let size = |t: &Tensor| t.dims4().map(|(_, _, h, w)| (h, w));
+        let out = self.refinenets[3].forward(&rn[3], None, Some(size(&rn[2])?))?;
+        let out = self.refinenets[2].forward(&out, Some(&rn[2]), Some(size(&rn[1])?))?;
+        let out = self.refinenets[1].forward(&out, Some(&rn[1]), Some(size(&rn[0])?))?;
+        let out = self.refinenets[0].forward(&out, Some(&rn[0]), None)?;
+        let out = self.output_conv1.forward(&out)?;
+        let out = out.upsample_bilinear2d(gh * self.patch_size, gw * self.patch_size, true)?;
+        let out = add_uv_embedding(&out, w, h)?;
+        let out = self.output_conv2b.forward(&self.output_conv2a.forward(&out)?.relu()?)?;
+        let out = out.to_dtype(DType::F32)?.permute((0, 2, 3, 1))?; // [S, H, W, C]
+        let channels = out.dim(D::Minus1)?;
+        let values = out.narrow(D::Minus1, 0, channels - 1)?;
+        let conf = (out.narrow(D::Minus1, channels - 1, 1)?.squeeze(D::Minus1)?.exp()? + 1.0)?;
+        let values = match self.activation {
+            DptActivation::Exp => values.exp()?,
+            DptActivation::InvLog => (values.sign()? * (values.abs()?.exp()? - 1.0)?)?,
+        };
+        Ok((values, conf))
+    }
+}
+
+/// Adds 0.1 x the sin-cos embedding of the normalised view-plane UV grid to a [N, C, h, w] map
+/// (`_apply_pos_embed`); `w`/`h` are the image's, which set the aspect ratio.
+fn add_uv_embedding(x: &Tensor, image_w: usize, image_h: usize) -> Result<Tensor> {
+    let (_, c, h, w) = x.dims4()?;
+    let emb = uv_embedding(c, h, w, image_w as f64 / image_h as f64);
+    let emb = Tensor::from_vec(emb, (c, h, w), x.device())?.to_dtype(x.dtype())?.unsqueeze(0)?;
+    x.broadcast_add(&emb)
+}
+
+/// Channel-first [C, h, w] embedding: [sin(u w), cos(u w), sin(v w), cos(v w)], each C/4 wide.
+fn uv_embedding(c: usize, h: usize, w: usize, aspect: f64) -> Vec<f32> {
+    let diag = (1.0 + aspect * aspect).sqrt();
+    let (span_x, span_y) = (aspect / diag, 1.0 / diag);
+    // torch.linspace in f32, as upstream builds the grid in the feature dtype.
+    let linspace = |lo: f64, n: usize| -> Vec<f64> {
+        let (lo, hi) = (lo as f32, -lo as f32);
+        if n == 1 {
+            return vec![lo as f64];
+        }
+        let step = (hi - lo) / (n - 1) as f32;
+        (0..n).map(|i| if i < n / 2 { lo + step * i as f32 } else { hi - step * (n - 1 - i) as f32 } as f64).collect()
+    };
+    let u = linspace(-span_x * (w - 1) as f64 / w as f64, w);
+    let v = linspace(-span_y * (h - 1) as f64 / h as f64, h);
+    let quarter = c / 4;
+    let omega: Vec<f64> = (0..quarter).map(|k| 1.0 / 100f64.powf(k as f64 / quarter as f64)).collect();
+    let mut out = vec![0f32; c * h * w];
+    for y in 0..h {
+        for x in 0..w {
+            for (k, om) in omega.iter().enumerate() {
+                let (a, b) = (u[x] * om, v[y] * om);
+                let at = |ch: usize| ch * h * w + y * w + x;
+                out[at(k)] = (0.1 * a.sin() as f32 as f64) as f32;
+                out[at(quarter + k)] = (0.1 * a.cos() as f32 as f64) as f32;
+                out[at(2 * quarter + k)] = (0.1 * b.sin() as f32 as f64) as f32;
+                out[at(3 * quarter + k)] = (0.1 * b.cos() as f32 as f64) as f32;
+            }
+        }
+    }
+    out
+}

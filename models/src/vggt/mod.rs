@@ -1,0 +1,134 @@
+//! VGGT (Visual Geometry Grounded Transformer), ported from facebookresearch/vggt.
+//!
+//! `Vggt::forward` takes frames [S, 3, H, W] in [0, 1] (sides multiples of 14) and returns camera
+//! pose encodings, depth and world point maps with their confidences, all in the first camera's
+//! frame. The aggregator runs in the weights' dtype; the heads always run in f32, as upstream.
+
+pub mod aggregator;
+pub mod camera_head;
+pub mod config;
+pub mod dino;
+pub mod dpt_head;
+pub mod pose;
+pub mod preprocess;
+pub mod rope;
+
+pub use aggregator::{Aggregator, AggregatorOutput};
+pub use camera_head::CameraHead;
+pub use config::VggtConfig;
+pub use dpt_head::{DptActivation, DptHead};
+pub use pose::Camera;
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+use std::collections::BTreeSet;
+
+/// Everything one VGGT run predicts, for S frames of H x W.
+#[derive(Debug, Clone)]
+pub struct VggtOutput {
+    /// [S, 9] from the last refinement.
+    pub pose_enc: Tensor,
+    /// One [S, 9] per camera-head iteration.
+    pub pose_enc_list: Vec<Tensor>,
+    /// [S, H, W, 1] z-depth.
+    pub depth: Tensor,
+    /// [S, H, W], >= 1.
+    pub depth_conf: Tensor,
+    /// [S, H, W, 3] in the first camera's frame.
+    pub world_points: Tensor,
+    /// [S, H, W], >= 1.
+    pub world_points_conf: Tensor,
+}
+
+impl VggtOutput {
+    /// Cameras (extrinsic, intrinsic) of every frame.
+    pub fn cameras(&self, image_hw: (usize, usize)) -> Result<Vec<Camera>> {
+        let enc: Vec<Vec<f32>> = self.pose_enc.to_dtype(DType::F32)?.to_vec2()?;
+        Ok(enc.iter().map(|e| Camera::from_pose_encoding(e, image_hw)).collect())
+    }
+}
+
+/// Which parts of VGGT a checkpoint provides / a run needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VggtParts {
+    /// The aggregator alone (Spatial-MLLM's spatial encoder).
+    AggregatorOnly,
+    /// Aggregator, camera head, depth head, point head.
+    Full,
+}
+
+#[derive(Debug, Clone)]
+pub struct Vggt {
+    pub aggregator: Aggregator,
+    pub camera_head: Option<CameraHead>,
+    pub depth_head: Option<DptHead>,
+    pub point_head: Option<DptHead>,
+    pub config: VggtConfig,
+}
+
+impl Vggt {
+    /// Builds VGGT from `vb` (rooted where `aggregator.*` lives) in the aggregator dtype of `vb`;
+    /// `heads_vb` supplies the heads (normally the same checkpoint in f32).
+    pub fn new(cfg: &VggtConfig, vb: VarBuilder, heads_vb: Option<VarBuilder>) -> Result<Self> {
+        cfg.validate().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let aggregator = Aggregator::new(cfg, vb.pp("aggregator"))?;
+        let (camera_head, depth_head, point_head) = match heads_vb {
+            Some(h) => (
+                Some(CameraHead::new(cfg, h.pp("camera_head"))?),
+                Some(DptHead::new(cfg, 2, DptActivation::Exp, h.pp("depth_head"))?),
+                Some(DptHead::new(cfg, 4, DptActivation::InvLog, h.pp("point_head"))?),
+            ),
+            None => (None, None, None),
+        };
+        Ok(Self { aggregator, camera_head, depth_head, point_head, config: cfg.clone() })
+    }
+
+    /// Loads from safetensors files (one or the shards of one checkpoint), memory-mapped.
+    /// `prefix` is "" for a VGGT checkpoint and "spatial_encoder.vggt_model" inside Spatial-MLLM.
+    pub fn load(cfg: &VggtConfig, files: &[std::path::PathBuf], prefix: &str, parts: VggtParts, dtype: DType, device: &Device) -> Result<Self> {
+        // SAFETY: the files are memory-mapped read-only; they must not be modified while loaded.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device)? };
+        let vb = if prefix.is_empty() { vb } else { vb.pp(prefix) };
+        let heads_vb = match parts {
+            VggtParts::AggregatorOnly => None,
+            VggtParts::Full => {
+                let v = unsafe { VarBuilder::from_mmaped_safetensors(files, DType::F32, device)? };
+                Some(if prefix.is_empty() { v } else { v.pp(prefix) })
+            }
+        };
+        Self::new(cfg, vb, heads_vb)
+    }
+
+    /// The aggregated layers the heads read (the DPT layers and the last one).
+    pub fn needed_layers(&self) -> Vec<usize> {
+        let mut set: BTreeSet<usize> = self.config.dpt_head.intermediate_layer_idx.iter().copied().collect();
+        set.insert(self.config.depth - 1);
+        set.into_iter().collect()
+    }
+
+    /// images: [S, 3, H, W] in [0, 1]. Returns None when `progress` asked to stop.
+    pub fn forward_with_progress(&self, images: &Tensor, progress: Option<aggregator::Progress>) -> Result<Option<VggtOutput>> {
+        let (_, _, h, w) = images.dims4()?;
+        let p = self.config.patch_size;
+        if h % p != 0 || w % p != 0 {
+            candle_core::bail!("VGGT needs image sides that are multiples of {p}, got {w}x{h}");
+        }
+        let (camera_head, depth_head, point_head) = match (&self.camera_head, &self.depth_head, &self.point_head) {
+            (Some(c), Some(d), Some(pt)) => (c, d, pt),
+            _ => candle_core::bail!("this VGGT was loaded without its heads (aggregator only)"),
+        };
+        let Some(agg) = self.aggregator.forward(images, &self.needed_layers(), false, progress)? else {
+            return Ok(None);
+        };
+        let last = &agg.layers[&(self.config.depth - 1)];
+        let pose_enc_list = camera_head.forward(last)?;
+        let pose_enc = pose_enc_list.last().cloned().ok_or_else(|| candle_core::Error::Msg("camera head has 0 iterations".into()))?;
+        let (depth, depth_conf) = depth_head.forward(&agg.layers, agg.patch_start_idx, (h, w))?;
+        let (world_points, world_points_conf) = point_head.forward(&agg.layers, agg.patch_start_idx, (h, w))?;
+        Ok(Some(VggtOutput { pose_enc, pose_enc_list, depth, depth_conf, world_points, world_points_conf }))
+    }
+
+    pub fn forward(&self, images: &Tensor) -> Result<VggtOutput> {
+        self.forward_with_progress(images, None).map(|o| o.expect("no progress callback, so no cancellation"))
+    }
+}

@@ -1,0 +1,28 @@
+#![allow(dead_code)]
+//! Helpers shared by the parity tests: fixture paths and tolerance checks.
+
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+pub fn fixture(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)
+}
+
+pub fn load_expected(path: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture(path), &Device::Cpu).expect("fixture loads")
+}
+
+/// Largest |a - b| / max(1, |b|) over all elements (absolute below 1, relative above).
+pub fn max_scaled_diff(actual: &Tensor, expected: &Tensor) -> f32 {
+    assert_eq!(actual.dims(), expected.dims(), "shape mismatch");
+    let a: Vec<f32> = actual.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let e: Vec<f32> = expected.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    a.iter().zip(&e).map(|(a, e)| (a - e).abs() / e.abs().max(1.0)).fold(0.0, f32::max)
+}
+
+pub fn assert_close(name: &str, actual: &Tensor, expected: &Tensor, tol: f32) {
+    let d = max_scaled_diff(actual, expected);
+    assert!(d <= tol, "{name}: max scaled diff {d} > {tol}");
+    eprintln!("{name}: max scaled diff {d:.2e}");
+}
