@@ -1,1 +1,59 @@
-fn main(){}
+//! `spatial-viewer`: the Bevy GUI when run without a subcommand, headless tools otherwise.
+
+mod cli;
+mod demo;
+mod gui;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "spatial-viewer", version, about = "Explore the spatial intelligence of video models (VGGT + Spatial-MLLM)")]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Video file or folder of frames to open in the GUI (default: the built-in demo scene).
+    input: Option<PathBuf>,
+    /// Run the scripted steps of this JSON file in the live window (see README).
+    #[arg(long)]
+    script: Option<PathBuf>,
+    /// VGGT checkpoint folder to load at start-up.
+    #[arg(long)]
+    vggt: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Inspect checkpoints.
+    Weights {
+        #[command(subcommand)]
+        command: cli::weights::WeightsCommand,
+    },
+    /// Run VGGT on a folder of frames and save the geometry.
+    Reconstruct(cli::reconstruct::ReconstructArgs),
+    /// Space-aware frame sampling on saved geometry.
+    Sample(cli::sample::SampleArgs),
+    /// Benchmarks (print a table).
+    Bench {
+        #[command(subcommand)]
+        command: cli::bench::BenchCommand,
+    },
+}
+
+fn main() {
+    let args = Args::parse();
+    let result = match args.command {
+        Some(Command::Weights { command }) => cli::weights::run(command),
+        Some(Command::Reconstruct(a)) => cli::reconstruct::run(a),
+        Some(Command::Sample(a)) => cli::sample::run(a),
+        Some(Command::Bench { command }) => cli::bench::run(command),
+        None => gui::run(gui::GuiOptions { input: args.input, script: args.script, vggt: args.vggt }),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

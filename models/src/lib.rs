@@ -9,6 +9,7 @@
 pub mod checkpoint;
 pub mod interp;
 pub mod nn;
+pub mod reconstruction;
 pub mod resample;
 pub mod sampling;
 pub mod vggt;

@@ -132,3 +132,32 @@ impl Vggt {
         self.forward_with_progress(images, None).map(|o| o.expect("no progress callback, so no cancellation"))
     }
 }
+
+/// Every tensor (name -> shape) VGGT asks for with `cfg`, learned by building it on a recording
+/// backend (no memory is allocated for the weights).
+pub fn expected_tensors(cfg: &VggtConfig, parts: VggtParts) -> anyhow::Result<std::collections::BTreeMap<String, Vec<usize>>> {
+    let backend = crate::checkpoint::RecordingBackend::default();
+    let vb = backend.var_builder(DType::F32);
+    let heads = matches!(parts, VggtParts::Full).then(|| vb.clone());
+    Vggt::new(cfg, vb, heads)?;
+    Ok(backend.requested())
+}
+
+/// Rough floating-point operation count of one VGGT forward over `frames` frames of `h x w`
+/// (transformer matmuls and attention; the DPT heads add a few percent). Used for the ETA the app
+/// shows before a run.
+pub fn estimate_flops(cfg: &VggtConfig, frames: usize, h: usize, w: usize) -> f64 {
+    let p = (h / cfg.patch_size) * (w / cfg.patch_size);
+    let c = cfg.embed_dim as f64;
+    let s = frames as f64;
+    let block = |tokens: f64, ctx: f64, dim: f64, ratio: f64| tokens * (2.0 * (4.0 + 2.0 * ratio) * dim * dim + 4.0 * ctx * dim);
+    let dino_t = (p + 1 + cfg.dino_registers()) as f64;
+    let dino = cfg.dino_depth() as f64 * block(s * dino_t, dino_t, c, cfg.dino_mlp_ratio());
+    let t = (p + cfg.patch_start_idx()) as f64;
+    let agg = cfg.depth as f64 * (block(s * t, t, c, cfg.mlp_ratio) + block(s * t, s * t, c, cfg.mlp_ratio));
+    let cam = cfg.camera_head.iterations as f64 * cfg.camera_head.trunk_depth as f64 * block(s, s, 2.0 * c, cfg.camera_head.mlp_ratio);
+    (dino + agg + cam) * 1.08
+}
+
+/// Effective f32 CPU throughput assumed for ETAs before the first measured run (FLOP/s).
+pub const CPU_FLOPS_GUESS: f64 = 80e9;

@@ -1,0 +1,225 @@
+//! The frame source and its playback: play/pause (space), step (left/right), scrub and speed.
+//! Demo frames live in memory at 320x240; folder frames are decoded on demand at display size,
+//! with a small cache, so memory stays bounded whatever the folder holds.
+
+use super::tasks::{FolderInfo, FolderOpened, FrameDecoded, Job, SceneLoaded, Worker};
+use super::{OpenRequest, SeekRequest, StartupOptions, StatusLine};
+use bevy::prelude::*;
+use bevy_egui::EguiContexts;
+use spatial_models::reconstruction::Reconstruction;
+use spatial_models::vggt::preprocess::RgbFrame;
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
+
+pub const DEMO_FPS: f32 = 10.0;
+const CACHE_FRAMES: usize = 48;
+
+pub enum FrameSource {
+    Demo(Arc<Reconstruction>),
+    Folder(Arc<FolderInfo>),
+}
+
+#[derive(Resource, Default)]
+pub struct Player {
+    pub source: Option<FrameSource>,
+    pub label: String,
+    pub frame_count: usize,
+    pub current: usize,
+    pub playing: bool,
+    pub speed: f32,
+    pub fps: f32,
+    accumulated: f32,
+    cache: VecDeque<(usize, Arc<RgbFrame>)>,
+    requested: Option<usize>,
+    /// The frame on screen (may lag `current` while a decode is in flight).
+    pub shown: Option<(usize, Arc<RgbFrame>)>,
+}
+
+impl Player {
+    pub fn seek(&mut self, frame: usize) {
+        if self.frame_count > 0 {
+            self.current = frame.min(self.frame_count - 1);
+        }
+    }
+    pub fn time_of(&self, frame: usize) -> f32 {
+        frame as f32 / self.fps.max(1e-3)
+    }
+}
+
+/// Video containers the video issue will decode; until then they get a clear message.
+const VIDEO_EXTENSIONS: [&str; 10] = ["mp4", "mov", "mkv", "webm", "avi", "m4v", "mpg", "mpeg", "ts", "3gp"];
+
+fn handle_open(mut requests: MessageReader<OpenRequest>, mut worker: ResMut<Worker>, mut status: ResMut<StatusLine>, settings: Res<super::scene::ViewSettings>) {
+    for req in requests.read() {
+        match req {
+            OpenRequest::Demo => {
+                status.info("building the demo scene...");
+                worker.submit(Job::BuildDemo { frames: crate::demo::DEMO_FRAMES, budget: settings.point_budget, source: settings.source });
+            }
+            OpenRequest::Path(p) if p.as_os_str() == "demo" => {
+                status.info("building the demo scene...");
+                worker.submit(Job::BuildDemo { frames: crate::demo::DEMO_FRAMES, budget: settings.point_budget, source: settings.source });
+            }
+            OpenRequest::Path(p) if p.is_dir() => {
+                status.info(format!("opening {}...", p.display()));
+                worker.submit(Job::ScanFolder(p.clone()));
+            }
+            OpenRequest::Path(p) if !p.exists() => status.error(format!("{}: no such file or folder", p.display())),
+            OpenRequest::Path(p) => {
+                let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+                if VIDEO_EXTENSIONS.contains(&ext.as_str()) {
+                    status.error(format!("{}: video files are not supported yet; open a folder of frames (e.g. extracted with `ffmpeg -i VIDEO frames/%05d.png`)", p.display()));
+                } else if matches!(ext.as_str(), "png" | "jpg" | "jpeg") {
+                    if let Some(parent) = p.parent() {
+                        status.info(format!("opening the folder of {}...", p.display()));
+                        worker.submit(Job::ScanFolder(parent.to_path_buf()));
+                    }
+                } else {
+                    status.error(format!("{}: not a video or a folder of frames", p.display()));
+                }
+            }
+        }
+    }
+}
+
+fn on_scene_loaded(mut loaded: MessageReader<SceneLoaded>, mut player: ResMut<Player>) {
+    for SceneLoaded(scene) in loaded.read() {
+        if scene.label.starts_with("demo") {
+            player.source = Some(FrameSource::Demo(scene.rec.clone()));
+            player.label = scene.label.clone();
+            player.frame_count = scene.rec.frames;
+            player.fps = DEMO_FPS;
+            player.current = 0;
+            player.cache.clear();
+            player.shown = None;
+            player.requested = None;
+        }
+    }
+}
+
+fn on_folder_opened(mut opened: MessageReader<FolderOpened>, mut player: ResMut<Player>, mut status: ResMut<StatusLine>) {
+    for FolderOpened(info) in opened.read() {
+        status.info(format!(
+            "{}: {} frames of {}x{} (no geometry yet: reconstructing a folder with VGGT comes with the video issue)",
+            info.path.display(),
+            info.files.len(),
+            info.width,
+            info.height
+        ));
+        player.label = format!("{}", info.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default());
+        player.frame_count = info.files.len();
+        player.source = Some(FrameSource::Folder(info.clone()));
+        player.fps = 10.0;
+        player.current = 0;
+        player.cache.clear();
+        player.shown = None;
+        player.requested = None;
+    }
+}
+
+fn demo_frame(rec: &Reconstruction, f: usize) -> RgbFrame {
+    let n = rec.width * rec.height * 3;
+    RgbFrame::new(rec.width, rec.height, rec.images[f * n..(f + 1) * n].to_vec())
+}
+
+/// Makes `shown` follow `current`: demo frames directly, folder frames via the decoder.
+fn update_shown(mut player: ResMut<Player>, mut worker: ResMut<Worker>, mut decoded: MessageReader<FrameDecoded>) {
+    let player = &mut *player;
+    for FrameDecoded(index, frame) in decoded.read() {
+        player.cache.push_back((*index, frame.clone()));
+        while player.cache.len() > CACHE_FRAMES {
+            player.cache.pop_front();
+        }
+        if player.requested == Some(*index) {
+            player.requested = None;
+        }
+    }
+    let current = player.current;
+    if player.shown.as_ref().is_some_and(|(i, _)| *i == current) {
+        return;
+    }
+    match &player.source {
+        None => {}
+        Some(FrameSource::Demo(rec)) => {
+            if current < rec.frames {
+                player.shown = Some((current, Arc::new(demo_frame(rec, current))));
+            }
+        }
+        Some(FrameSource::Folder(info)) => {
+            if let Some((_, f)) = player.cache.iter().find(|(i, _)| *i == current) {
+                player.shown = Some((current, f.clone()));
+            } else if player.requested != Some(current) {
+                player.requested = Some(current);
+                worker.request_decode(current, info.files[current].clone());
+            }
+        }
+    }
+}
+
+fn playback(time: Res<Time>, mut player: ResMut<Player>) {
+    if !player.playing || player.frame_count == 0 {
+        return;
+    }
+    player.accumulated += time.delta_secs() * player.speed * player.fps;
+    while player.accumulated >= 1.0 {
+        player.accumulated -= 1.0;
+        let next = player.current + 1;
+        if next >= player.frame_count {
+            player.current = 0;
+        } else {
+            player.current = next;
+        }
+    }
+}
+
+fn keyboard(keys: Res<ButtonInput<KeyCode>>, mut player: ResMut<Player>, mut contexts: EguiContexts) {
+    if contexts.ctx_mut().is_ok_and(|c| c.egui_wants_keyboard_input()) {
+        return;
+    }
+    if keys.just_pressed(KeyCode::Space) {
+        player.playing = !player.playing;
+    }
+    if keys.just_pressed(KeyCode::ArrowRight) {
+        let c = player.current + 1;
+        player.seek(c);
+        player.playing = false;
+    }
+    if keys.just_pressed(KeyCode::ArrowLeft) {
+        let c = player.current.saturating_sub(1);
+        player.seek(c);
+        player.playing = false;
+    }
+}
+
+fn handle_seek(mut seeks: MessageReader<SeekRequest>, mut player: ResMut<Player>) {
+    for SeekRequest(f) in seeks.read() {
+        player.seek(*f);
+    }
+}
+
+fn open_at_startup(opts: Res<StartupOptions>, mut open: MessageWriter<OpenRequest>) {
+    // A script opens what it wants itself; otherwise the input or the demo.
+    if opts.script.is_some() && opts.input.is_none() {
+        return;
+    }
+    match &opts.input {
+        Some(p) => open.write(OpenRequest::Path(p.clone())),
+        None => open.write(OpenRequest::Demo),
+    };
+}
+
+/// True for paths the player can open.
+pub fn openable(p: &Path) -> bool {
+    p.is_dir() || p.extension().is_some()
+}
+
+pub struct PlayerPlugin;
+
+impl Plugin for PlayerPlugin {
+    fn build(&self, app: &mut App) {
+        app.insert_resource(Player { speed: 1.0, fps: DEMO_FPS, ..default() })
+            .add_systems(PostStartup, open_at_startup)
+            .add_systems(Update, (handle_open, on_scene_loaded, on_folder_opened, keyboard, handle_seek, playback, update_shown).chain());
+    }
+}

@@ -1,0 +1,340 @@
+//! Geometry in 3D: the point cloud's settings and draws, one frustum per frame textured with its
+//! image (current frame and sampled frames highlighted), and picking a frustum to seek.
+
+use super::cloud::{DrawSettings, PointSource, draws_for, to_view};
+use super::player::Player;
+use super::renderer::{PointCloudEntity, PointCloudRender};
+use super::tasks::{Job, LoadedScene, SceneLoaded, Worker};
+use super::{SeekRequest, StatusLine};
+use bevy::asset::RenderAssetUsages;
+use bevy::camera::visibility::NoFrustumCulling;
+use bevy::image::Image;
+use bevy::mesh::{Indices, PrimitiveTopology};
+use bevy::prelude::*;
+use bevy::render::render_resource::{Extent3d, TextureDimension, TextureFormat};
+use bevy::window::PrimaryWindow;
+use bevy_egui::EguiContexts;
+use spatial_models::sampling::uniform_indices;
+use std::sync::Arc;
+
+/// Colour modes of the point cloud (index = shader mode).
+pub const COLOR_MODES: [&str; 4] = ["image colour", "confidence", "depth", "frame index"];
+
+#[derive(Resource, Clone, PartialEq)]
+pub struct ViewSettings {
+    pub point_size: f32,
+    pub color_mode: u32,
+    pub conf_percentile: f32,
+    pub frame_filter: Option<usize>,
+    pub show_cameras: bool,
+    pub point_budget: usize,
+    pub source: PointSource,
+}
+
+impl Default for ViewSettings {
+    fn default() -> Self {
+        Self { point_size: 3.0, color_mode: 0, conf_percentile: 25.0, frame_filter: None, show_cameras: true, point_budget: 300_000, source: PointSource::DepthAndCamera }
+    }
+}
+
+/// The geometry on screen.
+#[derive(Resource, Default)]
+pub struct Geometry {
+    pub scene: Option<Arc<LoadedScene>>,
+}
+
+/// Frames chosen by a sampler, drawn on the timeline and as highlighted frustums.
+#[derive(Resource, Default, Clone)]
+pub struct SampledFrames {
+    pub frames: Vec<usize>,
+    pub label: String,
+}
+
+/// Frames Spatial-MLLM feeds the model without space-aware sampling: 16, linspace, both ends,
+/// rounded (qwen_vl_utils).
+pub fn spatial_mllm_uniform(n: usize) -> Vec<usize> {
+    let k = 16.min(n);
+    if k <= 1 {
+        return uniform_indices(n, k);
+    }
+    (0..k).map(|i| ((i as f64) * (n - 1) as f64 / (k - 1) as f64).round() as usize).collect()
+}
+
+#[derive(Component)]
+pub struct Frustum {
+    pub frame: usize,
+    /// Image-plane corners in view coordinates: top-left, top-right, bottom-right, bottom-left.
+    pub corners: [Vec3; 4],
+    pub center: Vec3,
+}
+
+#[derive(Component)]
+struct FrustumLines;
+
+#[derive(Resource)]
+struct FrustumMaterials {
+    normal: Handle<StandardMaterial>,
+    current: Handle<StandardMaterial>,
+    sampled: Handle<StandardMaterial>,
+}
+
+/// The frustum under the mouse, if any.
+#[derive(Resource, Default)]
+pub struct HoveredCamera(pub Option<usize>);
+
+fn setup(mut commands: Commands, mut meshes: ResMut<Assets<Mesh>>, mut materials: ResMut<Assets<StandardMaterial>>) {
+    // The point cloud draws through this entity (a unit quad, instanced per point).
+    commands.spawn((Mesh3d(meshes.add(Rectangle::new(1.0, 1.0))), PointCloudEntity, NoFrustumCulling, Transform::default(), Visibility::default()));
+    let line = |c: Color| StandardMaterial { base_color: c, unlit: true, ..default() };
+    commands.insert_resource(FrustumMaterials {
+        normal: materials.add(line(Color::srgb(0.55, 0.62, 0.75))),
+        current: materials.add(line(Color::srgb(1.0, 0.92, 0.2))),
+        sampled: materials.add(line(Color::srgb(1.0, 0.45, 0.1))),
+    });
+}
+
+fn on_scene_loaded(
+    mut loaded: MessageReader<SceneLoaded>,
+    mut geometry: ResMut<Geometry>,
+    mut render: ResMut<PointCloudRender>,
+    mut commands: Commands,
+    old: Query<Entity, With<Frustum>>,
+    mut meshes: ResMut<Assets<Mesh>>,
+    mut images: ResMut<Assets<Image>>,
+    mut materials: ResMut<Assets<StandardMaterial>>,
+    frustum_materials: Res<FrustumMaterials>,
+    mut sampled: ResMut<SampledFrames>,
+    mut status: ResMut<StatusLine>,
+    mut windows: Query<&mut Window, With<PrimaryWindow>>,
+    mut settings: ResMut<ViewSettings>,
+) {
+    let Some(SceneLoaded(scene)) = loaded.read().last() else { return };
+    for e in &old {
+        commands.entity(e).despawn();
+    }
+    render.data = Some(scene.cloud.clone());
+    render.version += 1;
+    geometry.scene = Some(scene.clone());
+    if settings.frame_filter.is_some_and(|f| f >= scene.rec.frames) {
+        settings.frame_filter = None;
+    }
+    *sampled = SampledFrames { frames: spatial_mllm_uniform(scene.rec.frames), label: "uniform (Spatial-MLLM default: 16 frames, linspace)".into() };
+    spawn_frustums(&mut commands, scene, &mut meshes, &mut images, &mut materials, &frustum_materials);
+    status.info(format!("{}: {} frames, {} points on the GPU", scene.label, scene.rec.frames, scene.cloud.points.len()));
+    if let Ok(mut w) = windows.single_mut() {
+        w.title = format!("Spatial viewer: {}", scene.label);
+    }
+}
+
+fn spawn_frustums(
+    commands: &mut Commands,
+    scene: &LoadedScene,
+    meshes: &mut Assets<Mesh>,
+    images: &mut Assets<Image>,
+    materials: &mut Assets<StandardMaterial>,
+    frustum_materials: &FrustumMaterials,
+) {
+    let rec = &scene.rec;
+    let depth = 0.06 * scene.index.scene_scale;
+    let (w, h) = (rec.width as f32, rec.height as f32);
+    // Thumbnails keep GPU memory small: at most 96 px wide.
+    let step = (rec.width / 96).max(1);
+    let (tw, th) = (rec.width / step, rec.height / step);
+    for (f, cam) in rec.cameras.iter().enumerate() {
+        let k = cam.intrinsic;
+        let c2w = cam.cam_to_world();
+        let to_world = |p: [f32; 3]| -> Vec3 {
+            let mut out = [0f32; 3];
+            for (r, o) in out.iter_mut().enumerate() {
+                *o = c2w[r][0] * p[0] + c2w[r][1] * p[1] + c2w[r][2] * p[2] + c2w[r][3];
+            }
+            Vec3::from_array(to_view(out))
+        };
+        let pix = |u: f32, v: f32| to_world([(u - k[0][2]) / k[0][0] * depth, (v - k[1][2]) / k[1][1] * depth, depth]);
+        let corners = [pix(0.0, 0.0), pix(w, 0.0), pix(w, h), pix(0.0, h)];
+        let center = to_world([0.0, 0.0, 0.0]);
+
+        let mut lines = Mesh::new(PrimitiveTopology::LineList, RenderAssetUsages::RENDER_WORLD);
+        let mut pos = Vec::new();
+        for i in 0..4 {
+            pos.extend([center, corners[i], corners[i], corners[(i + 1) % 4]]);
+        }
+        lines.insert_attribute(Mesh::ATTRIBUTE_POSITION, pos.iter().map(|p| p.to_array()).collect::<Vec<_>>());
+
+        let mut quad = Mesh::new(PrimitiveTopology::TriangleList, RenderAssetUsages::RENDER_WORLD);
+        quad.insert_attribute(Mesh::ATTRIBUTE_POSITION, corners.iter().map(|p| p.to_array()).collect::<Vec<_>>());
+        quad.insert_attribute(Mesh::ATTRIBUTE_UV_0, vec![[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]);
+        quad.insert_attribute(Mesh::ATTRIBUTE_NORMAL, vec![[0.0, 0.0, 1.0]; 4]);
+        quad.insert_indices(Indices::U32(vec![0, 1, 2, 0, 2, 3]));
+
+        let n = rec.width * rec.height * 3;
+        let frame = &rec.images[f * n..(f + 1) * n];
+        let mut rgba = Vec::with_capacity(tw * th * 4);
+        for y in 0..th {
+            for x in 0..tw {
+                let i = ((y * step) * rec.width + x * step) * 3;
+                rgba.extend_from_slice(&[frame[i], frame[i + 1], frame[i + 2], 255]);
+            }
+        }
+        let image = Image::new(
+            Extent3d { width: tw as u32, height: th as u32, depth_or_array_layers: 1 },
+            TextureDimension::D2,
+            rgba,
+            TextureFormat::Rgba8UnormSrgb,
+            RenderAssetUsages::RENDER_WORLD,
+        );
+        let texture = images.add(image);
+        let material = materials.add(StandardMaterial { base_color_texture: Some(texture), unlit: true, cull_mode: None, double_sided: true, ..default() });
+        commands
+            .spawn((Frustum { frame: f, corners, center }, Transform::default(), Visibility::default()))
+            .with_children(|p| {
+                p.spawn((Mesh3d(meshes.add(lines)), MeshMaterial3d(frustum_materials.normal.clone()), FrustumLines));
+                p.spawn((Mesh3d(meshes.add(quad)), MeshMaterial3d(material)));
+            });
+    }
+}
+
+/// Settings and geometry to draw ranges; runs only when something changed.
+fn update_draws(settings: Res<ViewSettings>, geometry: Res<Geometry>, mut render: ResMut<PointCloudRender>) {
+    if !settings.is_changed() && !geometry.is_changed() {
+        return;
+    }
+    let Some(scene) = &geometry.scene else {
+        render.draws.clear();
+        return;
+    };
+    let (draws, uniform) = draws_for(
+        &scene.cloud,
+        &scene.index,
+        &DrawSettings { point_size: settings.point_size, color_mode: settings.color_mode, conf_percentile: settings.conf_percentile, frame: settings.frame_filter },
+    );
+    render.draws = draws;
+    render.uniform = uniform;
+}
+
+/// Rebuilds the cloud on the worker when the point budget or source changes.
+fn rebuild_on_budget_change(settings: Res<ViewSettings>, geometry: Res<Geometry>, mut worker: ResMut<Worker>, mut last: Local<Option<(usize, PointSource)>>) {
+    let key = (settings.point_budget, settings.source);
+    if last.is_none() {
+        *last = Some(key);
+        return;
+    }
+    if *last == Some(key) {
+        return;
+    }
+    *last = Some(key);
+    if let Some(scene) = &geometry.scene {
+        worker.submit(Job::BuildCloud { label: scene.label.clone(), rec: scene.rec.clone(), budget: settings.point_budget, source: settings.source });
+    }
+}
+
+fn highlight_frustums(
+    player: Res<Player>,
+    sampled: Res<SampledFrames>,
+    settings: Res<ViewSettings>,
+    materials: Res<FrustumMaterials>,
+    frustums: Query<(&Frustum, &Children, &mut Visibility)>,
+    mut lines: Query<&mut MeshMaterial3d<StandardMaterial>, With<FrustumLines>>,
+) {
+    for (frustum, children, mut vis) in frustums {
+        let want_vis = if settings.show_cameras { Visibility::Inherited } else { Visibility::Hidden };
+        if *vis != want_vis {
+            *vis = want_vis;
+        }
+        let handle = if frustum.frame == player.current {
+            &materials.current
+        } else if sampled.frames.contains(&frustum.frame) {
+            &materials.sampled
+        } else {
+            &materials.normal
+        };
+        for child in children.iter() {
+            if let Ok(mut m) = lines.get_mut(child) {
+                if m.0 != *handle {
+                    m.0 = handle.clone();
+                }
+            }
+        }
+    }
+}
+
+/// Ray / quad intersection distance.
+fn ray_quad(origin: Vec3, dir: Vec3, c: &[Vec3; 4]) -> Option<f32> {
+    for tri in [[c[0], c[1], c[2]], [c[0], c[2], c[3]]] {
+        let (e1, e2) = (tri[1] - tri[0], tri[2] - tri[0]);
+        let p = dir.cross(e2);
+        let det = e1.dot(p);
+        if det.abs() < 1e-12 {
+            continue;
+        }
+        let inv = 1.0 / det;
+        let s = origin - tri[0];
+        let u = s.dot(p) * inv;
+        let q = s.cross(e1);
+        let v = dir.dot(q) * inv;
+        let t = e2.dot(q) * inv;
+        if u >= 0.0 && v >= 0.0 && u + v <= 1.0 && t > 0.0 {
+            return Some(t);
+        }
+    }
+    None
+}
+
+/// The frustum hit by the ray through a viewport position.
+pub fn pick_frustum(camera: &Camera, transform: &GlobalTransform, viewport_pos: Vec2, frustums: &Query<&Frustum>) -> Option<usize> {
+    let ray = camera.viewport_to_world(transform, viewport_pos).ok()?;
+    let dir: Vec3 = *ray.direction;
+    frustums
+        .iter()
+        .filter_map(|f| ray_quad(ray.origin, dir, &f.corners).map(|t| (t, f.frame)))
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, f)| f)
+}
+
+fn pick(
+    windows: Query<&Window, With<PrimaryWindow>>,
+    cameras: Query<(&Camera, &GlobalTransform), With<Camera3d>>,
+    frustums: Query<&Frustum>,
+    buttons: Res<ButtonInput<MouseButton>>,
+    mut hovered: ResMut<HoveredCamera>,
+    mut seek: MessageWriter<SeekRequest>,
+    settings: Res<ViewSettings>,
+    mut contexts: EguiContexts,
+    mut press_at: Local<Option<Vec2>>,
+) {
+    hovered.0 = None;
+    if !settings.show_cameras {
+        return;
+    }
+    let (Ok(window), Ok((camera, transform))) = (windows.single(), cameras.single()) else { return };
+    let Some(cursor) = window.cursor_position() else { return };
+    if contexts.ctx_mut().is_ok_and(|c| c.is_pointer_over_egui()) {
+        return;
+    }
+    let origin = camera.logical_viewport_rect().map(|r| r.min).unwrap_or_default();
+    hovered.0 = pick_frustum(camera, transform, cursor - origin, &frustums);
+    // A click (press and release without dragging) seeks; drags orbit the view.
+    if buttons.just_pressed(MouseButton::Left) {
+        *press_at = Some(cursor);
+    }
+    if buttons.just_released(MouseButton::Left) {
+        if let (Some(start), Some(frame)) = (press_at.take(), hovered.0) {
+            if start.distance(cursor) < 4.0 {
+                seek.write(SeekRequest(frame));
+            }
+        }
+    }
+}
+
+pub struct ScenePlugin;
+
+impl Plugin for ScenePlugin {
+    fn build(&self, app: &mut App) {
+        app.init_resource::<ViewSettings>()
+            .init_resource::<Geometry>()
+            .init_resource::<SampledFrames>()
+            .init_resource::<HoveredCamera>()
+            .add_systems(Startup, setup)
+            .add_systems(Update, (on_scene_loaded, rebuild_on_budget_change, update_draws, highlight_frustums, pick).chain());
+    }
+}

@@ -1,0 +1,294 @@
+//! Scripted runs: `spatial-viewer --script steps.json` performs steps in the live window.
+//! `{"steps": [{"open": "demo"}, {"seek": 10}, {"set": {"control": "point_size", "value": 4}},
+//! {"wait_idle": 30}, {"screenshot": "shot.png"}, {"quit": true}]}`. A failing step ends the run
+//! with exit code 1 and a message naming the step.
+
+use super::camera::CameraCommand;
+use super::cloud::PointSource;
+use super::player::Player;
+use super::scene::{COLOR_MODES, Geometry, ViewSettings};
+use super::tasks::Worker;
+use super::ui::ChatState;
+use super::{OpenRequest, ScreenshotRequest, SeekRequest, StartupOptions, StatusLine};
+use anyhow::{Context, Result, bail};
+use bevy::prelude::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    Open(PathBuf),
+    Seek(usize),
+    SelectCamera(usize),
+    LookThrough(usize),
+    ResetView,
+    Set { control: String, value: Value },
+    WaitFrames(u32),
+    WaitIdle(f32),
+    Screenshot(PathBuf),
+    Ask(String),
+    Quit,
+}
+
+#[derive(Debug, Clone)]
+pub struct Script {
+    pub steps: Vec<Step>,
+}
+
+impl Script {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read the script", path.display()))?;
+        Self::parse(&text).with_context(|| format!("{}: invalid script", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        let json: Value = serde_json::from_str(text).context("not valid JSON")?;
+        let steps = json.get("steps").and_then(Value::as_array).context("expected {\"steps\": [...]}")?;
+        let steps = steps.iter().enumerate().map(|(i, s)| parse_step(s).with_context(|| format!("step {} ({s})", i + 1))).collect::<Result<Vec<_>>>()?;
+        Ok(Self { steps })
+    }
+}
+
+fn parse_step(v: &Value) -> Result<Step> {
+    let obj = v.as_object().context("a step is an object with one key")?;
+    let (name, arg) = obj.iter().next().context("empty step")?;
+    if obj.len() != 1 {
+        bail!("a step has exactly one key");
+    }
+    let uint = |a: &Value| a.as_u64().map(|n| n as usize).with_context(|| format!("`{name}` takes a frame number"));
+    Ok(match name.as_str() {
+        "open" => Step::Open(PathBuf::from(arg.as_str().context("`open` takes a path (or \"demo\")")?)),
+        "seek" => Step::Seek(uint(arg)?),
+        "select_camera" => Step::SelectCamera(uint(arg)?),
+        "look_through" => Step::LookThrough(uint(arg)?),
+        "reset_view" => Step::ResetView,
+        "set" => Step::Set {
+            control: arg.get("control").and_then(Value::as_str).context("`set` takes {\"control\": NAME, \"value\": V}")?.to_string(),
+            value: arg.get("value").cloned().context("`set` needs a value")?,
+        },
+        "wait_frames" => Step::WaitFrames(arg.as_u64().context("`wait_frames` takes a number")? as u32),
+        "wait_idle" => Step::WaitIdle(arg.as_f64().context("`wait_idle` takes seconds")? as f32),
+        "screenshot" => Step::Screenshot(PathBuf::from(arg.as_str().context("`screenshot` takes a path")?)),
+        "ask" => Step::Ask(arg.as_str().context("`ask` takes the question text")?.to_string()),
+        "quit" => Step::Quit,
+        other => bail!("unknown step `{other}` (known: open, seek, select_camera, look_through, reset_view, set, wait_frames, wait_idle, screenshot, ask, quit)"),
+    })
+}
+
+/// Applies `set` to the view settings and player; the names are the ones the README lists.
+pub fn apply_control(control: &str, value: &Value, settings: &mut ViewSettings, player: &mut Player) -> Result<()> {
+    let num = || value.as_f64().with_context(|| format!("`{control}` takes a number, got {value}"));
+    let flag = || value.as_bool().with_context(|| format!("`{control}` takes true or false, got {value}"));
+    match control {
+        "point_size" => settings.point_size = num()?.clamp(1.0, 64.0) as f32,
+        "conf_percentile" => settings.conf_percentile = num()?.clamp(0.0, 100.0) as f32,
+        "color_mode" => {
+            settings.color_mode = match value {
+                Value::String(s) => COLOR_MODES.iter().position(|m| m.starts_with(s.as_str())).with_context(|| format!("unknown colour mode `{s}` (known: {COLOR_MODES:?})"))? as u32,
+                _ => (num()? as u32).min(COLOR_MODES.len() as u32 - 1),
+            }
+        }
+        "frame_filter" => {
+            settings.frame_filter = match value {
+                Value::String(s) if s == "all" => None,
+                _ => Some(num()? as usize),
+            }
+        }
+        "show_cameras" => settings.show_cameras = flag()?,
+        "point_budget" => settings.point_budget = (num()? as usize).max(1000),
+        "point_source" => {
+            settings.source = match value.as_str() {
+                Some("depth") => PointSource::DepthAndCamera,
+                Some("pointmap") => PointSource::PointMap,
+                _ => bail!("`point_source` is \"depth\" or \"pointmap\""),
+            }
+        }
+        "playing" => player.playing = flag()?,
+        "speed" => player.speed = num()?.clamp(0.05, 8.0) as f32,
+        other => bail!("unknown control `{other}` (known: point_size, color_mode, conf_percentile, frame_filter, show_cameras, point_budget, point_source, playing, speed)"),
+    }
+    Ok(())
+}
+
+#[derive(Resource)]
+struct ScriptRunner {
+    steps: Vec<Step>,
+    next: usize,
+    /// Frames and seconds spent in the current step.
+    frames_in_step: u32,
+    started: f32,
+    screenshot_sent: bool,
+    status_before: String,
+}
+
+/// Seconds after start-up before the first screenshot: pipelines compile asynchronously and an
+/// early frame is black.
+const WARMUP_SECS: f32 = 2.5;
+
+#[allow(clippy::too_many_arguments)]
+fn run_script(
+    runner: Option<ResMut<ScriptRunner>>,
+    time: Res<Time<Real>>,
+    worker: Res<Worker>,
+    status: Res<StatusLine>,
+    geometry: Res<Geometry>,
+    mut settings: ResMut<ViewSettings>,
+    mut player: ResMut<Player>,
+    mut chat: ResMut<ChatState>,
+    mut open: MessageWriter<OpenRequest>,
+    mut seek: MessageWriter<SeekRequest>,
+    mut shots: MessageWriter<ScreenshotRequest>,
+    mut camera: MessageWriter<CameraCommand>,
+    mut exit: MessageWriter<AppExit>,
+) {
+    let Some(mut r) = runner else { return };
+    let now = time.elapsed_secs();
+    let Some(step) = r.steps.get(r.next).cloned() else { return };
+    if r.frames_in_step == 0 {
+        r.started = now;
+        r.status_before = status.message.clone();
+        eprintln!("script: step {} {:?}", r.next + 1, step);
+    }
+    r.frames_in_step += 1;
+    let waited = now - r.started;
+    let fail = |r: &ScriptRunner, msg: String, exit: &mut MessageWriter<AppExit>| {
+        eprintln!("script: step {} ({:?}) failed: {msg}", r.next + 1, r.steps[r.next]);
+        exit.write(AppExit::error());
+    };
+    let first = r.frames_in_step == 1;
+    let done = match &step {
+        Step::Open(p) => {
+            if first {
+                open.write(OpenRequest::Path(p.clone()));
+                false
+            } else if r.frames_in_step < 3 || !worker.is_idle() {
+                if waited > 120.0 {
+                    fail(&r, "opening took more than 120 s".into(), &mut exit);
+                    return;
+                }
+                false
+            } else if status.is_error && status.message != r.status_before {
+                fail(&r, status.message.clone(), &mut exit);
+                return;
+            } else {
+                true
+            }
+        }
+        Step::Seek(f) | Step::SelectCamera(f) => {
+            if player.frame_count == 0 || *f >= player.frame_count {
+                fail(&r, format!("frame {f} is out of range (the source has {} frames)", player.frame_count), &mut exit);
+                return;
+            }
+            if first {
+                seek.write(SeekRequest(*f));
+            }
+            player.current == *f && worker.is_idle()
+        }
+        Step::LookThrough(f) => {
+            if geometry.scene.as_ref().is_none_or(|s| *f >= s.rec.frames) {
+                fail(&r, format!("no camera {f} in the current geometry"), &mut exit);
+                return;
+            }
+            camera.write(CameraCommand::LookThrough(*f));
+            true
+        }
+        Step::ResetView => {
+            camera.write(CameraCommand::Reset);
+            true
+        }
+        Step::Set { control, value } => {
+            if let Err(e) = apply_control(control, value, &mut settings, &mut player) {
+                fail(&r, format!("{e:#}"), &mut exit);
+                return;
+            }
+            true
+        }
+        Step::WaitFrames(n) => r.frames_in_step > *n,
+        Step::WaitIdle(max) => {
+            if worker.is_idle() && r.frames_in_step > 2 {
+                true
+            } else if waited > *max {
+                fail(&r, format!("background work still running after {max} s"), &mut exit);
+                return;
+            } else {
+                false
+            }
+        }
+        Step::Screenshot(path) => {
+            if !r.screenshot_sent {
+                if now >= WARMUP_SECS && r.frames_in_step > 5 && worker.is_idle() {
+                    shots.write(ScreenshotRequest(path.clone()));
+                    r.screenshot_sent = true;
+                    r.started = now;
+                }
+                false
+            } else if path.exists() && std::fs::metadata(path).map(|m| m.len() > 0).unwrap_or(false) {
+                r.screenshot_sent = false;
+                true
+            } else if waited > 30.0 {
+                fail(&r, format!("{}: the screenshot was not written within 30 s", path.display()), &mut exit);
+                return;
+            } else {
+                false
+            }
+        }
+        Step::Ask(q) => {
+            chat.ask(q.clone());
+            true
+        }
+        Step::Quit => {
+            exit.write(AppExit::Success);
+            true
+        }
+    };
+    if done {
+        r.next += 1;
+        r.frames_in_step = 0;
+    }
+}
+
+fn start(mut commands: Commands, opts: Res<StartupOptions>) {
+    if let Some(path) = &opts.script {
+        match Script::load(path) {
+            Ok(s) => commands.insert_resource(ScriptRunner { steps: s.steps, next: 0, frames_in_step: 0, started: 0.0, screenshot_sent: false, status_before: String::new() }),
+            Err(e) => eprintln!("error: {e:#}"),
+        }
+    }
+}
+
+pub struct ScriptPlugin;
+
+impl Plugin for ScriptPlugin {
+    fn build(&self, app: &mut App) {
+        app.add_systems(Startup, start).add_systems(Last, run_script);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_step_and_rejects_unknown_ones() {
+        let s = Script::parse(r#"{"steps": [{"open": "demo"}, {"seek": 3}, {"select_camera": 4}, {"set": {"control": "point_size", "value": 5}},
+            {"wait_frames": 2}, {"wait_idle": 10}, {"screenshot": "a.png"}, {"ask": "how far?"}, {"quit": true}]}"#)
+        .unwrap();
+        assert_eq!(s.steps.len(), 9);
+        assert_eq!(s.steps[1], Step::Seek(3));
+        let err = format!("{:#}", Script::parse(r#"{"steps": [{"open": "demo"}, {"fly": 1}]}"#).unwrap_err());
+        assert!(err.contains("step 2") && err.contains("unknown step `fly`"), "{err}");
+        assert!(Script::parse("{").is_err());
+    }
+
+    #[test]
+    fn controls_are_validated() {
+        let mut settings = ViewSettings::default();
+        let mut player = Player::default();
+        apply_control("color_mode", &Value::from("depth"), &mut settings, &mut player).unwrap();
+        assert_eq!(settings.color_mode, 2);
+        apply_control("frame_filter", &Value::from("all"), &mut settings, &mut player).unwrap();
+        assert_eq!(settings.frame_filter, None);
+        assert!(apply_control("brightness", &Value::from(1), &mut settings, &mut player).is_err());
+        assert!(apply_control("point_size", &Value::from("big"), &mut settings, &mut player).is_err());
+    }
+}

@@ -1,0 +1,216 @@
+//! Background work. Long jobs (building the demo scene, building point clouds, scanning folders)
+//! run on a worker thread and frame decoding on a decoder thread, both fed by crossbeam channels,
+//! so the UI never waits on them. A panic inside a job is caught, reported, and the thread lives on.
+
+use super::StatusLine;
+use super::cloud::{CloudIndex, PointSource, build_cloud};
+use super::renderer::PointCloudBuffers;
+use bevy::prelude::*;
+use crossbeam_channel::{Receiver, Sender, unbounded};
+use spatial_models::reconstruction::Reconstruction;
+use spatial_models::vggt::preprocess::RgbFrame;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Geometry with its GPU-ready point cloud.
+pub struct LoadedScene {
+    /// Shown in the title and badge, e.g. "demo scene: ground-truth geometry".
+    pub label: String,
+    pub rec: Arc<Reconstruction>,
+    pub cloud: Arc<PointCloudBuffers>,
+    pub index: CloudIndex,
+}
+
+/// A folder of frames, checked (every image readable, all the same size).
+pub struct FolderInfo {
+    pub path: PathBuf,
+    pub files: Vec<PathBuf>,
+    pub width: u32,
+    pub height: u32,
+}
+
+pub enum Job {
+    BuildDemo { frames: usize, budget: usize, source: PointSource },
+    BuildCloud { label: String, rec: Arc<Reconstruction>, budget: usize, source: PointSource },
+    ScanFolder(PathBuf),
+}
+
+enum JobOutput {
+    Scene(Arc<LoadedScene>),
+    Folder(Arc<FolderInfo>),
+    Failed(String),
+}
+
+#[derive(Message, Clone)]
+pub struct SceneLoaded(pub Arc<LoadedScene>);
+
+#[derive(Message, Clone)]
+pub struct FolderOpened(pub Arc<FolderInfo>);
+
+/// Handle to the worker and decoder threads.
+#[derive(Resource)]
+pub struct Worker {
+    jobs: Sender<Job>,
+    results: Receiver<JobOutput>,
+    decode_requests: Sender<(usize, PathBuf)>,
+    decoded: Receiver<(usize, Result<RgbFrame, String>)>,
+    /// Jobs sent and not yet answered.
+    pub in_flight: usize,
+    pub decodes_in_flight: usize,
+}
+
+impl Worker {
+    pub fn submit(&mut self, job: Job) {
+        self.in_flight += 1;
+        self.jobs.send(job).expect("worker thread is alive");
+    }
+    pub fn request_decode(&mut self, index: usize, path: PathBuf) {
+        self.decodes_in_flight += 1;
+        self.decode_requests.send((index, path)).expect("decoder thread is alive");
+    }
+    pub fn is_idle(&self) -> bool {
+        self.in_flight == 0 && self.decodes_in_flight == 0
+    }
+}
+
+/// Largest frame width kept for display; frames are decoded at this size, not full size.
+pub const DISPLAY_MAX_WIDTH: usize = 640;
+
+fn run_job(job: Job) -> JobOutput {
+    match job {
+        Job::BuildDemo { frames, budget, source } => {
+            let rec = Arc::new(crate::demo::build_demo(frames));
+            scene_output("demo scene: ground-truth geometry".into(), rec, budget, source)
+        }
+        Job::BuildCloud { label, rec, budget, source } => scene_output(label, rec, budget, source),
+        Job::ScanFolder(path) => match scan_folder(&path) {
+            Ok(info) => JobOutput::Folder(Arc::new(info)),
+            Err(e) => JobOutput::Failed(format!("{e:#}")),
+        },
+    }
+}
+
+fn scene_output(label: String, rec: Arc<Reconstruction>, budget: usize, source: PointSource) -> JobOutput {
+    let (cloud, index) = build_cloud(&rec, source, budget);
+    JobOutput::Scene(Arc::new(LoadedScene { label, rec, cloud: Arc::new(cloud), index }))
+}
+
+/// Lists a folder's images and checks each header: a clear error names the first bad file.
+pub fn scan_folder(path: &std::path::Path) -> anyhow::Result<FolderInfo> {
+    let files = spatial_models::vggt::preprocess::list_image_files(path)?;
+    let mut size = None;
+    for f in &files {
+        if std::fs::metadata(f).map(|m| m.len() == 0).unwrap_or(true) {
+            anyhow::bail!("{}: the image is empty (0 bytes)", f.display());
+        }
+        let dims = image::image_dimensions(f).map_err(|e| anyhow::anyhow!("{}: not a readable image ({e})", f.display()))?;
+        match size {
+            None => size = Some(dims),
+            Some(first) if first != dims => anyhow::bail!(
+                "{}: is {}x{}, but {} is {}x{}; all frames of a folder must have the same size",
+                f.display(),
+                dims.0,
+                dims.1,
+                files[0].display(),
+                first.0,
+                first.1
+            ),
+            _ => {}
+        }
+    }
+    let (width, height) = size.unwrap();
+    Ok(FolderInfo { path: path.to_path_buf(), files, width, height })
+}
+
+/// Decodes an image and scales it down to the display size.
+pub fn decode_for_display(path: &std::path::Path) -> anyhow::Result<RgbFrame> {
+    let frame = RgbFrame::open(path)?;
+    if frame.width <= DISPLAY_MAX_WIDTH {
+        return Ok(frame);
+    }
+    let h = (frame.height * DISPLAY_MAX_WIDTH / frame.width).max(1);
+    frame.resize(DISPLAY_MAX_WIDTH, h)
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into())
+}
+
+fn spawn_threads() -> Worker {
+    let (job_tx, job_rx) = unbounded::<Job>();
+    let (out_tx, out_rx) = unbounded::<JobOutput>();
+    std::thread::Builder::new()
+        .name("worker".into())
+        .spawn(move || {
+            for job in job_rx {
+                let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_job(job)))
+                    .unwrap_or_else(|p| JobOutput::Failed(format!("background job crashed: {}", panic_message(p))));
+                if out_tx.send(out).is_err() {
+                    break;
+                }
+            }
+        })
+        .expect("spawn worker thread");
+    let (dec_tx, dec_rx) = unbounded::<(usize, PathBuf)>();
+    let (frame_tx, frame_rx) = unbounded();
+    std::thread::Builder::new()
+        .name("decoder".into())
+        .spawn(move || {
+            while let Ok(mut req) = dec_rx.recv() {
+                // Scrubbing sends many requests: answer the skipped ones empty, decode the newest.
+                while let Ok(newer) = dec_rx.try_recv() {
+                    let _ = frame_tx.send((req.0, Err(String::new())));
+                    req = newer;
+                }
+                let result = std::panic::catch_unwind(|| decode_for_display(&req.1))
+                    .map_err(panic_message)
+                    .and_then(|r| r.map_err(|e| format!("{e:#}")));
+                if frame_tx.send((req.0, result)).is_err() {
+                    break;
+                }
+            }
+        })
+        .expect("spawn decoder thread");
+    Worker { jobs: job_tx, results: out_rx, decode_requests: dec_tx, decoded: frame_rx, in_flight: 0, decodes_in_flight: 0 }
+}
+
+/// A decoded frame for the player.
+#[derive(Message, Clone)]
+pub struct FrameDecoded(pub usize, pub Arc<RgbFrame>);
+
+fn receive(mut worker: ResMut<Worker>, mut status: ResMut<StatusLine>, mut scenes: MessageWriter<SceneLoaded>, mut folders: MessageWriter<FolderOpened>, mut frames: MessageWriter<FrameDecoded>) {
+    while let Ok(out) = worker.results.try_recv() {
+        worker.in_flight = worker.in_flight.saturating_sub(1);
+        match out {
+            JobOutput::Scene(s) => {
+                scenes.write(SceneLoaded(s));
+            }
+            JobOutput::Folder(f) => {
+                folders.write(FolderOpened(f));
+            }
+            JobOutput::Failed(e) => status.error(e),
+        }
+    }
+    while let Ok((index, result)) = worker.decoded.try_recv() {
+        worker.decodes_in_flight = worker.decodes_in_flight.saturating_sub(1);
+        match result {
+            Ok(frame) => {
+                frames.write(FrameDecoded(index, Arc::new(frame)));
+            }
+            Err(e) if e.is_empty() => {}
+            Err(e) => status.error(e),
+        }
+    }
+}
+
+pub struct TasksPlugin;
+
+impl Plugin for TasksPlugin {
+    fn build(&self, app: &mut App) {
+        app.insert_resource(spawn_threads())
+            .add_message::<SceneLoaded>()
+            .add_message::<FolderOpened>()
+            .add_message::<FrameDecoded>()
+            .add_systems(PreUpdate, receive);
+    }
+}
