@@ -18,17 +18,19 @@ pub struct OrbitCamera {
     pub pitch: f32,
     pub distance: f32,
     pub fov_y: f32,
+    /// Non-zero only when looking through a recorded camera (its roll in the world frame).
+    pub roll: f32,
 }
 
 impl Default for OrbitCamera {
     fn default() -> Self {
-        Self { focus: Vec3::new(0.0, 0.0, -2.0), yaw: 0.0, pitch: -0.35, distance: 4.0, fov_y: 50f32.to_radians() }
+        Self { focus: Vec3::new(0.0, 0.0, -2.0), yaw: 0.0, pitch: -0.35, distance: 4.0, fov_y: 50f32.to_radians(), roll: 0.0 }
     }
 }
 
 impl OrbitCamera {
     pub fn rotation(&self) -> Quat {
-        Quat::from_euler(EulerRot::YXZ, self.yaw, self.pitch, 0.0)
+        Quat::from_euler(EulerRot::YXZ, self.yaw, self.pitch, self.roll)
     }
     pub fn transform(&self) -> Transform {
         let rot = self.rotation();
@@ -69,7 +71,7 @@ pub fn reset_view(geometry: &Geometry) -> OrbitCamera {
     let focus = if n > 0.0 { c / n } else { Vec3::ZERO };
     // Face the way the first camera looks, from a little higher up.
     let (yaw, pitch) = camera_view(geometry, 0).map(|v| (v.yaw, v.pitch)).unwrap_or((0.0, 0.0));
-    OrbitCamera { focus, yaw, pitch: (pitch - 0.45).clamp(-1.4, 1.4), distance: 0.75 * scene.index.scene_scale, fov_y: 50f32.to_radians() }
+    OrbitCamera { focus, yaw, pitch: (pitch - 0.45).clamp(-1.4, 1.4), distance: 0.75 * scene.index.scene_scale, fov_y: 50f32.to_radians(), roll: 0.0 }
 }
 
 /// The viewer pose of frame `f`'s camera (OpenCV axes mapped to the viewer's).
@@ -81,10 +83,10 @@ pub fn camera_view(geometry: &Geometry, f: usize) -> Option<OrbitCamera> {
     let (x, y, z) = (col(0), -col(1), -col(2));
     let rot = Quat::from_mat3(&Mat3::from_cols(x, y, z));
     let center = Vec3::new(m[0][3], -m[1][3], -m[2][3]);
-    let (yaw, pitch, _) = rot.to_euler(EulerRot::YXZ);
+    let (yaw, pitch, roll) = rot.to_euler(EulerRot::YXZ);
     let distance = 0.3 * scene.index.scene_scale;
     let fov_y = 2.0 * ((scene.rec.height as f32 / 2.0) / cam.intrinsic[1][1]).atan();
-    Some(OrbitCamera { focus: center - z * distance, yaw, pitch, distance, fov_y })
+    Some(OrbitCamera { focus: center - z * distance, yaw, pitch, distance, fov_y, roll })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -99,6 +101,7 @@ fn controls(
     geometry: Res<Geometry>,
     player: Res<Player>,
     mut commands: MessageReader<CameraCommand>,
+    mut settings: ResMut<super::scene::ViewSettings>,
 ) {
     let (pointer_on_ui, keyboard_on_ui) = contexts.ctx_mut().map(|c| (c.is_pointer_over_egui() || c.egui_is_using_pointer(), c.egui_wants_keyboard_input())).unwrap_or((false, false));
     let scale = geometry.scene.as_ref().map(|s| s.index.scene_scale).unwrap_or(4.0);
@@ -108,6 +111,8 @@ fn controls(
             CameraCommand::LookThrough(f) => {
                 if let Some(v) = camera_view(&geometry, *f) {
                     *orbit = v;
+                    // Neighbouring frustums' image planes would fill the view.
+                    settings.show_cameras = false;
                 }
             }
         }
@@ -122,6 +127,7 @@ fn controls(
         if keys.just_pressed(KeyCode::KeyC) {
             if let Some(v) = camera_view(&geometry, player.current) {
                 *orbit = v;
+                settings.show_cameras = false;
             }
         }
         let rot = orbit.rotation();
@@ -141,6 +147,7 @@ fn controls(
     }
     let delta = motion.delta;
     if buttons.pressed(MouseButton::Left) && delta != Vec2::ZERO {
+        orbit.roll = 0.0;
         orbit.yaw -= delta.x * 0.005;
         orbit.pitch = (orbit.pitch - delta.y * 0.005).clamp(-1.55, 1.55);
     }

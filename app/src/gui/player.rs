@@ -85,6 +85,12 @@ fn handle_open(mut requests: MessageReader<OpenRequest>, mut worker: ResMut<Work
 
 fn on_scene_loaded(mut loaded: MessageReader<SceneLoaded>, mut player: ResMut<Player>) {
     for SceneLoaded(scene) in loaded.read() {
+        // A rebuilt cloud of the same geometry keeps the player where it is.
+        if let Some(FrameSource::Demo(rec)) = &player.source {
+            if Arc::ptr_eq(rec, &scene.rec) {
+                continue;
+            }
+        }
         if scene.label.starts_with("demo") {
             player.source = Some(FrameSource::Demo(scene.rec.clone()));
             player.label = scene.label.clone();

@@ -311,8 +311,11 @@ fn pick(
     if contexts.ctx_mut().is_ok_and(|c| c.is_pointer_over_egui()) {
         return;
     }
-    let origin = camera.logical_viewport_rect().map(|r| r.min).unwrap_or_default();
-    hovered.0 = pick_frustum(camera, transform, cursor - origin, &frustums);
+    // Cursor and Bevy's viewport conversions both use window coordinates.
+    if camera.logical_viewport_rect().is_some_and(|r| !r.contains(cursor)) {
+        return;
+    }
+    hovered.0 = pick_frustum(camera, transform, cursor, &frustums);
     // A click (press and release without dragging) seeks; drags orbit the view.
     if buttons.just_pressed(MouseButton::Left) {
         *press_at = Some(cursor);

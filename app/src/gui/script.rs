@@ -27,6 +27,9 @@ pub enum Step {
     WaitIdle(f32),
     Screenshot(PathBuf),
     Ask(String),
+    /// Writes JSON with the current frame, the viewport and every frustum projected to the window
+    /// (logical pixels), so tests can check a screenshot against the projection.
+    DumpState(PathBuf),
     Quit,
 }
 
@@ -70,8 +73,9 @@ fn parse_step(v: &Value) -> Result<Step> {
         "wait_idle" => Step::WaitIdle(arg.as_f64().context("`wait_idle` takes seconds")? as f32),
         "screenshot" => Step::Screenshot(PathBuf::from(arg.as_str().context("`screenshot` takes a path")?)),
         "ask" => Step::Ask(arg.as_str().context("`ask` takes the question text")?.to_string()),
+        "dump_state" => Step::DumpState(PathBuf::from(arg.as_str().context("`dump_state` takes a path")?)),
         "quit" => Step::Quit,
-        other => bail!("unknown step `{other}` (known: open, seek, select_camera, look_through, reset_view, set, wait_frames, wait_idle, screenshot, ask, quit)"),
+        other => bail!("unknown step `{other}` (known: open, seek, select_camera, look_through, reset_view, set, wait_frames, wait_idle, screenshot, ask, dump_state, quit)"),
     })
 }
 
@@ -140,6 +144,8 @@ fn run_script(
     mut shots: MessageWriter<ScreenshotRequest>,
     mut camera: MessageWriter<CameraCommand>,
     mut exit: MessageWriter<AppExit>,
+    views: Query<(&Camera, &GlobalTransform), With<Camera3d>>,
+    frustums: Query<&super::scene::Frustum>,
 ) {
     let Some(mut r) = runner else { return };
     let now = time.elapsed_secs();
@@ -231,6 +237,34 @@ fn run_script(
             } else {
                 false
             }
+        }
+        Step::DumpState(path) => {
+            let Ok((camera, transform)) = views.single() else {
+                fail(&r, "no 3D camera".into(), &mut exit);
+                return;
+            };
+            // Bevy's "viewport" coordinates are the window's (logical pixels).
+            let project = |p: Vec3| camera.world_to_viewport(transform, p).ok().map(|v| [v.x, v.y]);
+            let mut list: Vec<_> = frustums.iter().collect();
+            list.sort_by_key(|f| f.frame);
+            let json = serde_json::json!({
+                "frame": player.current,
+                "frame_count": player.frame_count,
+                "camera_translation": transform.translation().to_array(),
+                "camera_rotation": transform.rotation().to_array(),
+                "clip_from_view": camera.clip_from_view().to_cols_array(),
+                "viewport": camera.logical_viewport_rect().map(|r| [r.min.x, r.min.y, r.width(), r.height()]),
+                "frustums": list.iter().map(|f| serde_json::json!({
+                    "frame": f.frame,
+                    "center": project(f.center),
+                    "corners": f.corners.iter().map(|c| project(*c)).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            });
+            if let Err(e) = std::fs::write(path, json.to_string()) {
+                fail(&r, format!("{}: cannot write ({e})", path.display()), &mut exit);
+                return;
+            }
+            true
         }
         Step::Ask(q) => {
             chat.ask(q.clone());

@@ -1,0 +1,193 @@
+//! The GUI for real: the app runs scripted steps in a window under Xvfb (software Vulkan) and
+//! the screenshots are checked pixel by pixel against what the app says it drew.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::sync::Mutex;
+
+/// GUI runs share 2 cores with the software rasteriser: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Xvfb {
+    display: String,
+    child: Child,
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_xvfb() -> Xvfb {
+    for n in 0..50 {
+        let display = format!(":{}", 140 + (std::process::id() as usize + n) % 400);
+        let lock = format!("/tmp/.X{}-lock", &display[1..]);
+        if Path::new(&lock).exists() {
+            continue;
+        }
+        let child = Command::new("Xvfb")
+            .args([display.as_str(), "-screen", "0", "1280x800x24", "-nolisten", "tcp"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("Xvfb is needed for the GUI tests (apt-get install xvfb mesa-vulkan-drivers)");
+        for _ in 0..50 {
+            if Path::new(&lock).exists() {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                return Xvfb { display, child };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("Xvfb did not start on {display}");
+    }
+    panic!("no free X display number");
+}
+
+fn tmp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sv-gui-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn run_script(dir: &Path, script: &str) -> Output {
+    let path = dir.join("steps.json");
+    std::fs::write(&path, script).unwrap();
+    let xvfb = start_xvfb();
+    let out = Command::new(env!("CARGO_BIN_EXE_spatial-viewer"))
+        .arg("--script")
+        .arg(&path)
+        .env("DISPLAY", &xvfb.display)
+        .env("WGPU_BACKEND", "vulkan")
+        .current_dir(dir)
+        .output()
+        .expect("run the viewer");
+    drop(xvfb);
+    out
+}
+
+fn load_rgb(path: &Path) -> image::RgbImage {
+    image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8()
+}
+
+fn near(p: &image::Rgb<u8>, c: [u8; 3], tol: i32) -> bool {
+    (0..3).all(|i| (p[i] as i32 - c[i] as i32).abs() <= tol)
+}
+
+const CURRENT: [u8; 3] = [255, 235, 51];
+const SAMPLED: [u8; 3] = [255, 115, 25];
+
+#[test]
+fn demo_scene_renders_with_cameras_timeline_and_picks() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmp_dir("demo");
+    let out = run_script(
+        &dir,
+        r#"{"steps": [{"open": "demo"}, {"wait_idle": 120}, {"select_camera": 30}, {"set": {"control": "point_budget", "value": 120000}},
+            {"wait_idle": 120}, {"wait_frames": 10}, {"screenshot": "demo.png"}, {"dump_state": "state.json"},
+            {"set": {"control": "color_mode", "value": "confidence"}}, {"set": {"control": "show_cameras", "value": false}},
+            {"wait_frames": 5}, {"screenshot": "confidence.png"}, {"quit": true}]}"#,
+    );
+    assert!(out.status.success(), "viewer failed: {}", String::from_utf8_lossy(&out.stderr));
+    let img = load_rgb(&dir.join("demo.png"));
+    assert_eq!((img.width(), img.height()), (1280, 800));
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["frame"], 30);
+    let vp: Vec<f64> = state["viewport"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let (vx, vy, vw, vh) = (vp[0] as u32, vp[1] as u32, vp[2] as u32, vp[3] as u32);
+    assert!(vw > 400 && vh > 400, "viewport {vp:?}");
+
+    // The viewport is rendered: many distinct colours, not a cleared background.
+    let mut colours = std::collections::HashSet::new();
+    let mut background = 0;
+    for y in vy..vy + vh {
+        for x in vx..vx + vw {
+            let p = img.get_pixel(x, y);
+            colours.insert([p[0] >> 2, p[1] >> 2, p[2] >> 2]);
+            if near(p, [23, 23, 28], 3) {
+                background += 1;
+            }
+        }
+    }
+    assert!(colours.len() > 300, "only {} colours in the viewport", colours.len());
+    assert!((background as f64) < 0.7 * (vw * vh) as f64, "viewport is mostly background");
+
+    // The selected frame's frustum is drawn in the highlight colour where the projection says.
+    let f30 = &state["frustums"][30];
+    let pts: Vec<[f64; 2]> = std::iter::once(&f30["center"]).chain(f30["corners"].as_array().unwrap().iter()).filter_map(|p| p.as_array().map(|a| [a[0].as_f64().unwrap(), a[1].as_f64().unwrap()])).collect();
+    assert_eq!(pts.len(), 5, "frustum 30 is not fully in front of the camera: {f30}");
+    let mut hits = 0;
+    for i in 1..5 {
+        // Sample along the apex-to-corner edges.
+        for k in 2..9 {
+            let t = k as f64 / 10.0;
+            let (x, y) = (pts[0][0] + t * (pts[i][0] - pts[0][0]), pts[0][1] + t * (pts[i][1] - pts[0][1]));
+            let found = (-2i32..=2).any(|dy| (-2i32..=2).any(|dx| {
+                let (px, py) = (x as i32 + dx, y as i32 + dy);
+                px >= 0 && py >= 0 && (px as u32) < img.width() && (py as u32) < img.height() && near(img.get_pixel(px as u32, py as u32), CURRENT, 40)
+            }));
+            hits += found as u32;
+        }
+    }
+    assert!(hits >= 20, "highlighted frustum edges found at only {hits}/28 projected samples");
+
+    // Timeline: the current-frame marker and the 16 sampled-frame markers.
+    let timeline = (img.height() - 110)..(img.height() - 24);
+    let imgr = &img;
+    let yellow_x: Vec<u32> = timeline.clone().flat_map(|y| (0..imgr.width()).filter(move |&x| near(imgr.get_pixel(x, y), CURRENT, 30))).collect();
+    assert!(!yellow_x.is_empty(), "no current-frame marker on the timeline");
+    let sampled_cols: std::collections::BTreeSet<u32> = timeline.flat_map(|y| (0..imgr.width()).filter(move |&x| near(imgr.get_pixel(x, y), SAMPLED, 30))).map(|x| x / 8).collect();
+    assert!(sampled_cols.len() >= 16, "sampled markers in {} columns", sampled_cols.len());
+
+    // Confidence colouring changes the picture.
+    let conf = load_rgb(&dir.join("confidence.png"));
+    let changed = (vy..vy + vh).step_by(4).flat_map(|y| (vx..vx + vw).step_by(4).map(move |x| (x, y))).filter(|&(x, y)| !near(imgr.get_pixel(x, y), conf.get_pixel(x, y).0, 10)).count();
+    assert!(changed > 2000, "confidence colouring changed only {changed} samples");
+}
+
+#[test]
+fn folder_of_frames_plays_and_bad_folders_are_named() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmp_dir("folder");
+    let frames = dir.join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    // Frame i is a flat colour, so the video panel tells which one is shown.
+    for i in 0..6u8 {
+        let img = image::RgbImage::from_pixel(160, 120, image::Rgb([40 * i, 200 - 30 * i, 90]));
+        img.save(frames.join(format!("{i:03}.png"))).unwrap();
+    }
+    let out = run_script(&dir, r#"{"steps": [{"open": "frames"}, {"seek": 4}, {"wait_idle": 30}, {"wait_frames": 10}, {"screenshot": "folder.png"}, {"quit": true}]}"#);
+    assert!(out.status.success(), "viewer failed: {}", String::from_utf8_lossy(&out.stderr));
+    let img = load_rgb(&dir.join("folder.png"));
+    let want = [160u8, 80, 90];
+    let count = (30..300).flat_map(|y| (0..300).map(move |x| (x, y))).filter(|&(x, y)| near(img.get_pixel(x, y), want, 6)).count();
+    assert!(count > 5000, "frame 4 is not in the video panel ({count} matching pixels)");
+
+    // Mixed sizes: the message names the odd file, and the run fails at that step.
+    image::RgbImage::new(100, 100).save(frames.join("007.png")).unwrap();
+    let out = run_script(&dir, r#"{"steps": [{"open": "frames"}, {"quit": true}]}"#);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("007.png") && err.contains("same size"), "{err}");
+
+    // A folder without images.
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = run_script(&dir, r#"{"steps": [{"open": "empty"}, {"quit": true}]}"#);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("empty") && err.contains("no PNG or JPEG"), "{err}");
+}
+
+#[test]
+fn bad_scripts_fail_before_a_window_opens() {
+    let dir = tmp_dir("badscript");
+    let path = dir.join("s.json");
+    std::fs::write(&path, r#"{"steps": [{"open": "demo"}, {"teleport": 3}]}"#).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_spatial-viewer")).arg("--script").arg(&path).env_remove("DISPLAY").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("s.json") && err.contains("step 2") && err.contains("teleport"), "{err}");
+}
