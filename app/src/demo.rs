@@ -241,7 +241,12 @@ mod tests {
         let max = from_depth.iter().zip(&rec.world_points).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(max < 1e-3, "max {max}");
         // The frames are textured, not flat.
-        let distinct: std::collections::HashSet<_> = rec.images.chunks(3).take(DEMO_WIDTH * DEMO_HEIGHT).collect();
-        assert!(distinct.len() > 200);
+        let mut counts = std::collections::HashMap::new();
+        for px in rec.images.chunks(3).take(DEMO_WIDTH * DEMO_HEIGHT) {
+            *counts.entry(px).or_insert(0usize) += 1;
+        }
+        let largest = counts.values().max().copied().unwrap_or(0);
+        assert!(counts.len() > 30, "{} colours", counts.len());
+        assert!(largest < DEMO_WIDTH * DEMO_HEIGHT * 2 / 5, "one colour covers {largest} pixels");
     }
 }

@@ -47,7 +47,7 @@ fn main() {
         Some(Command::Reconstruct(a)) => cli::reconstruct::run(a),
         Some(Command::Sample(a)) => cli::sample::run(a),
         Some(Command::Bench { command }) => cli::bench::run(command),
-        None => gui::run(gui::GuiOptions { input: args.input, script: args.script, vggt: args.vggt }),
+        None => gui::run(gui::GuiOptions { input: args.input, script: args.script, vggt: args.vggt, bench_points: None }),
     };
     match result {
         Ok(code) => std::process::exit(code),

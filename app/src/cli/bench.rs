@@ -6,6 +6,15 @@ use spatial_models::vggt::{Vggt, VggtConfig, estimate_flops};
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
+    /// Point-cloud rendering: main-thread CPU ms per frame (median of 300), GPU bytes per point,
+    /// upload time. Needs a display (Xvfb works). Without --points: 10k, 1M and 5M.
+    Render {
+        #[arg(long)]
+        points: Option<usize>,
+        /// Frames to time (after 30 warm-up frames).
+        #[arg(long, default_value_t = 300)]
+        frames: usize,
+    },
     /// VGGT-1B forward time and peak memory. Without --frames, runs the standard cases
     /// (2 frames at 224x224, 8 frames at 518x294), each in its own process so peaks are separate.
     Vggt {
@@ -35,6 +44,23 @@ pub fn peak_rss_mib() -> Option<f64> {
 
 pub fn run(cmd: BenchCommand) -> Result<i32> {
     match cmd {
+        BenchCommand::Render { points: Some(n), frames } => {
+            crate::gui::bench::set_samples(frames);
+            crate::gui::run(crate::gui::GuiOptions { input: None, script: None, vggt: None, bench_points: Some(n) })
+        }
+        BenchCommand::Render { points: None, frames } => {
+            println!("Point-cloud rendering, 1280x800 window, median over {frames} frames after warm-up");
+            println!("| points | app CPU ms/frame (main world) | frame wall ms (incl. rasterising) | GPU bytes/point | upload ms |");
+            println!("|---|---|---|---|---|");
+            let exe = std::env::current_exe()?;
+            for n in [10_000usize, 1_000_000, 5_000_000] {
+                let status = std::process::Command::new(&exe).args(["bench", "render", "--points", &n.to_string(), "--frames", &frames.to_string()]).stderr(std::process::Stdio::null()).status()?;
+                if !status.success() {
+                    anyhow::bail!("render benchmark with {n} points failed");
+                }
+            }
+            Ok(0)
+        }
         BenchCommand::Vggt { frames: Some(s), height, width, device, dtype, repeats } => {
             let device = spatial_models::open_device(&device)?;
             let dtype = spatial_models::parse_dtype(&dtype)?;

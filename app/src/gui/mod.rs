@@ -8,6 +8,7 @@
 //! * [`script`]: scripted runs (`--script steps.json`), also used by the GUI tests.
 //! * [`renderer`]: the instanced point-splat pipeline.
 
+pub mod bench;
 pub mod camera;
 pub mod cloud;
 pub mod player;
@@ -25,6 +26,8 @@ pub struct GuiOptions {
     pub input: Option<PathBuf>,
     pub script: Option<PathBuf>,
     pub vggt: Option<PathBuf>,
+    /// `bench render`: show N synthetic points, time 300 frames, print a table row, exit.
+    pub bench_points: Option<usize>,
 }
 
 /// What the app is showing, for the title bar and the badge.
@@ -52,6 +55,7 @@ pub struct StartupOptions {
     pub input: Option<PathBuf>,
     pub script: Option<PathBuf>,
     pub vggt: Option<PathBuf>,
+    pub bench_points: Option<usize>,
 }
 
 /// Requests to open a source; handled by the player.
@@ -76,7 +80,7 @@ pub fn run(opts: GuiOptions) -> anyhow::Result<i32> {
     }
     let exit = App::new()
         .insert_resource(ClearColor(Color::srgb(0.09, 0.09, 0.11)))
-        .insert_resource(StartupOptions { input: opts.input, script: opts.script, vggt: opts.vggt })
+        .insert_resource(StartupOptions { input: opts.input, script: opts.script, vggt: opts.vggt, bench_points: opts.bench_points })
         .init_resource::<StatusLine>()
         .add_message::<OpenRequest>()
         .add_message::<SeekRequest>()
@@ -99,6 +103,7 @@ pub fn run(opts: GuiOptions) -> anyhow::Result<i32> {
             camera::CameraControlPlugin,
             ui::UiPlugin,
             script::ScriptPlugin,
+            bench::RenderBenchPlugin,
         ))
         .run();
     Ok(match exit {

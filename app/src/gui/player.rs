@@ -206,7 +206,7 @@ fn handle_seek(mut seeks: MessageReader<SeekRequest>, mut player: ResMut<Player>
 
 fn open_at_startup(opts: Res<StartupOptions>, mut open: MessageWriter<OpenRequest>) {
     // A script opens what it wants itself; otherwise the input or the demo.
-    if opts.script.is_some() && opts.input.is_none() {
+    if (opts.script.is_some() && opts.input.is_none()) || opts.bench_points.is_some() {
         return;
     }
     match &opts.input {

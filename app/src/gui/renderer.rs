@@ -30,6 +30,10 @@ use std::sync::Arc;
 
 pub const MAX_FRAMES: usize = 256;
 
+/// Duration of the last instance upload in nanoseconds, and its size in bytes (for `bench render`).
+pub static LAST_UPLOAD_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub static LAST_UPLOAD_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// One point on the GPU: 16 bytes.
 #[derive(Clone, Copy, Pod, Zeroable, Debug, PartialEq)]
 #[repr(C)]
@@ -162,6 +166,7 @@ fn prepare_points(
     let (Some(render), Some(pipeline)) = (render, pipeline) else { return };
     if render.version != gpu.version {
         gpu.version = render.version;
+        let start = std::time::Instant::now();
         gpu.instances = render.data.as_ref().filter(|d| !d.points.is_empty()).map(|d| {
             device.create_buffer_with_data(&BufferInitDescriptor {
                 label: Some("point cloud instances"),
@@ -169,6 +174,9 @@ fn prepare_points(
                 usage: BufferUsages::VERTEX,
             })
         });
+        use std::sync::atomic::Ordering::Relaxed;
+        LAST_UPLOAD_NS.store(start.elapsed().as_nanos() as u64, Relaxed);
+        LAST_UPLOAD_BYTES.store(gpu.instances.as_ref().map(|b| b.size()).unwrap_or(0), Relaxed);
     }
     if gpu.uniform.is_none() {
         let buffer = device.create_buffer(&BufferDescriptor {

@@ -33,6 +33,8 @@ pub enum Job {
     BuildDemo { frames: usize, budget: usize, source: PointSource },
     BuildCloud { label: String, rec: Arc<Reconstruction>, budget: usize, source: PointSource },
     ScanFolder(PathBuf),
+    /// A synthetic cloud of N points (for `bench render`).
+    Synthetic(usize),
 }
 
 enum JobOutput {
@@ -83,6 +85,7 @@ fn run_job(job: Job) -> JobOutput {
             scene_output("demo scene: ground-truth geometry".into(), rec, budget, source)
         }
         Job::BuildCloud { label, rec, budget, source } => scene_output(label, rec, budget, source),
+        Job::Synthetic(n) => JobOutput::Scene(Arc::new(synthetic_scene(n))),
         Job::ScanFolder(path) => match scan_folder(&path) {
             Ok(info) => JobOutput::Folder(Arc::new(info)),
             Err(e) => JobOutput::Failed(format!("{e:#}")),
@@ -93,6 +96,45 @@ fn run_job(job: Job) -> JobOutput {
 fn scene_output(label: String, rec: Arc<Reconstruction>, budget: usize, source: PointSource) -> JobOutput {
     let (cloud, index) = build_cloud(&rec, source, budget);
     JobOutput::Scene(Arc::new(LoadedScene { label, rec, cloud: Arc::new(cloud), index }))
+}
+
+/// N points on a noisy shell, one frame, seen by one camera: the render benchmark's scene.
+pub fn synthetic_scene(n: usize) -> LoadedScene {
+    use super::renderer::PointInstance;
+    use spatial_models::vggt::Camera;
+    let mut points = Vec::with_capacity(n);
+    let golden = std::f32::consts::PI * (3.0 - 5f32.sqrt());
+    for i in 0..n {
+        let t = (i as f32 + 0.5) / n as f32;
+        let y = 1.0 - 2.0 * t;
+        let r = (1.0 - y * y).sqrt();
+        let a = golden * i as f32;
+        let shell = 1.0 + 0.15 * ((i % 13) as f32 / 13.0);
+        points.push(PointInstance {
+            position: [r * a.cos() * shell, y * shell, r * a.sin() * shell - 3.0],
+            color_rank: [(128.0 + 127.0 * a.cos()) as u8, (255.0 * t) as u8, (255.0 * (1.0 - t)) as u8, 255 - (i * 255 / n.max(1)) as u8],
+        });
+    }
+    let conf: Vec<f32> = (0..n).map(|i| 10.0 - 9.0 * i as f32 / n.max(1) as f32).collect();
+    let mut all = conf.clone();
+    all.reverse();
+    let camera = Camera { extrinsic: [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]], intrinsic: [[100.0, 0.0, 64.0], [0.0, 100.0, 48.0], [0.0, 0.0, 1.0]] };
+    let rec = Reconstruction {
+        frames: 1,
+        height: 96,
+        width: 128,
+        images: vec![128; 96 * 128 * 3],
+        depth: vec![3.0; 96 * 128],
+        depth_conf: vec![1.0; 96 * 128],
+        world_points: vec![0.0; 96 * 128 * 3],
+        world_points_conf: vec![1.0; 96 * 128],
+        pose_enc: None,
+        cameras: vec![camera],
+        frame_indices: vec![0],
+    };
+    let index = CloudIndex { frame_conf: vec![conf], all_conf_sorted: all, scene_scale: 2.3, depth_range: (1.8, 4.2), centers: vec![[0.0, 0.0, 0.0]] };
+    let cloud = PointCloudBuffers { points, frame_starts: vec![0, n as u32], centers: vec![[0.0, 0.0, 0.0]] };
+    LoadedScene { label: format!("benchmark: {n} synthetic points"), rec: Arc::new(rec), cloud: Arc::new(cloud), index }
 }
 
 /// Lists a folder's images and checks each header: a clear error names the first bad file.

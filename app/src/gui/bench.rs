@@ -1,0 +1,80 @@
+//! `bench render`: time the app's per-frame CPU work with N points on the GPU.
+//! The main-world schedules (First..Last) are timed: that is the CPU work per frame that could
+//! grow with the point count. Under a software rasteriser the full frame also includes drawing,
+//! which is reported separately.
+
+use super::StartupOptions;
+use super::renderer::{LAST_UPLOAD_BYTES, LAST_UPLOAD_NS};
+use super::scene::Geometry;
+use super::tasks::{Job, Worker};
+use bevy::prelude::*;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+const WARMUP_FRAMES: usize = 30;
+static SAMPLES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(300);
+
+/// Frames to time (default 300).
+pub fn set_samples(n: usize) {
+    SAMPLES.store(n.max(1), Relaxed);
+}
+
+#[derive(Resource)]
+struct RenderBench {
+    points: usize,
+    frame_start: Option<Instant>,
+    last_frame_end: Option<Instant>,
+    warmup: usize,
+    cpu_ms: Vec<f64>,
+    wall_ms: Vec<f64>,
+}
+
+fn start(opts: Res<StartupOptions>, mut commands: Commands, mut worker: ResMut<Worker>) {
+    if let Some(n) = opts.bench_points {
+        worker.submit(Job::Synthetic(n));
+        commands.insert_resource(RenderBench { points: n, frame_start: None, last_frame_end: None, warmup: 0, cpu_ms: Vec::new(), wall_ms: Vec::new() });
+    }
+}
+
+fn frame_begin(bench: Option<ResMut<RenderBench>>) {
+    if let Some(mut b) = bench {
+        b.frame_start = Some(Instant::now());
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn frame_end(bench: Option<ResMut<RenderBench>>, geometry: Res<Geometry>, worker: Res<Worker>, mut exit: MessageWriter<AppExit>) {
+    let Some(mut b) = bench else { return };
+    let now = Instant::now();
+    let ready = geometry.scene.is_some() && worker.is_idle();
+    if ready && b.warmup >= WARMUP_FRAMES {
+        let cpu = now.duration_since(b.frame_start.unwrap_or(now)).as_secs_f64() * 1e3;
+        b.cpu_ms.push(cpu);
+        if let Some(last) = b.last_frame_end {
+            b.wall_ms.push(now.duration_since(last).as_secs_f64() * 1e3);
+        }
+    } else if ready {
+        b.warmup += 1;
+    }
+    b.last_frame_end = Some(now);
+    if b.cpu_ms.len() >= SAMPLES.load(Relaxed) && !b.wall_ms.is_empty() {
+        let cpu = median(&mut b.cpu_ms);
+        let wall = median(&mut b.wall_ms);
+        let bytes = LAST_UPLOAD_BYTES.load(Relaxed) as f64 / b.points.max(1) as f64;
+        let upload = LAST_UPLOAD_NS.load(Relaxed) as f64 / 1e6;
+        println!("| {} | {cpu:.3} | {wall:.1} | {bytes:.0} | {upload:.1} |", b.points);
+        exit.write(AppExit::Success);
+    }
+}
+
+pub struct RenderBenchPlugin;
+
+impl Plugin for RenderBenchPlugin {
+    fn build(&self, app: &mut App) {
+        app.add_systems(Startup, start).add_systems(First, frame_begin).add_systems(Last, frame_end);
+    }
+}
