@@ -299,7 +299,7 @@ fn ui_system(
             ui.label(format!("frame {} / {}   {:.2} s", player.current, player.frame_count.saturating_sub(1), t));
             ui.separator();
             ui.colored_label(egui::Color32::from_rgb(255, 235, 50), "| current");
-            ui.colored_label(egui::Color32::from_rgb(255, 115, 25), format!("● sampled: {}", sampled.label));
+            ui.colored_label(egui::Color32::from_rgb(255, 115, 25), format!("o sampled: {}", sampled.label));
         });
         timeline(ui, &player, &sampled, &mut seek_to);
     });
