@@ -98,6 +98,17 @@ fn weights_check_reports_kind_and_every_problem() {
 }
 
 #[test]
+fn weights_check_knows_spatial_mllm() {
+    let out = viewer(&["weights", "check", fixture("spatial-mllm-tiny").to_str().unwrap()]);
+    let t = text(&out);
+    assert!(t.contains("Spatial-MLLM checkpoint"), "{t}");
+    assert!(t.contains("spatial encoder (VGGT aggregator)") && !t.contains("missing "), "{t}");
+    // The question-answering part is not in this build, so it must not claim the model loads.
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("cannot load Qwen2.5-VL"), "{t}");
+}
+
+#[test]
 fn reconstruct_then_sample_end_to_end() {
     let dir = tmp("recon");
     let frames = dir.join("frames");

@@ -91,3 +91,26 @@ fn reduced_precision_stays_close_to_f32() {
         }
     }
 }
+
+#[test]
+fn spatial_mllm_checkpoint_provides_the_same_aggregator() {
+    // spatial-mllm-tiny carries vggt-tiny's weights under `spatial_encoder.vggt_model.`; its
+    // config names only img_size/patch_size/embed_dim, the rest comes from the tensor shapes.
+    let dir = spatial_models::checkpoint::CheckpointDir::open(&fixture("spatial-mllm-tiny")).unwrap();
+    let json = dir.config_json().unwrap();
+    let mut cfg: VggtConfig = serde_json::from_value(json["spatial_config"].clone()).unwrap();
+    let prefix = "spatial_encoder.vggt_model.";
+    let shapes = dir.tensors().unwrap().into_iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.shape))).collect();
+    cfg.infer_from_shapes(&shapes);
+    let model = Vggt::load(&cfg, &dir.safetensors, "spatial_encoder.vggt_model", VggtParts::AggregatorOnly, DType::F32, &Device::Cpu).unwrap();
+    let expected = load_expected("vggt-tiny/expected.safetensors");
+    let last = cfg.depth - 1;
+    let out = model.aggregator.forward(&expected["images"], &[last], false, None).unwrap().unwrap();
+    assert_close("aggregated (from Spatial-MLLM)", &out.layers[&last], &expected[&format!("aggregated.{last}")], 1e-3);
+
+    // And on Spatial-MLLM's own frames (/255), its last layer as upstream computed it.
+    let smllm = load_expected("spatial-mllm-tiny/expected.safetensors");
+    let frames = (smllm["frames_u8"].to_dtype(DType::F32).unwrap().permute((0, 3, 1, 2)).unwrap() / 255.0).unwrap();
+    let out = model.aggregator.forward(&frames, &[last], false, None).unwrap().unwrap();
+    assert_close("spatial_last_layer", &out.layers[&last], &smllm["spatial_last_layer"], 1e-3);
+}

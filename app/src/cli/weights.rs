@@ -70,7 +70,8 @@ fn check(dir: &Path) -> Result<i32> {
             report.loads()
         }
         ModelKind::SpatialMllm => {
-            let cfg = vggt_config(&ckpt, &json, Some("spatial_config"))?;
+            let mut cfg = vggt_config(&ckpt, &json, Some("spatial_config"))?;
+            cfg.infer_from_shapes(&shapes("spatial_encoder.vggt_model."));
             let report = compare(
                 &expected_tensors(&cfg, VggtParts::AggregatorOnly)?,
                 &shapes("spatial_encoder.vggt_model."),

@@ -121,10 +121,67 @@ impl VggtConfig {
         anyhow::ensure!(self.embed_dim % self.num_heads == 0, "embed_dim {} is not divisible by num_heads {}", self.embed_dim, self.num_heads);
         anyhow::ensure!((self.embed_dim / self.num_heads) % 4 == 0, "the 2D RoPE needs a head dimension divisible by 4, got {}", self.embed_dim / self.num_heads);
         anyhow::ensure!(self.dino_embed_dim() == self.embed_dim, "patch_embed.embed_dim {} differs from embed_dim {}", self.dino_embed_dim(), self.embed_dim);
+        anyhow::ensure!(self.depth > 0, "depth must be at least 1");
+        Ok(())
+    }
+
+    /// Checks the head settings (only needed when the heads are built).
+    pub fn validate_heads(&self) -> anyhow::Result<()> {
         for &i in &self.dpt_head.intermediate_layer_idx {
             anyhow::ensure!(i < self.depth, "dpt_head.intermediate_layer_idx {i} is out of range for depth {}", self.depth);
         }
         anyhow::ensure!(self.dpt_head.features % 2 == 0, "dpt_head.features must be even");
         Ok(())
+    }
+}
+
+impl VggtConfig {
+    /// Fills in sizes that a checkpoint's tensor shapes determine (width, depth, heads via the
+    /// q/k-norm width, registers, MLP ratio), for configs that do not spell them out, such as
+    /// Spatial-MLLM's `spatial_config`. `shapes` maps names (without any prefix) to shapes.
+    pub fn infer_from_shapes(&mut self, shapes: &std::collections::BTreeMap<String, Vec<usize>>) {
+        let count = |prefix: &str| -> Option<usize> {
+            let n = shapes
+                .keys()
+                .filter_map(|k| k.strip_prefix(prefix))
+                .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
+                .max()?;
+            Some(n + 1)
+        };
+        if let Some(s) = shapes.get("aggregator.camera_token") {
+            if let Some(&dim) = s.last() {
+                self.embed_dim = dim;
+            }
+        }
+        if let Some(d) = count("aggregator.frame_blocks.") {
+            self.depth = d;
+        }
+        if let Some(s) = shapes.get("aggregator.frame_blocks.0.attn.q_norm.weight") {
+            if s[0] > 0 && self.embed_dim % s[0] == 0 {
+                self.num_heads = self.embed_dim / s[0];
+            }
+        }
+        if let Some(s) = shapes.get("aggregator.frame_blocks.0.mlp.fc1.weight") {
+            self.mlp_ratio = s[0] as f64 / self.embed_dim as f64;
+        }
+        if let Some(s) = shapes.get("aggregator.register_token") {
+            self.num_register_tokens = s[2];
+        }
+        if let Some(d) = count("aggregator.patch_embed.blocks.") {
+            self.patch_embed.depth = Some(d);
+        }
+        if let Some(s) = shapes.get("aggregator.patch_embed.register_tokens") {
+            self.patch_embed.num_register_tokens = Some(s[1]);
+        }
+        if let Some(s) = shapes.get("aggregator.patch_embed.blocks.0.mlp.fc1.weight") {
+            self.patch_embed.mlp_ratio = Some(s[0] as f64 / self.embed_dim as f64);
+        }
+        if self.patch_embed.num_heads.is_none() {
+            self.patch_embed.num_heads = Some(self.num_heads);
+        }
+        if let Some(s) = shapes.get("aggregator.patch_embed.pos_embed") {
+            let grid = ((s[1] - 1) as f64).sqrt().round() as usize;
+            self.img_size = grid * self.patch_size;
+        }
     }
 }

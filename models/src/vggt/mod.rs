@@ -73,11 +73,14 @@ impl Vggt {
         cfg.validate().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let aggregator = Aggregator::new(cfg, vb.pp("aggregator"))?;
         let (camera_head, depth_head, point_head) = match heads_vb {
-            Some(h) => (
+            Some(h) => {
+                cfg.validate_heads().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                (
                 Some(CameraHead::new(cfg, h.pp("camera_head"))?),
                 Some(DptHead::new(cfg, 2, DptActivation::Exp, h.pp("depth_head"))?),
                 Some(DptHead::new(cfg, 4, DptActivation::InvLog, h.pp("point_head"))?),
-            ),
+                )
+            }
             None => (None, None, None),
         };
         Ok(Self { aggregator, camera_head, depth_head, point_head, config: cfg.clone() })
