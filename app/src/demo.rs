@@ -50,12 +50,6 @@ pub struct Furniture {
     pub pattern: Pattern,
 }
 
-impl Furniture {
-    pub fn center(&self) -> V3 {
-        scale(add(self.min, self.max), 0.5)
-    }
-}
-
 /// Room extent (inside) in room coordinates.
 pub const ROOM_MIN: V3 = [-3.0, 0.0, -2.5];
 pub const ROOM_MAX: V3 = [3.0, 2.6, 2.5];
@@ -226,6 +220,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn space_aware_sampling_spreads_over_the_walk() {
+        let rec = build_demo(32);
+        let r = spatial_models::sampling::space_aware_sampling(&rec.world_points, &rec.world_points_conf, rec.frames, &Default::default()).unwrap();
+        assert_eq!(r.selected.len(), 16, "{r:?}");
+    }
+
+    #[test]
     fn ground_truth_is_consistent() {
         let rec = build_demo(8);
         // First camera is the world origin with identity rotation.
@@ -241,6 +242,21 @@ mod tests {
         let max = from_depth.iter().zip(&rec.world_points).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(max < 1e-3, "max {max}");
         // The frames are textured, not flat.
+        // Every piece of furniture is seen where it was placed: count world points inside each
+        // box (world = first camera; back to room coordinates with camera 0's pose).
+        let rec_all = build_demo(24);
+        let (c0, r0) = camera_pose(0, 24);
+        for item in furniture() {
+            let inside = rec_all
+                .world_points
+                .chunks(3)
+                .filter(|p| {
+                    let room = add(add(add(scale(r0[0], p[0]), scale(r0[1], p[1])), scale(r0[2], p[2])), c0);
+                    (0..3).all(|a| room[a] >= item.min[a] - 1e-3 && room[a] <= item.max[a] + 1e-3)
+                })
+                .count();
+            assert!(inside > 500, "{} is seen by only {inside} pixels", item.name);
+        }
         let mut counts = std::collections::HashMap::new();
         for px in rec.images.chunks(3).take(DEMO_WIDTH * DEMO_HEIGHT) {
             *counts.entry(px).or_insert(0usize) += 1;

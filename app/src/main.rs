@@ -17,9 +17,6 @@ struct Args {
     /// Run the scripted steps of this JSON file in the live window (see README).
     #[arg(long)]
     script: Option<PathBuf>,
-    /// VGGT checkpoint folder to load at start-up.
-    #[arg(long)]
-    vggt: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -47,7 +44,7 @@ fn main() {
         Some(Command::Reconstruct(a)) => cli::reconstruct::run(a),
         Some(Command::Sample(a)) => cli::sample::run(a),
         Some(Command::Bench { command }) => cli::bench::run(command),
-        None => gui::run(gui::GuiOptions { input: args.input, script: args.script, vggt: args.vggt, bench_points: None }),
+        None => gui::run(gui::GuiOptions { input: args.input, script: args.script, bench_points: None }),
     };
     match result {
         Ok(code) => std::process::exit(code),

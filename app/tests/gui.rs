@@ -85,12 +85,22 @@ fn demo_scene_renders_with_cameras_timeline_and_picks() {
     let dir = tmp_dir("demo");
     let out = run_script(
         &dir,
-        r#"{"steps": [{"open": "demo"}, {"wait_idle": 120}, {"select_camera": 30}, {"set": {"control": "point_budget", "value": 120000}},
+        r#"{"steps": [{"open": "demo"}, {"wait_idle": 120}, {"dump_state": "space_aware.json"}, {"set": {"control": "sampler", "value": "uniform"}},
+            {"select_camera": 30}, {"set": {"control": "point_budget", "value": 120000}},
             {"wait_idle": 120}, {"wait_frames": 10}, {"screenshot": "demo.png"}, {"dump_state": "state.json"},
             {"set": {"control": "color_mode", "value": "confidence"}}, {"set": {"control": "show_cameras", "value": false}},
             {"wait_frames": 5}, {"screenshot": "confidence.png"}, {"quit": true}]}"#,
     );
     assert!(out.status.success(), "viewer failed: {}", String::from_utf8_lossy(&out.stderr));
+    // By default the demo's picks come from space-aware sampling on its ground truth: 16 distinct
+    // frames, with the uniform picks shown alongside for comparison.
+    let sa: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("space_aware.json")).unwrap()).unwrap();
+    let picks: Vec<u64> = sa["sampled"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert!(sa["sampled_label"].as_str().unwrap().starts_with("space-aware"), "{sa}");
+    assert_eq!(picks.len(), 16);
+    assert!(picks.windows(2).all(|w| w[0] < w[1]) && *picks.last().unwrap() < 96);
+    assert_eq!(sa["compare"].as_array().unwrap().len(), 16);
+
     let img = load_rgb(&dir.join("demo.png"));
     assert_eq!((img.width(), img.height()), (1280, 800));
     let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();

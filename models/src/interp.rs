@@ -1,23 +1,12 @@
 //! Antialiased bicubic resampling of small float grids, equal to PyTorch's
 //! `F.interpolate(mode="bicubic", antialias=True, align_corners=False)` in size mode
-//! (separable; horizontal pass first, cubic kernel a = -0.5, support widened when shrinking).
+//! (separable; horizontal pass first, the same a = -0.5 cubic kernel as Pillow, support widened
+//! when shrinking), in f32 rather than Pillow's 8-bit fixed point.
 
 /// Weights of one output sample: the first input index and its taps.
 struct Taps {
     start: usize,
     weights: Vec<f32>,
-}
-
-fn cubic(x: f64) -> f64 {
-    const A: f64 = -0.5;
-    let x = x.abs();
-    if x < 1.0 {
-        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
-    } else if x < 2.0 {
-        (((x - 5.0) * x + 8.0) * x - 4.0) * A
-    } else {
-        0.0
-    }
 }
 
 fn taps(in_size: usize, out_size: usize) -> Vec<Taps> {
@@ -29,7 +18,7 @@ fn taps(in_size: usize, out_size: usize) -> Vec<Taps> {
             let center = scale * (i as f64 + 0.5);
             let xmin = ((center - support + 0.5).floor().max(0.0)) as usize;
             let xmax = ((center + support + 0.5).floor() as usize).min(in_size);
-            let mut weights: Vec<f64> = (xmin..xmax).map(|j| cubic((j as f64 - center + 0.5) * inv_scale)).collect();
+            let mut weights: Vec<f64> = (xmin..xmax).map(|j| crate::resample::bicubic_filter((j as f64 - center + 0.5) * inv_scale)).collect();
             let total: f64 = weights.iter().sum();
             if total != 0.0 {
                 weights.iter_mut().for_each(|w| *w /= total);

@@ -6,7 +6,8 @@
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
-fn bicubic_filter(x: f64) -> f64 {
+/// The a = -0.5 cubic kernel shared by Pillow and torch's antialiased bicubic.
+pub(crate) fn bicubic_filter(x: f64) -> f64 {
     const A: f64 = -0.5;
     let x = x.abs();
     if x < 1.0 {

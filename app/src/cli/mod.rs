@@ -1,6 +1,7 @@
 //! Headless subcommands. Each returns the process exit code.
 
 pub mod bench;
+mod bench_backend;
 pub mod reconstruct;
 pub mod sample;
 pub mod weights;

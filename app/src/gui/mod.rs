@@ -6,6 +6,7 @@
 //! * [`camera`]: orbit / pan / zoom / fly controls, reset, look through a camera.
 //! * [`ui`]: egui panels (menu, scene controls, video, timeline, chat, status).
 //! * [`script`]: scripted runs (`--script steps.json`), also used by the GUI tests.
+//! * [`sampling`]: uniform and space-aware frame sampling on the geometry on screen.
 //! * [`renderer`]: the instanced point-splat pipeline.
 
 pub mod bench;
@@ -13,6 +14,7 @@ pub mod camera;
 pub mod cloud;
 pub mod player;
 pub mod renderer;
+pub mod sampling;
 pub mod scene;
 pub mod script;
 pub mod tasks;
@@ -25,7 +27,6 @@ use std::path::PathBuf;
 pub struct GuiOptions {
     pub input: Option<PathBuf>,
     pub script: Option<PathBuf>,
-    pub vggt: Option<PathBuf>,
     /// `bench render`: show N synthetic points, time 300 frames, print a table row, exit.
     pub bench_points: Option<usize>,
 }
@@ -54,7 +55,6 @@ impl StatusLine {
 pub struct StartupOptions {
     pub input: Option<PathBuf>,
     pub script: Option<PathBuf>,
-    pub vggt: Option<PathBuf>,
     pub bench_points: Option<usize>,
 }
 
@@ -80,7 +80,7 @@ pub fn run(opts: GuiOptions) -> anyhow::Result<i32> {
     }
     let exit = App::new()
         .insert_resource(ClearColor(Color::srgb(0.09, 0.09, 0.11)))
-        .insert_resource(StartupOptions { input: opts.input, script: opts.script, vggt: opts.vggt, bench_points: opts.bench_points })
+        .insert_resource(StartupOptions { input: opts.input, script: opts.script, bench_points: opts.bench_points })
         .init_resource::<StatusLine>()
         .add_message::<OpenRequest>()
         .add_message::<SeekRequest>()
@@ -104,6 +104,7 @@ pub fn run(opts: GuiOptions) -> anyhow::Result<i32> {
             ui::UiPlugin,
             script::ScriptPlugin,
             bench::RenderBenchPlugin,
+            sampling::SamplingPlugin,
         ))
         .run();
     Ok(match exit {

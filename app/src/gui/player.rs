@@ -9,7 +9,6 @@ use bevy_egui::EguiContexts;
 use spatial_models::reconstruction::Reconstruction;
 use spatial_models::vggt::preprocess::RgbFrame;
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::Arc;
 
 pub const DEMO_FPS: f32 = 10.0;
@@ -213,11 +212,6 @@ fn open_at_startup(opts: Res<StartupOptions>, mut open: MessageWriter<OpenReques
         Some(p) => open.write(OpenRequest::Path(p.clone())),
         None => open.write(OpenRequest::Demo),
     };
-}
-
-/// True for paths the player can open.
-pub fn openable(p: &Path) -> bool {
-    p.is_dir() || p.extension().is_some()
 }
 
 pub struct PlayerPlugin;

@@ -48,7 +48,13 @@ pub struct Geometry {
 pub struct SampledFrames {
     pub frames: Vec<usize>,
     pub label: String,
+    /// A second set shown for comparison (the uniform picks), empty when off.
+    pub compare: Vec<usize>,
 }
+
+/// The scene plugin's systems, for ordering.
+#[derive(SystemSet, Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SceneSystems;
 
 /// Frames Spatial-MLLM feeds the model without space-aware sampling: 16, linspace, both ends,
 /// rounded (qwen_vl_utils).
@@ -118,7 +124,7 @@ fn on_scene_loaded(
     if settings.frame_filter.is_some_and(|f| f >= scene.rec.frames) {
         settings.frame_filter = None;
     }
-    *sampled = SampledFrames { frames: spatial_mllm_uniform(scene.rec.frames), label: "uniform (Spatial-MLLM default: 16 frames, linspace)".into() };
+    *sampled = SampledFrames { frames: spatial_mllm_uniform(scene.rec.frames), label: "uniform (Spatial-MLLM default: 16 frames, linspace)".into(), compare: Vec::new() };
     spawn_frustums(&mut commands, scene, &mut meshes, &mut images, &mut materials, &frustum_materials);
     status.info(format!("{}: {} frames, {} points on the GPU", scene.label, scene.rec.frames, scene.cloud.points.len()));
     if let Ok(mut w) = windows.single_mut() {
@@ -338,6 +344,6 @@ impl Plugin for ScenePlugin {
             .init_resource::<SampledFrames>()
             .init_resource::<HoveredCamera>()
             .add_systems(Startup, setup)
-            .add_systems(Update, (on_scene_loaded, rebuild_on_budget_change, update_draws, highlight_frustums, pick).chain());
+            .add_systems(Update, (on_scene_loaded, rebuild_on_budget_change, update_draws, highlight_frustums, pick).chain().in_set(SceneSystems));
     }
 }

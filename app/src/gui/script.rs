@@ -8,6 +8,7 @@ use super::cloud::PointSource;
 use super::player::Player;
 use super::scene::{COLOR_MODES, Geometry, ViewSettings};
 use super::tasks::Worker;
+use super::sampling::{SamplerMode, SamplerSettings};
 use super::ui::ChatState;
 use super::{OpenRequest, ScreenshotRequest, SeekRequest, StartupOptions, StatusLine};
 use anyhow::{Context, Result, bail};
@@ -80,7 +81,7 @@ fn parse_step(v: &Value) -> Result<Step> {
 }
 
 /// Applies `set` to the view settings and player; the names are the ones the README lists.
-pub fn apply_control(control: &str, value: &Value, settings: &mut ViewSettings, player: &mut Player) -> Result<()> {
+pub fn apply_control(control: &str, value: &Value, settings: &mut ViewSettings, player: &mut Player, sampler: &mut SamplerSettings) -> Result<()> {
     let num = || value.as_f64().with_context(|| format!("`{control}` takes a number, got {value}"));
     let flag = || value.as_bool().with_context(|| format!("`{control}` takes true or false, got {value}"));
     match control {
@@ -107,9 +108,19 @@ pub fn apply_control(control: &str, value: &Value, settings: &mut ViewSettings, 
                 _ => bail!("`point_source` is \"depth\" or \"pointmap\""),
             }
         }
+        "sampler" => {
+            sampler.mode = match value.as_str() {
+                Some("uniform") => SamplerMode::Uniform,
+                Some("space-aware") => SamplerMode::SpaceAware,
+                _ => bail!("`sampler` is \"uniform\" or \"space-aware\""),
+            }
+        }
+        "k" => sampler.k = (num()? as usize).max(1),
+        "sample_conf_percentile" => sampler.conf_percentile = num()?.clamp(0.0, 99.0),
+        "compare_uniform" => sampler.compare_uniform = flag()?,
         "playing" => player.playing = flag()?,
         "speed" => player.speed = num()?.clamp(0.05, 8.0) as f32,
-        other => bail!("unknown control `{other}` (known: point_size, color_mode, conf_percentile, frame_filter, show_cameras, point_budget, point_source, playing, speed)"),
+        other => bail!("unknown control `{other}` (known: point_size, color_mode, conf_percentile, frame_filter, show_cameras, point_budget, point_source, sampler, k, sample_conf_percentile, compare_uniform, playing, speed)"),
     }
     Ok(())
 }
@@ -138,7 +149,7 @@ fn run_script(
     geometry: Res<Geometry>,
     mut settings: ResMut<ViewSettings>,
     mut player: ResMut<Player>,
-    mut chat: ResMut<ChatState>,
+    (mut chat, mut sampler, sampled): (ResMut<ChatState>, ResMut<SamplerSettings>, Res<super::scene::SampledFrames>),
     mut open: MessageWriter<OpenRequest>,
     mut seek: MessageWriter<SeekRequest>,
     mut shots: MessageWriter<ScreenshotRequest>,
@@ -203,7 +214,7 @@ fn run_script(
             true
         }
         Step::Set { control, value } => {
-            if let Err(e) = apply_control(control, value, &mut settings, &mut player) {
+            if let Err(e) = apply_control(control, value, &mut settings, &mut player, &mut sampler) {
                 fail(&r, format!("{e:#}"), &mut exit);
                 return;
             }
@@ -250,6 +261,9 @@ fn run_script(
             let json = serde_json::json!({
                 "frame": player.current,
                 "frame_count": player.frame_count,
+                "sampled": sampled.frames,
+                "sampled_label": sampled.label,
+                "compare": sampled.compare,
                 "camera_translation": transform.translation().to_array(),
                 "camera_rotation": transform.rotation().to_array(),
                 "clip_from_view": camera.clip_from_view().to_cols_array(),
@@ -318,11 +332,12 @@ mod tests {
     fn controls_are_validated() {
         let mut settings = ViewSettings::default();
         let mut player = Player::default();
-        apply_control("color_mode", &Value::from("depth"), &mut settings, &mut player).unwrap();
+        let mut sampler = SamplerSettings::default();
+        apply_control("color_mode", &Value::from("depth"), &mut settings, &mut player, &mut sampler).unwrap();
         assert_eq!(settings.color_mode, 2);
-        apply_control("frame_filter", &Value::from("all"), &mut settings, &mut player).unwrap();
+        apply_control("frame_filter", &Value::from("all"), &mut settings, &mut player, &mut sampler).unwrap();
         assert_eq!(settings.frame_filter, None);
-        assert!(apply_control("brightness", &Value::from(1), &mut settings, &mut player).is_err());
-        assert!(apply_control("point_size", &Value::from("big"), &mut settings, &mut player).is_err());
+        assert!(apply_control("brightness", &Value::from(1), &mut settings, &mut player, &mut sampler).is_err());
+        assert!(apply_control("point_size", &Value::from("big"), &mut settings, &mut player, &mut sampler).is_err());
     }
 }

@@ -35,10 +35,13 @@ pub enum Job {
     ScanFolder(PathBuf),
     /// A synthetic cloud of N points (for `bench render`).
     Synthetic(usize),
+    /// Space-aware sampling's voxel sets for the point map of a geometry.
+    VoxelSets { rec: Arc<Reconstruction>, params: spatial_models::sampling::SamplingParams },
 }
 
 enum JobOutput {
     Scene(Arc<LoadedScene>),
+    Voxels(Result<Arc<spatial_models::sampling::VoxelSets>, String>),
     Folder(Arc<FolderInfo>),
     Failed(String),
 }
@@ -48,6 +51,9 @@ pub struct SceneLoaded(pub Arc<LoadedScene>);
 
 #[derive(Message, Clone)]
 pub struct FolderOpened(pub Arc<FolderInfo>);
+
+#[derive(Message, Clone)]
+pub struct VoxelsReady(pub Result<Arc<spatial_models::sampling::VoxelSets>, String>);
 
 /// Handle to the worker and decoder threads.
 #[derive(Resource)]
@@ -86,6 +92,9 @@ fn run_job(job: Job) -> JobOutput {
         }
         Job::BuildCloud { label, rec, budget, source } => scene_output(label, rec, budget, source),
         Job::Synthetic(n) => JobOutput::Scene(Arc::new(synthetic_scene(n))),
+        Job::VoxelSets { rec, params } => JobOutput::Voxels(
+            spatial_models::sampling::VoxelSets::build(&rec.world_points, &rec.world_points_conf, rec.frames, &params).map(Arc::new).map_err(|e| format!("space-aware sampling: {e:#}")),
+        ),
         Job::ScanFolder(path) => match scan_folder(&path) {
             Ok(info) => JobOutput::Folder(Arc::new(info)),
             Err(e) => JobOutput::Failed(format!("{e:#}")),
@@ -220,7 +229,14 @@ fn spawn_threads() -> Worker {
 #[derive(Message, Clone)]
 pub struct FrameDecoded(pub usize, pub Arc<RgbFrame>);
 
-fn receive(mut worker: ResMut<Worker>, mut status: ResMut<StatusLine>, mut scenes: MessageWriter<SceneLoaded>, mut folders: MessageWriter<FolderOpened>, mut frames: MessageWriter<FrameDecoded>) {
+fn receive(
+    mut worker: ResMut<Worker>,
+    mut status: ResMut<StatusLine>,
+    mut scenes: MessageWriter<SceneLoaded>,
+    mut folders: MessageWriter<FolderOpened>,
+    mut frames: MessageWriter<FrameDecoded>,
+    mut voxels: MessageWriter<VoxelsReady>,
+) {
     while let Ok(out) = worker.results.try_recv() {
         worker.in_flight = worker.in_flight.saturating_sub(1);
         match out {
@@ -229,6 +245,9 @@ fn receive(mut worker: ResMut<Worker>, mut status: ResMut<StatusLine>, mut scene
             }
             JobOutput::Folder(f) => {
                 folders.write(FolderOpened(f));
+            }
+            JobOutput::Voxels(v) => {
+                voxels.write(VoxelsReady(v));
             }
             JobOutput::Failed(e) => status.error(e),
         }
@@ -253,6 +272,7 @@ impl Plugin for TasksPlugin {
             .add_message::<SceneLoaded>()
             .add_message::<FolderOpened>()
             .add_message::<FrameDecoded>()
+            .add_message::<VoxelsReady>()
             .add_systems(PreUpdate, receive);
     }
 }

@@ -184,6 +184,10 @@ fn timeline(ui: &mut egui::Ui, player: &Player, sampled: &SampledFrames, seek: &
         let x = x_of(f);
         painter.circle_filled(egui::pos2(x, rect.bottom() - 7.0), 4.0, egui::Color32::from_rgb(255, 115, 25));
     }
+    for &f in &sampled.compare {
+        let x = x_of(f);
+        painter.circle_filled(egui::pos2(x, rect.top() + 5.0), 3.0, egui::Color32::from_rgb(90, 160, 255));
+    }
     let x = x_of(player.current);
     painter.line_segment([egui::pos2(x, rect.top()), egui::pos2(x, rect.bottom() - 12.0)], egui::Stroke::new(2.5, egui::Color32::from_rgb(255, 235, 50)));
     painter.add(egui::Shape::convex_polygon(
@@ -219,6 +223,7 @@ fn ui_system(
     window: Single<&Window, With<PrimaryWindow>>,
     dialogs: Res<Dialogs>,
     keys: Res<ButtonInput<KeyCode>>,
+    (mut sampler, sampling_state): (ResMut<super::sampling::SamplerSettings>, Res<super::sampling::SamplingState>),
     (mut open, mut seek, mut shots, mut camera_cmd, mut exit): (
         MessageWriter<OpenRequest>,
         MessageWriter<SeekRequest>,
@@ -300,6 +305,9 @@ fn ui_system(
             ui.separator();
             ui.colored_label(egui::Color32::from_rgb(255, 235, 50), "| current");
             ui.colored_label(egui::Color32::from_rgb(255, 115, 25), format!("o sampled: {}", sampled.label));
+            if !sampled.compare.is_empty() {
+                ui.colored_label(egui::Color32::from_rgb(90, 160, 255), "o uniform (for comparison)");
+            }
         });
         timeline(ui, &player, &sampled, &mut seek_to);
     });
@@ -308,14 +316,15 @@ fn ui_system(
         egui::ScrollArea::vertical().show(ui, |ui| {
             ui.heading("Video");
             if let Some((idx, frame)) = player.shown.clone() {
-                let image = egui::ColorImage::from_rgb([frame.width, frame.height], &frame.data);
+                // Upload the frame only when it changes.
+                let image = || egui::ColorImage::from_rgb([frame.width, frame.height], &frame.data);
                 match &mut state.frame_texture {
                     Some((shown, tex)) if *shown != idx => {
-                        tex.set(image, egui::TextureOptions::LINEAR);
+                        tex.set(image(), egui::TextureOptions::LINEAR);
                         *shown = idx;
                     }
                     Some(_) => {}
-                    None => state.frame_texture = Some((idx, ctx.load_texture("current frame", image, egui::TextureOptions::LINEAR))),
+                    None => state.frame_texture = Some((idx, ctx.load_texture("current frame", image(), egui::TextureOptions::LINEAR))),
                 }
                 if let Some((_, tex)) = &state.frame_texture {
                     let w = ui.available_width();
@@ -365,6 +374,9 @@ fn ui_system(
             if let Some(scene) = &geometry.scene {
                 ui.label(format!("{} frames at {}x{}, {} points uploaded", scene.rec.frames, scene.rec.width, scene.rec.height, scene.cloud.points.len()));
             }
+            ui.separator();
+            ui.heading("Frame sampling");
+            super::sampling::sampling_panel(ui, &mut sampler, &sampling_state, frames);
         });
     });
 

@@ -1,0 +1,146 @@
+//! Frame sampling in the viewer: Spatial-MLLM's uniform 16 frames, or space-aware sampling
+//! (greedy maximum voxel coverage) on the geometry on screen. The voxel sets are built on the
+//! worker once per geometry and confidence percentile; changing K re-runs only the greedy step.
+
+use super::player::Player;
+use super::scene::{Geometry, SampledFrames, spatial_mllm_uniform};
+use super::tasks::{Job, SceneLoaded, VoxelsReady, Worker};
+use bevy::prelude::*;
+use spatial_models::sampling::{SamplingParams, SamplingResult};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SamplerMode {
+    Uniform,
+    SpaceAware,
+}
+
+#[derive(Resource, Debug, Clone, PartialEq)]
+pub struct SamplerSettings {
+    pub mode: SamplerMode,
+    pub k: usize,
+    pub conf_percentile: f64,
+    /// Also mark the uniform picks (second row on the timeline) for comparison.
+    pub compare_uniform: bool,
+}
+
+impl Default for SamplerSettings {
+    fn default() -> Self {
+        Self { mode: SamplerMode::SpaceAware, k: 16, conf_percentile: 50.0, compare_uniform: true }
+    }
+}
+
+/// The last space-aware result, for the panel.
+#[derive(Resource, Default)]
+pub struct SamplingState {
+    pub voxels: Option<std::sync::Arc<spatial_models::sampling::VoxelSets>>,
+    pub result: Option<SamplingResult>,
+    pub error: Option<String>,
+    /// Percentile the voxel sets were built with.
+    built_for: Option<f64>,
+}
+
+fn request_voxels(mut loaded: MessageReader<SceneLoaded>, settings: Res<SamplerSettings>, geometry: Res<Geometry>, mut worker: ResMut<Worker>, mut state: ResMut<SamplingState>) {
+    let new_scene = loaded.read().last().is_some();
+    let Some(scene) = &geometry.scene else { return };
+    let stale = state.built_for != Some(settings.conf_percentile);
+    if (new_scene || stale) && settings.mode == SamplerMode::SpaceAware {
+        state.built_for = Some(settings.conf_percentile);
+        worker.submit(Job::VoxelSets { rec: scene.rec.clone(), params: SamplingParams { conf_percentile: settings.conf_percentile, ..Default::default() } });
+    }
+}
+
+fn update_picks(
+    mut ready: MessageReader<VoxelsReady>,
+    settings: Res<SamplerSettings>,
+    geometry: Res<Geometry>,
+    player: Res<Player>,
+    mut state: ResMut<SamplingState>,
+    mut sampled: ResMut<SampledFrames>,
+) {
+    let mut changed = settings.is_changed() || geometry.is_changed();
+    for VoxelsReady(result) in ready.read() {
+        match result {
+            Ok(v) => {
+                state.voxels = Some(v.clone());
+                state.error = None;
+            }
+            Err(e) => {
+                state.voxels = None;
+                state.error = Some(e.clone());
+            }
+        }
+        changed = true;
+    }
+    if !changed {
+        return;
+    }
+    let n = geometry.scene.as_ref().map(|s| s.rec.frames).unwrap_or(player.frame_count);
+    let uniform = spatial_mllm_uniform(n);
+    match (settings.mode, &state.voxels) {
+        (SamplerMode::SpaceAware, Some(v)) if v.frame_sets.len() == n => {
+            let r = v.greedy(settings.k);
+            *sampled = SampledFrames {
+                frames: r.selected.clone(),
+                label: format!("space-aware (K = {}, {} picked)", settings.k, r.selected.len()),
+                compare: if settings.compare_uniform { uniform } else { Vec::new() },
+            };
+            state.result = Some(r);
+        }
+        _ => {
+            *sampled = SampledFrames { frames: uniform, label: "uniform (Spatial-MLLM default: 16 frames, linspace)".into(), compare: Vec::new() };
+            state.result = None;
+        }
+    }
+}
+
+/// The "Frame sampling" section of the left panel.
+pub fn sampling_panel(ui: &mut bevy_egui::egui::Ui, settings: &mut SamplerSettings, state: &SamplingState, frames: usize) {
+    use bevy_egui::egui;
+    ui.horizontal(|ui| {
+        ui.radio_value(&mut settings.mode, SamplerMode::SpaceAware, "space-aware");
+        ui.radio_value(&mut settings.mode, SamplerMode::Uniform, "uniform (16)");
+    });
+    if settings.mode == SamplerMode::Uniform {
+        return;
+    }
+    if frames == 0 {
+        // No geometry yet: a 1..=0 slider would clamp K.
+        ui.label("space-aware sampling needs geometry (open the demo or reconstruct a video)");
+        return;
+    }
+    ui.add(egui::Slider::new(&mut settings.k, 1..=frames).text("K frames"));
+    ui.add(egui::Slider::new(&mut settings.conf_percentile, 0.0..=99.0).text("confidence percentile"));
+    ui.checkbox(&mut settings.compare_uniform, "also show the uniform picks (blue)");
+    if let Some(e) = &state.error {
+        ui.colored_label(egui::Color32::from_rgb(255, 110, 100), e);
+    }
+    let Some(r) = &state.result else {
+        ui.label("building voxel sets...");
+        return;
+    };
+    ui.label(format!("voxel size {:.4} (1/20 of the shortest side), covered {} of {} voxels", r.voxel_size, r.covered_voxels, r.total_voxels));
+    egui::CollapsingHeader::new(format!("picks in greedy order ({})", r.picks_in_order.len())).default_open(false).show(ui, |ui| {
+        egui::Grid::new("picks").striped(true).show(ui, |ui| {
+            ui.strong("#");
+            ui.strong("frame");
+            ui.strong("new voxels");
+            ui.strong("voxels seen");
+            ui.end_row();
+            for (i, &(f, gain)) in r.picks_in_order.iter().enumerate() {
+                ui.label(format!("{}", i + 1));
+                ui.label(format!("{f}"));
+                ui.label(format!("{gain}"));
+                ui.label(format!("{}", r.voxels_per_frame[f]));
+                ui.end_row();
+            }
+        });
+    });
+}
+
+pub struct SamplingPlugin;
+
+impl Plugin for SamplingPlugin {
+    fn build(&self, app: &mut App) {
+        app.init_resource::<SamplerSettings>().init_resource::<SamplingState>().add_systems(Update, (request_voxels, update_picks).chain().after(super::scene::SceneSystems));
+    }
+}
