@@ -70,9 +70,9 @@ fn frame_end(bench: Option<ResMut<RenderBench>>, geometry: Res<Geometry>, worker
         let max_cpu = b.cpu_ms.iter().copied().fold(0.0, f64::max);
         let cpu = median(&mut b.cpu_ms);
         let wall = median(&mut b.wall_ms);
-        let bytes = LAST_UPLOAD_BYTES.load(Relaxed) as f64 / b.points.max(1) as f64;
-        let upload = LAST_UPLOAD_NS.load(Relaxed) as f64 / 1e6;
         let points = geometry.scene.as_ref().map(|s| s.cloud.points.len()).unwrap_or(b.points);
+        let bytes = LAST_UPLOAD_BYTES.load(Relaxed) as f64 / points.max(1) as f64;
+        let upload = LAST_UPLOAD_NS.load(Relaxed) as f64 / 1e6;
         let name = if b.points == 0 { format!("demo scene ({points})") } else { points.to_string() };
         println!("| {name} | {cpu:.3} | {max_cpu:.2} | {wall:.1} | {bytes:.0} | {upload:.1} |");
         exit.write(AppExit::Success);
