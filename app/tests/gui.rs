@@ -192,6 +192,39 @@ fn folder_of_frames_plays_and_bad_folders_are_named() {
 }
 
 #[test]
+fn vggt_reconstructs_an_opened_folder_in_the_background() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmp_dir("vggt");
+    let frames = dir.join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    for i in 0..5u32 {
+        let img = image::RgbImage::from_fn(168, 126, |x, y| image::Rgb([((x * 3 + i * 20) % 256) as u8, ((y * 2) % 256) as u8, ((x + y + i * 40) % 256) as u8]));
+        img.save(frames.join(format!("{i:03}.png"))).unwrap();
+    }
+    let weights = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/vggt-tiny");
+    let script = format!(
+        r#"{{"steps": [{{"load_weights": {{"vggt": "{}"}}}}, {{"set": {{"control": "sampler", "value": "space-aware"}}}}, {{"open": "frames"}}, {{"wait_idle": 120}},
+            {{"wait_frames": 10}}, {{"dump_state": "state.json"}}, {{"select_camera": 4}}, {{"screenshot": "vggt.png"}}, {{"quit": true}}]}}"#,
+        weights.display()
+    );
+    let out = run_script(&dir, &script);
+    assert!(out.status.success(), "viewer failed: {}", String::from_utf8_lossy(&out.stderr));
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    let g = &state["geometry"];
+    assert!(g["label"].as_str().unwrap().starts_with("VGGT: frames (5 of 5 frames)"), "{state}");
+    assert_eq!(g["frames"], 5);
+    assert!(g["points"].as_u64().unwrap() > 1000, "{state}");
+    assert_eq!(state["frustums"].as_array().unwrap().len(), 5);
+    assert!(dir.join("vggt.png").exists());
+
+    // Weights that are not a checkpoint: the step fails, naming the folder.
+    let out = run_script(&dir, r#"{"steps": [{"load_weights": {"vggt": "frames"}}, {"quit": true}]}"#);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("frames") && err.contains("no model.safetensors"), "{err}");
+}
+
+#[test]
 fn bad_scripts_fail_before_a_window_opens() {
     let dir = tmp_dir("badscript");
     let path = dir.join("s.json");

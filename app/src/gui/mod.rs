@@ -1,6 +1,7 @@
 //! The Bevy application: one plugin per concern, talking through resources and messages.
 //!
 //! * [`tasks`]: the background worker (scene building, folder scanning, frame decoding).
+//! * [`inference`]: VGGT on its own thread (load weights, reconstruct, progress, cancel).
 //! * [`player`]: the frame source and playback (play, pause, step, scrub, speed).
 //! * [`scene`]: geometry in 3D (point cloud settings, camera frustums, picking).
 //! * [`camera`]: orbit / pan / zoom / fly controls, reset, look through a camera.
@@ -11,6 +12,7 @@
 
 pub mod bench;
 pub mod camera;
+pub mod inference;
 pub mod cloud;
 pub mod player;
 pub mod renderer;
@@ -105,6 +107,7 @@ pub fn run(opts: GuiOptions) -> anyhow::Result<i32> {
             script::ScriptPlugin,
             bench::RenderBenchPlugin,
             sampling::SamplingPlugin,
+            inference::InferencePlugin,
         ))
         .run();
     Ok(match exit {

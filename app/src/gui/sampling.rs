@@ -74,13 +74,15 @@ fn update_picks(
     if !changed {
         return;
     }
-    let n = geometry.scene.as_ref().map(|s| s.rec.frames).unwrap_or(player.frame_count);
-    let uniform = spatial_mllm_uniform(n);
-    match (settings.mode, &state.voxels) {
-        (SamplerMode::SpaceAware, Some(v)) if v.frame_sets.len() == n => {
+    // Uniform picks are over the whole video; space-aware ones over the geometry's frames, mapped
+    // back to the video's frame numbers.
+    let uniform = spatial_mllm_uniform(player.frame_count.max(geometry.scene.as_ref().map(|s| s.rec.frames).unwrap_or(0)));
+    let geometry_frames = geometry.scene.as_ref().map(|s| s.rec.frames).unwrap_or(0);
+    match (settings.mode, &state.voxels, &geometry.scene) {
+        (SamplerMode::SpaceAware, Some(v), Some(scene)) if v.frame_sets.len() == geometry_frames => {
             let r = v.greedy(settings.k);
             *sampled = SampledFrames {
-                frames: r.selected.clone(),
+                frames: r.selected.iter().map(|&f| scene.rec.frame_indices.get(f).map(|&i| i as usize).unwrap_or(f)).collect(),
                 label: format!("space-aware (K = {}, {} picked)", settings.k, r.selected.len()),
                 compare: if settings.compare_uniform { uniform } else { Vec::new() },
             };
@@ -108,7 +110,9 @@ pub fn sampling_panel(ui: &mut bevy_egui::egui::Ui, settings: &mut SamplerSettin
         ui.label("space-aware sampling needs geometry (open the demo or reconstruct a video)");
         return;
     }
-    ui.add(egui::Slider::new(&mut settings.k, 1..=frames).text("K frames"));
+    // K may exceed this geometry's frame count (the greedy then stops at the frame count); not
+    // clamping keeps the user's K when a longer video comes next.
+    ui.add(egui::Slider::new(&mut settings.k, 1..=frames).clamping(egui::SliderClamping::Edits).text("K frames"));
     ui.add(egui::Slider::new(&mut settings.conf_percentile, 0.0..=99.0).text("confidence percentile"));
     ui.checkbox(&mut settings.compare_uniform, "also show the uniform picks (blue)");
     if let Some(e) = &state.error {

@@ -43,7 +43,8 @@ pub struct Geometry {
     pub scene: Option<Arc<LoadedScene>>,
 }
 
-/// Frames chosen by a sampler, drawn on the timeline and as highlighted frustums.
+/// Frames chosen by a sampler (source-frame indices), drawn on the timeline and as highlighted
+/// frustums.
 #[derive(Resource, Default, Clone)]
 pub struct SampledFrames {
     pub frames: Vec<usize>,
@@ -68,7 +69,10 @@ pub fn spatial_mllm_uniform(n: usize) -> Vec<usize> {
 
 #[derive(Component)]
 pub struct Frustum {
+    /// Index in the geometry.
     pub frame: usize,
+    /// Index in the video or folder the geometry came from (what the player and timeline use).
+    pub source_frame: usize,
     /// Image-plane corners in view coordinates: top-left, top-right, bottom-right, bottom-left.
     pub corners: [Vec3; 4],
     pub center: Vec3,
@@ -192,7 +196,7 @@ fn spawn_frustums(
         let texture = images.add(image);
         let material = materials.add(StandardMaterial { base_color_texture: Some(texture), unlit: true, cull_mode: None, double_sided: true, ..default() });
         commands
-            .spawn((Frustum { frame: f, corners, center }, Transform::default(), Visibility::default()))
+            .spawn((Frustum { frame: f, source_frame: rec.frame_indices.get(f).map(|&i| i as usize).unwrap_or(f), corners, center }, Transform::default(), Visibility::default()))
             .with_children(|p| {
                 p.spawn((Mesh3d(meshes.add(lines)), MeshMaterial3d(frustum_materials.normal.clone()), FrustumLines));
                 p.spawn((Mesh3d(meshes.add(quad)), MeshMaterial3d(material)));
@@ -247,9 +251,9 @@ fn highlight_frustums(
         if *vis != want_vis {
             *vis = want_vis;
         }
-        let handle = if frustum.frame == player.current {
+        let handle = if frustum.source_frame == player.current {
             &materials.current
-        } else if sampled.frames.contains(&frustum.frame) {
+        } else if sampled.frames.contains(&frustum.source_frame) {
             &materials.sampled
         } else {
             &materials.normal
@@ -286,13 +290,13 @@ fn ray_quad(origin: Vec3, dir: Vec3, c: &[Vec3; 4]) -> Option<f32> {
     None
 }
 
-/// The frustum hit by the ray through a viewport position.
+/// The source frame of the frustum hit by the ray through a window position.
 pub fn pick_frustum(camera: &Camera, transform: &GlobalTransform, viewport_pos: Vec2, frustums: &Query<&Frustum>) -> Option<usize> {
     let ray = camera.viewport_to_world(transform, viewport_pos).ok()?;
     let dir: Vec3 = *ray.direction;
     frustums
         .iter()
-        .filter_map(|f| ray_quad(ray.origin, dir, &f.corners).map(|t| (t, f.frame)))
+        .filter_map(|f| ray_quad(ray.origin, dir, &f.corners).map(|t| (t, f.source_frame)))
         .min_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, f)| f)
 }

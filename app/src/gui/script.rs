@@ -28,6 +28,9 @@ pub enum Step {
     WaitIdle(f32),
     Screenshot(PathBuf),
     Ask(String),
+    /// Loads VGGT weights (`{"load_weights": {"vggt": DIR}}`); opened folders are then
+    /// reconstructed in the background.
+    LoadWeights(PathBuf),
     /// Writes JSON with the current frame, the viewport and every frustum projected to the window
     /// (logical pixels), so tests can check a screenshot against the projection.
     DumpState(PathBuf),
@@ -74,9 +77,10 @@ fn parse_step(v: &Value) -> Result<Step> {
         "wait_idle" => Step::WaitIdle(arg.as_f64().context("`wait_idle` takes seconds")? as f32),
         "screenshot" => Step::Screenshot(PathBuf::from(arg.as_str().context("`screenshot` takes a path")?)),
         "ask" => Step::Ask(arg.as_str().context("`ask` takes the question text")?.to_string()),
+        "load_weights" => Step::LoadWeights(PathBuf::from(arg.get("vggt").and_then(Value::as_str).context("`load_weights` takes {\"vggt\": DIR}")?)),
         "dump_state" => Step::DumpState(PathBuf::from(arg.as_str().context("`dump_state` takes a path")?)),
         "quit" => Step::Quit,
-        other => bail!("unknown step `{other}` (known: open, seek, select_camera, look_through, reset_view, set, wait_frames, wait_idle, screenshot, ask, dump_state, quit)"),
+        other => bail!("unknown step `{other}` (known: open, seek, select_camera, look_through, reset_view, set, wait_frames, wait_idle, screenshot, ask, load_weights, dump_state, quit)"),
     })
 }
 
@@ -144,14 +148,13 @@ const WARMUP_SECS: f32 = 2.5;
 fn run_script(
     runner: Option<ResMut<ScriptRunner>>,
     time: Res<Time<Real>>,
-    worker: Res<Worker>,
+    (worker, inference): (Res<Worker>, Res<super::inference::Inference>),
     status: Res<StatusLine>,
     geometry: Res<Geometry>,
     mut settings: ResMut<ViewSettings>,
     mut player: ResMut<Player>,
     (mut chat, mut sampler, sampled): (ResMut<ChatState>, ResMut<SamplerSettings>, Res<super::scene::SampledFrames>),
-    mut open: MessageWriter<OpenRequest>,
-    mut seek: MessageWriter<SeekRequest>,
+    (mut open, mut seek, mut load_vggt): (MessageWriter<OpenRequest>, MessageWriter<SeekRequest>, MessageWriter<super::inference::LoadVggt>),
     mut shots: MessageWriter<ScreenshotRequest>,
     mut camera: MessageWriter<CameraCommand>,
     mut exit: MessageWriter<AppExit>,
@@ -173,14 +176,15 @@ fn run_script(
         exit.write(AppExit::error());
     };
     let first = r.frames_in_step == 1;
+    let idle = worker.is_idle() && inference.is_idle();
     let done = match &step {
         Step::Open(p) => {
             if first {
                 open.write(OpenRequest::Path(p.clone()));
                 false
-            } else if r.frames_in_step < 3 || !worker.is_idle() {
-                if waited > 120.0 {
-                    fail(&r, "opening took more than 120 s".into(), &mut exit);
+            } else if r.frames_in_step < 3 || !idle {
+                if waited > 600.0 {
+                    fail(&r, "opening (and reconstructing) took more than 600 s".into(), &mut exit);
                     return;
                 }
                 false
@@ -222,7 +226,7 @@ fn run_script(
         }
         Step::WaitFrames(n) => r.frames_in_step > *n,
         Step::WaitIdle(max) => {
-            if worker.is_idle() && r.frames_in_step > 2 {
+            if idle && r.frames_in_step > 2 {
                 true
             } else if waited > *max {
                 fail(&r, format!("background work still running after {max} s"), &mut exit);
@@ -233,7 +237,7 @@ fn run_script(
         }
         Step::Screenshot(path) => {
             if !r.screenshot_sent {
-                if now >= WARMUP_SECS && r.frames_in_step > 5 && worker.is_idle() {
+                if now >= WARMUP_SECS && r.frames_in_step > 5 && idle {
                     shots.write(ScreenshotRequest(path.clone()));
                     r.screenshot_sent = true;
                     r.started = now;
@@ -249,6 +253,19 @@ fn run_script(
                 false
             }
         }
+        Step::LoadWeights(dir) => {
+            if first {
+                load_vggt.write(super::inference::LoadVggt(dir.clone()));
+                false
+            } else if r.frames_in_step < 3 || !inference.is_idle() {
+                false
+            } else if status.is_error && status.message != r.status_before {
+                fail(&r, status.message.clone(), &mut exit);
+                return;
+            } else {
+                true
+            }
+        }
         Step::DumpState(path) => {
             let Ok((camera, transform)) = views.single() else {
                 fail(&r, "no 3D camera".into(), &mut exit);
@@ -261,6 +278,7 @@ fn run_script(
             let json = serde_json::json!({
                 "frame": player.current,
                 "frame_count": player.frame_count,
+                "geometry": geometry.scene.as_ref().map(|s| serde_json::json!({"label": s.label, "frames": s.rec.frames, "points": s.cloud.points.len(), "frame_indices": s.rec.frame_indices})),
                 "sampled": sampled.frames,
                 "sampled_label": sampled.label,
                 "compare": sampled.compare,

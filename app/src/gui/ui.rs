@@ -71,6 +71,15 @@ struct Dialogs {
 enum DialogResult {
     Open(PathBuf),
     Model(PathBuf),
+    Vggt(PathBuf),
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum DialogKind {
+    OpenVideo,
+    OpenFolder,
+    Model,
+    Vggt,
 }
 
 fn setup(mut commands: Commands, mut egui_settings: ResMut<EguiGlobalSettings>) {
@@ -91,16 +100,20 @@ fn setup(mut commands: Commands, mut egui_settings: ResMut<EguiGlobalSettings>) 
     commands.insert_resource(Dialogs { tx, rx });
 }
 
-fn spawn_dialog(tx: &Sender<DialogResult>, folder: bool, model: bool) {
+fn spawn_dialog(tx: &Sender<DialogResult>, kind: DialogKind) {
     let tx = tx.clone();
     std::thread::spawn(move || {
-        let picked = if folder {
-            rfd::FileDialog::new().pick_folder()
-        } else {
+        let picked = if kind == DialogKind::OpenVideo {
             rfd::FileDialog::new().add_filter("video", &["mp4", "mov", "mkv", "webm", "avi"]).pick_file()
+        } else {
+            rfd::FileDialog::new().pick_folder()
         };
         if let Some(p) = picked {
-            let _ = tx.send(if model { DialogResult::Model(p) } else { DialogResult::Open(p) });
+            let _ = tx.send(match kind {
+                DialogKind::OpenVideo | DialogKind::OpenFolder => DialogResult::Open(p),
+                DialogKind::Model => DialogResult::Model(p),
+                DialogKind::Vggt => DialogResult::Vggt(p),
+            });
         }
     });
 }
@@ -136,11 +149,14 @@ fn dropped_files(mut drops: MessageReader<FileDragAndDrop>, mut open: MessageWri
     }
 }
 
-fn dialog_results(dialogs: Res<Dialogs>, mut open: MessageWriter<OpenRequest>, mut status: ResMut<StatusLine>) {
+fn dialog_results(dialogs: Res<Dialogs>, mut open: MessageWriter<OpenRequest>, mut vggt: MessageWriter<super::inference::LoadVggt>, mut status: ResMut<StatusLine>) {
     while let Ok(r) = dialogs.rx.try_recv() {
         match r {
             DialogResult::Open(p) => {
                 open.write(OpenRequest::Path(p));
+            }
+            DialogResult::Vggt(p) => {
+                vggt.write(super::inference::LoadVggt(p));
             }
             DialogResult::Model(p) => status.error(model_message(&p)),
         }
@@ -216,7 +232,7 @@ fn ui_system(
     sampled: Res<SampledFrames>,
     status: Res<StatusLine>,
     hovered: Res<HoveredCamera>,
-    worker: Res<Worker>,
+    (worker, mut inference): (Res<Worker>, ResMut<super::inference::Inference>),
     mut chat: ResMut<ChatState>,
     mut state: ResMut<UiState>,
     mut viewport: ResMut<ViewportRect>,
@@ -243,17 +259,20 @@ fn ui_system(
         egui::MenuBar::new().ui(ui, |ui| {
             ui.menu_button("File", |ui| {
                 if ui.button("Open video...").clicked() {
-                    spawn_dialog(&dialogs.tx, false, false);
+                    spawn_dialog(&dialogs.tx, DialogKind::OpenVideo);
                 }
                 if ui.button("Open folder of frames...").clicked() {
-                    spawn_dialog(&dialogs.tx, true, false);
+                    spawn_dialog(&dialogs.tx, DialogKind::OpenFolder);
                 }
                 if ui.button("Open demo scene").clicked() {
                     open.write(OpenRequest::Demo);
                 }
                 ui.separator();
+                if ui.button("Load VGGT weights...").clicked() {
+                    spawn_dialog(&dialogs.tx, DialogKind::Vggt);
+                }
                 if ui.button("Load model...").clicked() {
-                    spawn_dialog(&dialogs.tx, true, true);
+                    spawn_dialog(&dialogs.tx, DialogKind::Model);
                 }
                 ui.separator();
                 if ui.button("Screenshot (F12)").clicked() {
@@ -277,9 +296,15 @@ fn ui_system(
 
     egui::Panel::bottom("status").exact_size(24.0).show(&mut root, |ui| {
         ui.horizontal_centered(|ui| {
-            let busy = !worker.is_idle();
+            let busy = !worker.is_idle() || !inference.is_idle();
             if busy {
                 ui.spinner();
+            }
+            if let Some((stage, done, total, eta)) = inference.progress.clone() {
+                if ui.button("Cancel").clicked() {
+                    inference.cancel_run();
+                }
+                ui.label(format!("{stage}: stage {done}/{total}, about {eta:.0} s left   |"));
             }
             let color = if status.is_error { egui::Color32::from_rgb(255, 110, 100) } else { egui::Color32::from_gray(200) };
             ui.colored_label(color, &status.message);
@@ -374,6 +399,14 @@ fn ui_system(
             if let Some(scene) = &geometry.scene {
                 ui.label(format!("{} frames at {}x{}, {} points uploaded", scene.rec.frames, scene.rec.width, scene.rec.height, scene.cloud.points.len()));
             }
+            ui.separator();
+            ui.heading("VGGT");
+            match &inference.weights {
+                Some(w) => ui.label(w),
+                None => ui.label("no weights: File > Load VGGT weights... reconstructs opened folders"),
+            };
+            ui.add(egui::Slider::new(&mut inference.max_frames, 2..=128).logarithmic(true).text("frames per run"))
+                .on_hover_text("frames spread evenly over the folder; on a CPU each frame of VGGT-1B at 518 px costs tens of seconds");
             ui.separator();
             ui.heading("Frame sampling");
             super::sampling::sampling_panel(ui, &mut sampler, &sampling_state, frames);

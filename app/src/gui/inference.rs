@@ -1,0 +1,196 @@
+//! VGGT inside the app: a dedicated inference thread (crossbeam channels in and out) loads the
+//! weights and reconstructs the open folder's frames, reporting progress with an ETA; a run can be
+//! cancelled (checked after every aggregator stage), and a new folder or new weights cancel the
+//! old run. A panic in a job is caught and reported, and the thread carries on.
+
+use super::StatusLine;
+use super::cloud::{PointSource, build_cloud};
+use super::scene::ViewSettings;
+use super::tasks::{FolderInfo, FolderOpened, LoadedScene, SceneLoaded};
+use bevy::prelude::*;
+use crossbeam_channel::{Receiver, Sender, unbounded};
+use spatial_models::reconstruction::Reconstruction;
+use spatial_models::sampling::uniform_indices;
+use spatial_models::vggt::preprocess::{ResizeMode, RgbFrame, preprocess_frames};
+use spatial_models::vggt::{CPU_FLOPS_GUESS, Vggt, estimate_flops};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Frames VGGT sees by default: CPU-sized (a 16-frame run at 518 px is minutes on a CPU with
+/// VGGT-1B, upstream's 128 would be hours).
+pub const DEFAULT_MAX_FRAMES: usize = 16;
+
+enum Request {
+    Load(PathBuf),
+    Reconstruct { folder: Arc<FolderInfo>, max_frames: usize, budget: usize, source: PointSource, cancel: Arc<AtomicBool> },
+}
+
+enum Event {
+    Loaded(String),
+    Progress { stage: String, done: usize, total: usize, eta_s: f64 },
+    Done(Arc<LoadedScene>),
+    Cancelled,
+    Failed(String),
+}
+
+#[derive(Resource)]
+pub struct Inference {
+    requests: Sender<Request>,
+    events: Receiver<Event>,
+    cancel: Option<Arc<AtomicBool>>,
+    pub weights: Option<String>,
+    pub in_flight: usize,
+    pub progress: Option<(String, usize, usize, f64)>,
+    pub max_frames: usize,
+    folder: Option<Arc<FolderInfo>>,
+}
+
+impl Inference {
+    pub fn is_idle(&self) -> bool {
+        self.in_flight == 0
+    }
+    pub fn load(&mut self, dir: PathBuf) {
+        self.cancel_run();
+        self.in_flight += 1;
+        let _ = self.requests.send(Request::Load(dir));
+    }
+    pub fn cancel_run(&mut self) {
+        if let Some(c) = self.cancel.take() {
+            c.store(true, Ordering::Relaxed);
+        }
+    }
+    fn start_run(&mut self, settings: &ViewSettings) {
+        let Some(folder) = self.folder.clone() else { return };
+        if self.weights.is_none() {
+            return;
+        }
+        self.cancel_run();
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.cancel = Some(cancel.clone());
+        self.in_flight += 1;
+        let _ = self.requests.send(Request::Reconstruct { folder, max_frames: self.max_frames, budget: settings.point_budget, source: settings.source, cancel });
+    }
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into())
+}
+
+fn reconstruct(model: &Vggt, folder: &FolderInfo, max_frames: usize, budget: usize, source: PointSource, cancel: &AtomicBool, events: &Sender<Event>) -> anyhow::Result<Option<LoadedScene>> {
+    let picks = if folder.files.len() > max_frames { uniform_indices(folder.files.len(), max_frames) } else { (0..folder.files.len()).collect() };
+    let frames = picks.iter().map(|&i| RgbFrame::open(&folder.files[i])).collect::<anyhow::Result<Vec<_>>>()?;
+    let names: Vec<String> = picks.iter().map(|&i| folder.files[i].display().to_string()).collect();
+    let images = preprocess_frames(&frames, &names, ResizeMode::Crop, &candle_core::Device::Cpu)?;
+    drop(frames);
+    let (s, _, h, w) = images.dims4()?;
+    let total_flops = estimate_flops(&model.config, s, h, w);
+    let _ = events.send(Event::Progress { stage: format!("VGGT on {s} frames at {w}x{h}"), done: 0, total: model.config.depth, eta_s: total_flops / CPU_FLOPS_GUESS });
+    let start = std::time::Instant::now();
+    let mut cb = |done: usize, total: usize| {
+        let elapsed = start.elapsed().as_secs_f64();
+        let eta_s = elapsed / done.max(1) as f64 * (total - done) as f64;
+        let _ = events.send(Event::Progress { stage: format!("VGGT on {s} frames at {w}x{h}"), done, total, eta_s });
+        !cancel.load(Ordering::Relaxed)
+    };
+    let Some(out) = model.forward_with_progress(&images, Some(&mut cb))? else { return Ok(None) };
+    let rec = Arc::new(Reconstruction::from_vggt(&images, &out, picks.iter().map(|&i| i as i64).collect())?);
+    let (cloud, index) = build_cloud(&rec, source, budget);
+    let name = folder.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    Ok(Some(LoadedScene { label: format!("VGGT: {name} ({s} of {} frames)", folder.files.len()), rec, cloud: Arc::new(cloud), index }))
+}
+
+fn spawn() -> Inference {
+    let (req_tx, req_rx) = unbounded::<Request>();
+    let (ev_tx, ev_rx) = unbounded::<Event>();
+    std::thread::Builder::new()
+        .name("inference".into())
+        .spawn(move || {
+            let mut model: Option<Arc<Vggt>> = None;
+            for req in req_rx {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match req {
+                    Request::Load(dir) => match crate::cli::reconstruct::load_vggt(&dir, candle_core::DType::F32, &candle_core::Device::Cpu) {
+                        Ok(m) => {
+                            let desc = format!("VGGT from {} (embed {}, {} block pairs)", dir.display(), m.config.embed_dim, m.config.depth);
+                            model = Some(Arc::new(m));
+                            Event::Loaded(desc)
+                        }
+                        Err(e) => Event::Failed(format!("{e:#}")),
+                    },
+                    Request::Reconstruct { folder, max_frames, budget, source, cancel } => match &model {
+                        None => Event::Failed("no VGGT weights are loaded (File > Load VGGT weights...)".into()),
+                        Some(m) => match reconstruct(m, &folder, max_frames, budget, source, &cancel, &ev_tx) {
+                            Ok(Some(scene)) => Event::Done(Arc::new(scene)),
+                            Ok(None) => Event::Cancelled,
+                            Err(e) => Event::Failed(format!("reconstruction failed: {e:#}")),
+                        },
+                    },
+                }))
+                .unwrap_or_else(|p| Event::Failed(format!("the inference thread caught a crash: {}", panic_message(p))));
+                if ev_tx.send(result).is_err() {
+                    break;
+                }
+            }
+        })
+        .expect("spawn inference thread");
+    Inference { requests: req_tx, events: ev_rx, cancel: None, weights: None, in_flight: 0, progress: None, max_frames: DEFAULT_MAX_FRAMES, folder: None }
+}
+
+/// Weights chosen in the UI or by a script.
+#[derive(Message, Clone, Debug)]
+pub struct LoadVggt(pub PathBuf);
+
+fn handle(
+    mut inference: ResMut<Inference>,
+    mut loads: MessageReader<LoadVggt>,
+    mut folders: MessageReader<FolderOpened>,
+    mut scenes: MessageWriter<SceneLoaded>,
+    mut status: ResMut<StatusLine>,
+    settings: Res<ViewSettings>,
+) {
+    for LoadVggt(dir) in loads.read() {
+        status.info(format!("loading VGGT from {}...", dir.display()));
+        inference.load(dir.clone());
+    }
+    for FolderOpened(info) in folders.read() {
+        inference.folder = Some(info.clone());
+        inference.start_run(&settings);
+    }
+    while let Ok(ev) = inference.events.try_recv() {
+        match ev {
+            Event::Loaded(desc) => {
+                inference.in_flight = inference.in_flight.saturating_sub(1);
+                status.info(desc.clone());
+                inference.weights = Some(desc);
+                inference.start_run(&settings);
+            }
+            Event::Progress { stage, done, total, eta_s } => {
+                inference.progress = Some((stage, done, total, eta_s));
+            }
+            Event::Done(scene) => {
+                inference.in_flight = inference.in_flight.saturating_sub(1);
+                inference.progress = None;
+                inference.cancel = None;
+                scenes.write(SceneLoaded(scene));
+            }
+            Event::Cancelled => {
+                inference.in_flight = inference.in_flight.saturating_sub(1);
+                inference.progress = None;
+                status.info("reconstruction cancelled");
+            }
+            Event::Failed(e) => {
+                inference.in_flight = inference.in_flight.saturating_sub(1);
+                inference.progress = None;
+                status.error(e);
+            }
+        }
+    }
+}
+
+pub struct InferencePlugin;
+
+impl Plugin for InferencePlugin {
+    fn build(&self, app: &mut App) {
+        app.insert_resource(spawn()).add_message::<LoadVggt>().add_systems(Update, handle.before(super::scene::SceneSystems));
+    }
+}
