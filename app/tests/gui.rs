@@ -61,6 +61,8 @@ fn run_script(dir: &Path, script: &str) -> Output {
         .arg(&path)
         .env("DISPLAY", &xvfb.display)
         .env("WGPU_BACKEND", "vulkan")
+        // Reconstruction cache inside the test's folder.
+        .env("XDG_CACHE_HOME", dir.join("cache"))
         .current_dir(dir)
         .output()
         .expect("run the viewer");
@@ -204,7 +206,8 @@ fn vggt_reconstructs_an_opened_folder_in_the_background() {
     let weights = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/vggt-tiny");
     let script = format!(
         r#"{{"steps": [{{"load_weights": {{"vggt": "{}"}}}}, {{"set": {{"control": "sampler", "value": "space-aware"}}}}, {{"open": "frames"}}, {{"wait_idle": 120}},
-            {{"wait_frames": 10}}, {{"dump_state": "state.json"}}, {{"select_camera": 4}}, {{"screenshot": "vggt.png"}}, {{"quit": true}}]}}"#,
+            {{"wait_frames": 10}}, {{"dump_state": "state.json"}}, {{"select_camera": 4}}, {{"screenshot": "vggt.png"}},
+            {{"export": "geometry.safetensors"}}, {{"export": "points.ply"}}, {{"quit": true}}]}}"#,
         weights.display()
     );
     let out = run_script(&dir, &script);
@@ -216,6 +219,16 @@ fn vggt_reconstructs_an_opened_folder_in_the_background() {
     assert!(g["points"].as_u64().unwrap() > 1000, "{state}");
     assert_eq!(state["frustums"].as_array().unwrap().len(), 5);
     assert!(dir.join("vggt.png").exists());
+    let exported = candle_core::safetensors::load(dir.join("geometry.safetensors"), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(exported["world_points"].dims(), &[5, 392, 518, 3]);
+    assert_eq!(exported["frame_indices"].to_vec1::<i64>().unwrap(), vec![0, 1, 2, 3, 4]);
+    assert!(std::fs::read(dir.join("points.ply")).unwrap().starts_with(b"ply\n"));
+
+    // Reopening the same frames with the same weights comes from the cache.
+    let out = run_script(&dir, &script);
+    assert!(out.status.success(), "viewer failed: {}", String::from_utf8_lossy(&out.stderr));
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    assert!(state["geometry"]["label"].as_str().unwrap().ends_with("cached)"), "{state}");
 
     // Weights that are not a checkpoint: the step fails, naming the folder.
     let out = run_script(&dir, r#"{"steps": [{"load_weights": {"vggt": "frames"}}, {"quit": true}]}"#);

@@ -77,8 +77,44 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into())
 }
 
-fn reconstruct(model: &Vggt, folder: &FolderInfo, max_frames: usize, budget: usize, source: PointSource, cancel: &AtomicBool, events: &Sender<Event>) -> anyhow::Result<Option<LoadedScene>> {
+/// Where a reconstruction of (frames, weights, settings) is cached, so reopening is instant.
+fn cache_path(files: &[PathBuf], weights: &std::path::Path) -> Option<PathBuf> {
+    use std::hash::{Hash, Hasher};
+    let base = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    // Bump when the output format or the preprocessing changes.
+    "v1 crop f32".hash(&mut h);
+    let stamp = |p: &std::path::Path, h: &mut std::collections::hash_map::DefaultHasher| {
+        std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).hash(h);
+        if let Ok(m) = std::fs::metadata(p) {
+            m.len().hash(h);
+            m.modified().ok().hash(h);
+        }
+    };
+    for f in files {
+        stamp(f, &mut h);
+    }
+    if let Ok(ckpt) = spatial_models::checkpoint::CheckpointDir::open(weights) {
+        for f in &ckpt.safetensors {
+            stamp(f, &mut h);
+        }
+        if let Some(c) = &ckpt.config {
+            stamp(c, &mut h);
+        }
+    }
+    Some(base.join("spatial-viewer").join("reconstructions").join(format!("{:016x}.safetensors", h.finish())))
+}
+
+fn reconstruct(model: &Vggt, weights: &std::path::Path, folder: &FolderInfo, max_frames: usize, budget: usize, source: PointSource, cancel: &AtomicBool, events: &Sender<Event>) -> anyhow::Result<Option<LoadedScene>> {
     let picks = if folder.files.len() > max_frames { uniform_indices(folder.files.len(), max_frames) } else { (0..folder.files.len()).collect() };
+    let name = folder.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let picked: Vec<PathBuf> = picks.iter().map(|&i| folder.files[i].clone()).collect();
+    let cache = cache_path(&picked, weights);
+    if let Some(rec) = cache.as_ref().filter(|p| p.is_file()).and_then(|p| Reconstruction::load(p).ok()) {
+        let rec = Arc::new(rec);
+        let (cloud, index) = build_cloud(&rec, source, budget);
+        return Ok(Some(LoadedScene { label: format!("VGGT: {name} ({} of {} frames, cached)", rec.frames, folder.files.len()), rec, cloud: Arc::new(cloud), index }));
+    }
     let frames = picks.iter().map(|&i| RgbFrame::open(&folder.files[i])).collect::<anyhow::Result<Vec<_>>>()?;
     let names: Vec<String> = picks.iter().map(|&i| folder.files[i].display().to_string()).collect();
     let images = preprocess_frames(&frames, &names, ResizeMode::Crop, &candle_core::Device::Cpu)?;
@@ -95,8 +131,14 @@ fn reconstruct(model: &Vggt, folder: &FolderInfo, max_frames: usize, budget: usi
     };
     let Some(out) = model.forward_with_progress(&images, Some(&mut cb))? else { return Ok(None) };
     let rec = Arc::new(Reconstruction::from_vggt(&images, &out, picks.iter().map(|&i| i as i64).collect())?);
+    if let Some(path) = &cache {
+        // A failed cache write only costs the next open a re-run.
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = rec.save(path);
+    }
     let (cloud, index) = build_cloud(&rec, source, budget);
-    let name = folder.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     Ok(Some(LoadedScene { label: format!("VGGT: {name} ({s} of {} frames)", folder.files.len()), rec, cloud: Arc::new(cloud), index }))
 }
 
@@ -106,20 +148,20 @@ fn spawn() -> Inference {
     std::thread::Builder::new()
         .name("inference".into())
         .spawn(move || {
-            let mut model: Option<Arc<Vggt>> = None;
+            let mut model: Option<(Arc<Vggt>, PathBuf)> = None;
             for req in req_rx {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match req {
                     Request::Load(dir) => match crate::cli::reconstruct::load_vggt(&dir, candle_core::DType::F32, &candle_core::Device::Cpu) {
                         Ok(m) => {
                             let desc = format!("VGGT from {} (embed {}, {} block pairs)", dir.display(), m.config.embed_dim, m.config.depth);
-                            model = Some(Arc::new(m));
+                            model = Some((Arc::new(m), dir.clone()));
                             Event::Loaded(desc)
                         }
                         Err(e) => Event::Failed(format!("{e:#}")),
                     },
                     Request::Reconstruct { folder, max_frames, budget, source, cancel } => match &model {
                         None => Event::Failed("no VGGT weights are loaded (File > Load VGGT weights...)".into()),
-                        Some(m) => match reconstruct(m, &folder, max_frames, budget, source, &cancel, &ev_tx) {
+                        Some((m, dir)) => match reconstruct(m, dir, &folder, max_frames, budget, source, &cancel, &ev_tx) {
                             Ok(Some(scene)) => Event::Done(Arc::new(scene)),
                             Ok(None) => Event::Cancelled,
                             Err(e) => Event::Failed(format!("reconstruction failed: {e:#}")),

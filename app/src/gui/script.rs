@@ -31,6 +31,8 @@ pub enum Step {
     /// Loads VGGT weights (`{"load_weights": {"vggt": DIR}}`); opened folders are then
     /// reconstructed in the background.
     LoadWeights(PathBuf),
+    /// Exports the geometry on screen (safetensors, or PLY by extension).
+    Export(PathBuf),
     /// Writes JSON with the current frame, the viewport and every frustum projected to the window
     /// (logical pixels), so tests can check a screenshot against the projection.
     DumpState(PathBuf),
@@ -77,10 +79,11 @@ fn parse_step(v: &Value) -> Result<Step> {
         "wait_idle" => Step::WaitIdle(arg.as_f64().context("`wait_idle` takes seconds")? as f32),
         "screenshot" => Step::Screenshot(PathBuf::from(arg.as_str().context("`screenshot` takes a path")?)),
         "ask" => Step::Ask(arg.as_str().context("`ask` takes the question text")?.to_string()),
+        "export" => Step::Export(PathBuf::from(arg.as_str().context("`export` takes a path")?)),
         "load_weights" => Step::LoadWeights(PathBuf::from(arg.get("vggt").and_then(Value::as_str).context("`load_weights` takes {\"vggt\": DIR}")?)),
         "dump_state" => Step::DumpState(PathBuf::from(arg.as_str().context("`dump_state` takes a path")?)),
         "quit" => Step::Quit,
-        other => bail!("unknown step `{other}` (known: open, seek, select_camera, look_through, reset_view, set, wait_frames, wait_idle, screenshot, ask, load_weights, dump_state, quit)"),
+        other => bail!("unknown step `{other}` (known: open, seek, select_camera, look_through, reset_view, set, wait_frames, wait_idle, screenshot, ask, load_weights, export, dump_state, quit)"),
     })
 }
 
@@ -148,7 +151,7 @@ const WARMUP_SECS: f32 = 2.5;
 fn run_script(
     runner: Option<ResMut<ScriptRunner>>,
     time: Res<Time<Real>>,
-    (worker, inference): (Res<Worker>, Res<super::inference::Inference>),
+    (mut worker, inference): (ResMut<Worker>, Res<super::inference::Inference>),
     status: Res<StatusLine>,
     geometry: Res<Geometry>,
     mut settings: ResMut<ViewSettings>,
@@ -251,6 +254,23 @@ fn run_script(
                 return;
             } else {
                 false
+            }
+        }
+        Step::Export(path) => {
+            if first {
+                let Some(scene) = &geometry.scene else {
+                    fail(&r, "nothing to export: no geometry is loaded".into(), &mut exit);
+                    return;
+                };
+                worker.submit(super::tasks::Job::Export { rec: scene.rec.clone(), path: path.clone() });
+                false
+            } else if !worker.is_idle() {
+                false
+            } else if status.is_error && status.message != r.status_before {
+                fail(&r, status.message.clone(), &mut exit);
+                return;
+            } else {
+                true
             }
         }
         Step::LoadWeights(dir) => {

@@ -35,12 +35,15 @@ pub enum Job {
     ScanFolder(PathBuf),
     /// A synthetic cloud of N points (for `bench render`).
     Synthetic(usize),
+    /// Writes a reconstruction: safetensors (upstream names) or, for `.ply`, confident points.
+    Export { rec: Arc<Reconstruction>, path: PathBuf },
     /// Space-aware sampling's voxel sets for the point map of a geometry.
     VoxelSets { rec: Arc<Reconstruction>, params: spatial_models::sampling::SamplingParams },
 }
 
 enum JobOutput {
     Scene(Arc<LoadedScene>),
+    Exported(String),
     Voxels(Result<Arc<spatial_models::sampling::VoxelSets>, String>),
     Folder(Arc<FolderInfo>),
     Failed(String),
@@ -92,6 +95,19 @@ fn run_job(job: Job) -> JobOutput {
         }
         Job::BuildCloud { label, rec, budget, source } => scene_output(label, rec, budget, source),
         Job::Synthetic(n) => JobOutput::Scene(Arc::new(synthetic_scene(n))),
+        Job::Export { rec, path } => {
+            let is_ply = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("ply"));
+            let result = if is_ply {
+                let points = rec.points_from_depth();
+                rec.write_ply(&path, &points, &rec.depth_conf, 50.0).map(|n| format!("exported {n} points to {}", path.display()))
+            } else {
+                rec.save(&path).map(|_| format!("exported {} frames to {}", rec.frames, path.display()))
+            };
+            match result {
+                Ok(msg) => JobOutput::Exported(msg),
+                Err(e) => JobOutput::Failed(format!("{e:#}")),
+            }
+        }
         Job::VoxelSets { rec, params } => JobOutput::Voxels(
             spatial_models::sampling::VoxelSets::build(&rec.world_points, &rec.world_points_conf, rec.frames, &params).map(Arc::new).map_err(|e| format!("space-aware sampling: {e:#}")),
         ),
@@ -246,6 +262,7 @@ fn receive(
             JobOutput::Folder(f) => {
                 folders.write(FolderOpened(f));
             }
+            JobOutput::Exported(msg) => status.info(msg),
             JobOutput::Voxels(v) => {
                 voxels.write(VoxelsReady(v));
             }

@@ -72,10 +72,12 @@ enum DialogResult {
     Open(PathBuf),
     Model(PathBuf),
     Vggt(PathBuf),
+    Export(PathBuf),
 }
 
 #[derive(Clone, Copy, PartialEq)]
 enum DialogKind {
+    Export,
     OpenVideo,
     OpenFolder,
     Model,
@@ -103,7 +105,9 @@ fn setup(mut commands: Commands, mut egui_settings: ResMut<EguiGlobalSettings>) 
 fn spawn_dialog(tx: &Sender<DialogResult>, kind: DialogKind) {
     let tx = tx.clone();
     std::thread::spawn(move || {
-        let picked = if kind == DialogKind::OpenVideo {
+        let picked = if kind == DialogKind::Export {
+            rfd::FileDialog::new().add_filter("geometry", &["safetensors", "ply"]).set_file_name("reconstruction.safetensors").save_file()
+        } else if kind == DialogKind::OpenVideo {
             rfd::FileDialog::new().add_filter("video", &["mp4", "mov", "mkv", "webm", "avi"]).pick_file()
         } else {
             rfd::FileDialog::new().pick_folder()
@@ -113,6 +117,7 @@ fn spawn_dialog(tx: &Sender<DialogResult>, kind: DialogKind) {
                 DialogKind::OpenVideo | DialogKind::OpenFolder => DialogResult::Open(p),
                 DialogKind::Model => DialogResult::Model(p),
                 DialogKind::Vggt => DialogResult::Vggt(p),
+                DialogKind::Export => DialogResult::Export(p),
             });
         }
     });
@@ -149,7 +154,14 @@ fn dropped_files(mut drops: MessageReader<FileDragAndDrop>, mut open: MessageWri
     }
 }
 
-fn dialog_results(dialogs: Res<Dialogs>, mut open: MessageWriter<OpenRequest>, mut vggt: MessageWriter<super::inference::LoadVggt>, mut status: ResMut<StatusLine>) {
+fn dialog_results(
+    dialogs: Res<Dialogs>,
+    mut open: MessageWriter<OpenRequest>,
+    mut vggt: MessageWriter<super::inference::LoadVggt>,
+    mut status: ResMut<StatusLine>,
+    geometry: Res<Geometry>,
+    mut worker: ResMut<Worker>,
+) {
     while let Ok(r) = dialogs.rx.try_recv() {
         match r {
             DialogResult::Open(p) => {
@@ -158,6 +170,10 @@ fn dialog_results(dialogs: Res<Dialogs>, mut open: MessageWriter<OpenRequest>, m
             DialogResult::Vggt(p) => {
                 vggt.write(super::inference::LoadVggt(p));
             }
+            DialogResult::Export(p) => match &geometry.scene {
+                Some(scene) => worker.submit(super::tasks::Job::Export { rec: scene.rec.clone(), path: p }),
+                None => status.error("nothing to export: no geometry is loaded"),
+            },
             DialogResult::Model(p) => status.error(model_message(&p)),
         }
     }
@@ -266,6 +282,10 @@ fn ui_system(
                 }
                 if ui.button("Open demo scene").clicked() {
                     open.write(OpenRequest::Demo);
+                }
+                ui.separator();
+                if ui.add_enabled(geometry.scene.is_some(), egui::Button::new("Export reconstruction...")).on_hover_text("safetensors with upstream's names, or .ply of the confident points").clicked() {
+                    spawn_dialog(&dialogs.tx, DialogKind::Export);
                 }
                 ui.separator();
                 if ui.button("Load VGGT weights...").clicked() {
