@@ -2,6 +2,7 @@
 
 mod cli;
 mod demo;
+mod video;
 mod gui;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +29,11 @@ enum Command {
     },
     /// Run VGGT on a folder of frames and save the geometry.
     Reconstruct(cli::reconstruct::ReconstructArgs),
+    /// Inspect and decode video files (through FFmpeg).
+    Video {
+        #[command(subcommand)]
+        command: cli::video::VideoCommand,
+    },
     /// Space-aware frame sampling on saved geometry.
     Sample(cli::sample::SampleArgs),
     /// Benchmarks (print a table).
@@ -43,6 +49,7 @@ fn main() {
         Some(Command::Weights { command }) => cli::weights::run(command),
         Some(Command::Reconstruct(a)) => cli::reconstruct::run(a),
         Some(Command::Sample(a)) => cli::sample::run(a),
+        Some(Command::Video { command }) => cli::video::run(command),
         Some(Command::Bench { command }) => cli::bench::run(command),
         None => gui::run(gui::GuiOptions { input: args.input, script: args.script, bench_points: None }),
     };

@@ -4,6 +4,7 @@ pub mod bench;
 mod bench_backend;
 pub mod reconstruct;
 pub mod sample;
+pub mod video;
 pub mod weights;
 
 /// A one-line progress display on stderr ("stage  k/n  elapsed  ETA").

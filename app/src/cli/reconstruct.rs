@@ -15,13 +15,13 @@ pub struct ReconstructArgs {
     /// VGGT checkpoint folder (config.json + model.safetensors).
     #[arg(long)]
     pub weights: PathBuf,
-    /// Folder of frames (PNG/JPEG, sorted by name).
+    /// Folder of frames (PNG/JPEG, sorted by name) or a video file.
     #[arg(long)]
     pub input: PathBuf,
     /// crop: width 518, centre-crop tall frames; pad: longest side 518, pad to square; none: as is.
     #[arg(long, default_value = "crop")]
     pub resize: String,
-    /// Use at most this many frames, spread evenly (both ends included).
+    /// Use at most this many frames, spread evenly (both ends included). Videos default to 16.
     #[arg(long)]
     pub max_frames: Option<usize>,
     #[arg(long, default_value = "cpu")]
@@ -67,17 +67,30 @@ pub fn run(a: ReconstructArgs) -> Result<i32> {
     let mode: ResizeMode = a.resize.parse()?;
     let dtype = spatial_models::parse_dtype(&a.dtype)?;
     let device = spatial_models::open_device(&a.device)?;
-    if a.input.is_file() {
-        bail!("{}: video files are not supported yet; extract frames first (e.g. `ffmpeg -i VIDEO frames/%05d.png`) and pass the folder", a.input.display());
-    }
-    let files = list_image_files(&a.input)?;
-    let picks: Vec<usize> = match a.max_frames {
-        Some(0) => bail!("--max-frames must be at least 1"),
-        Some(n) if n < files.len() => uniform_indices(files.len(), n),
-        _ => (0..files.len()).collect(),
+    let (frames, names, picks) = if a.input.is_file() {
+        let info = crate::video::VideoInfo::probe(&a.input)?;
+        let picks = match a.max_frames {
+            Some(0) => bail!("--max-frames must be at least 1"),
+            Some(n) if n < info.frames => uniform_indices(info.frames, n),
+            Some(_) => (0..info.frames).collect(),
+            None => uniform_indices(info.frames, 16.min(info.frames)),
+        };
+        eprintln!("{}: {} frames ({}x{}, {}), using {}", a.input.display(), info.frames, info.width, info.height, info.codec, picks.len());
+        // Decoded at most 1920 wide: the model input is 518 wide anyway.
+        let frames = info.decode(&picks, Some(1920))?;
+        let names = picks.iter().map(|i| format!("{} frame {i}", a.input.display())).collect::<Vec<_>>();
+        (frames, names, picks)
+    } else {
+        let files = list_image_files(&a.input)?;
+        let picks: Vec<usize> = match a.max_frames {
+            Some(0) => bail!("--max-frames must be at least 1"),
+            Some(n) if n < files.len() => uniform_indices(files.len(), n),
+            _ => (0..files.len()).collect(),
+        };
+        let frames = picks.iter().map(|&i| RgbFrame::open(&files[i])).collect::<Result<Vec<_>>>()?;
+        let names: Vec<String> = picks.iter().map(|&i| files[i].display().to_string()).collect();
+        (frames, names, picks)
     };
-    let frames = picks.iter().map(|&i| RgbFrame::open(&files[i])).collect::<Result<Vec<_>>>()?;
-    let names: Vec<String> = picks.iter().map(|&i| files[i].display().to_string()).collect();
     let images = preprocess_frames(&frames, &names, mode, &device)?;
     let (s, _, h, w) = images.dims4()?;
 
