@@ -238,6 +238,34 @@ fn vggt_reconstructs_an_opened_folder_in_the_background() {
 }
 
 #[test]
+fn a_video_plays_and_is_reconstructed() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmp_dir("video");
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=224x168:rate=10", "-frames:v", "30", "-c:v", "libx264", "-bf", "2", "-pix_fmt", "yuv420p", "clip.mp4"])
+        .current_dir(&dir)
+        .status()
+        .expect("ffmpeg is needed (apt-get install ffmpeg)");
+    assert!(status.success());
+    let weights = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/vggt-tiny");
+    let script = format!(
+        r#"{{"steps": [{{"load_weights": {{"vggt": "{}"}}}}, {{"set": {{"control": "vggt_frames", "value": 4}}}}, {{"open": "clip.mp4"}}, {{"wait_idle": 120}}, {{"seek": 20}}, {{"wait_idle": 30}},
+            {{"wait_frames": 5}}, {{"dump_state": "state.json"}}, {{"screenshot": "video.png"}}, {{"quit": true}}]}}"#,
+        weights.display()
+    );
+    let out = run_script(&dir, &script);
+    assert!(out.status.success(), "viewer failed: {}", String::from_utf8_lossy(&out.stderr));
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["frame_count"], 30);
+    assert_eq!(state["frame"], 20);
+    assert!(state["geometry"]["label"].as_str().unwrap().starts_with("VGGT: clip.mp4 (4 of 30 frames"), "{state}");
+    // The video panel shows a decoded frame (the test pattern has many colours).
+    let img = load_rgb(&dir.join("video.png"));
+    let colours: std::collections::HashSet<[u8; 3]> = (40..250).flat_map(|y| (10..290).map(move |x| (x, y))).map(|(x, y)| img.get_pixel(x, y).0).collect();
+    assert!(colours.len() > 200, "video panel has {} colours", colours.len());
+}
+
+#[test]
 fn bad_scripts_fail_before_a_window_opens() {
     let dir = tmp_dir("badscript");
     let path = dir.join("s.json");

@@ -6,7 +6,7 @@
 use super::StatusLine;
 use super::cloud::{PointSource, build_cloud};
 use super::scene::ViewSettings;
-use super::tasks::{FolderInfo, FolderOpened, LoadedScene, SceneLoaded};
+use super::tasks::{FolderInfo, FolderOpened, LoadedScene, SceneLoaded, VideoOpened};
 use bevy::prelude::*;
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use spatial_models::reconstruction::Reconstruction;
@@ -21,9 +21,49 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// VGGT-1B, upstream's 128 would be hours).
 pub const DEFAULT_MAX_FRAMES: usize = 16;
 
+/// Frames to reconstruct: a folder's images or a video's frames.
+#[derive(Clone)]
+pub enum FrameSet {
+    Folder(Arc<FolderInfo>),
+    Video(Arc<crate::video::VideoInfo>),
+}
+
+impl FrameSet {
+    fn len(&self) -> usize {
+        match self {
+            FrameSet::Folder(f) => f.files.len(),
+            FrameSet::Video(v) => v.frames,
+        }
+    }
+    fn name(&self) -> String {
+        let p = match self {
+            FrameSet::Folder(f) => &f.path,
+            FrameSet::Video(v) => &v.path,
+        };
+        p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
+    }
+    /// Files whose contents and picks identify the input, for the cache key.
+    fn stamp_files(&self, picks: &[usize]) -> (Vec<PathBuf>, String) {
+        match self {
+            FrameSet::Folder(f) => (picks.iter().map(|&i| f.files[i].clone()).collect(), String::new()),
+            FrameSet::Video(v) => (vec![v.path.clone()], format!("{picks:?}")),
+        }
+    }
+    fn load(&self, picks: &[usize]) -> anyhow::Result<(Vec<RgbFrame>, Vec<String>)> {
+        match self {
+            FrameSet::Folder(f) => Ok((
+                picks.iter().map(|&i| RgbFrame::open(&f.files[i])).collect::<anyhow::Result<Vec<_>>>()?,
+                picks.iter().map(|&i| f.files[i].display().to_string()).collect(),
+            )),
+            // At most 1920 wide: the model input is 518 wide.
+            FrameSet::Video(v) => Ok((v.decode(picks, Some(1920))?, picks.iter().map(|i| format!("{} frame {i}", v.path.display())).collect())),
+        }
+    }
+}
+
 enum Request {
     Load(PathBuf),
-    Reconstruct { folder: Arc<FolderInfo>, max_frames: usize, budget: usize, source: PointSource, cancel: Arc<AtomicBool> },
+    Reconstruct { folder: FrameSet, max_frames: usize, budget: usize, source: PointSource, cancel: Arc<AtomicBool> },
 }
 
 enum Event {
@@ -43,7 +83,7 @@ pub struct Inference {
     pub in_flight: usize,
     pub progress: Option<(String, usize, usize, f64)>,
     pub max_frames: usize,
-    folder: Option<Arc<FolderInfo>>,
+    folder: Option<FrameSet>,
 }
 
 impl Inference {
@@ -78,12 +118,13 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Where a reconstruction of (frames, weights, settings) is cached, so reopening is instant.
-fn cache_path(files: &[PathBuf], weights: &std::path::Path) -> Option<PathBuf> {
+fn cache_path(files: &[PathBuf], extra: &str, weights: &std::path::Path) -> Option<PathBuf> {
     use std::hash::{Hash, Hasher};
     let base = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     // Bump when the output format or the preprocessing changes.
     "v1 crop f32".hash(&mut h);
+    extra.hash(&mut h);
     let stamp = |p: &std::path::Path, h: &mut std::collections::hash_map::DefaultHasher| {
         std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).hash(h);
         if let Ok(m) = std::fs::metadata(p) {
@@ -105,18 +146,18 @@ fn cache_path(files: &[PathBuf], weights: &std::path::Path) -> Option<PathBuf> {
     Some(base.join("spatial-viewer").join("reconstructions").join(format!("{:016x}.safetensors", h.finish())))
 }
 
-fn reconstruct(model: &Vggt, weights: &std::path::Path, folder: &FolderInfo, max_frames: usize, budget: usize, source: PointSource, cancel: &AtomicBool, events: &Sender<Event>) -> anyhow::Result<Option<LoadedScene>> {
-    let picks = if folder.files.len() > max_frames { uniform_indices(folder.files.len(), max_frames) } else { (0..folder.files.len()).collect() };
-    let name = folder.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let picked: Vec<PathBuf> = picks.iter().map(|&i| folder.files[i].clone()).collect();
-    let cache = cache_path(&picked, weights);
+fn reconstruct(model: &Vggt, weights: &std::path::Path, folder: &FrameSet, max_frames: usize, budget: usize, source: PointSource, cancel: &AtomicBool, events: &Sender<Event>) -> anyhow::Result<Option<LoadedScene>> {
+    let total = folder.len();
+    let picks = if total > max_frames { uniform_indices(total, max_frames) } else { (0..total).collect() };
+    let name = folder.name();
+    let (stamped, extra) = folder.stamp_files(&picks);
+    let cache = cache_path(&stamped, &extra, weights);
     if let Some(rec) = cache.as_ref().filter(|p| p.is_file()).and_then(|p| Reconstruction::load(p).ok()) {
         let rec = Arc::new(rec);
         let (cloud, index) = build_cloud(&rec, source, budget);
-        return Ok(Some(LoadedScene { label: format!("VGGT: {name} ({} of {} frames, cached)", rec.frames, folder.files.len()), rec, cloud: Arc::new(cloud), index }));
+        return Ok(Some(LoadedScene { label: format!("VGGT: {name} ({} of {total} frames, cached)", rec.frames), rec, cloud: Arc::new(cloud), index }));
     }
-    let frames = picks.iter().map(|&i| RgbFrame::open(&folder.files[i])).collect::<anyhow::Result<Vec<_>>>()?;
-    let names: Vec<String> = picks.iter().map(|&i| folder.files[i].display().to_string()).collect();
+    let (frames, names) = folder.load(&picks)?;
     let images = preprocess_frames(&frames, &names, ResizeMode::Crop, &candle_core::Device::Cpu)?;
     drop(frames);
     let (s, _, h, w) = images.dims4()?;
@@ -139,7 +180,7 @@ fn reconstruct(model: &Vggt, weights: &std::path::Path, folder: &FolderInfo, max
         let _ = rec.save(path);
     }
     let (cloud, index) = build_cloud(&rec, source, budget);
-    Ok(Some(LoadedScene { label: format!("VGGT: {name} ({s} of {} frames)", folder.files.len()), rec, cloud: Arc::new(cloud), index }))
+    Ok(Some(LoadedScene { label: format!("VGGT: {name} ({s} of {total} frames)"), rec, cloud: Arc::new(cloud), index }))
 }
 
 fn spawn() -> Inference {
@@ -186,6 +227,7 @@ fn handle(
     mut inference: ResMut<Inference>,
     mut loads: MessageReader<LoadVggt>,
     mut folders: MessageReader<FolderOpened>,
+    mut videos: MessageReader<VideoOpened>,
     mut scenes: MessageWriter<SceneLoaded>,
     mut status: ResMut<StatusLine>,
     settings: Res<ViewSettings>,
@@ -195,7 +237,11 @@ fn handle(
         inference.load(dir.clone());
     }
     for FolderOpened(info) in folders.read() {
-        inference.folder = Some(info.clone());
+        inference.folder = Some(FrameSet::Folder(info.clone()));
+        inference.start_run(&settings);
+    }
+    for VideoOpened(info) in videos.read() {
+        inference.folder = Some(FrameSet::Video(info.clone()));
         inference.start_run(&settings);
     }
     while let Ok(ev) = inference.events.try_recv() {

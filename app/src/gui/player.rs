@@ -2,7 +2,7 @@
 //! Demo frames live in memory at 320x240; folder frames are decoded on demand at display size,
 //! with a small cache, so memory stays bounded whatever the folder holds.
 
-use super::tasks::{FolderInfo, FolderOpened, FrameDecoded, Job, SceneLoaded, Worker};
+use super::tasks::{FolderInfo, FolderOpened, FrameDecoded, FrameRef, Job, SceneLoaded, VideoOpened, Worker};
 use super::{OpenRequest, SeekRequest, StartupOptions, StatusLine};
 use bevy::prelude::*;
 use bevy_egui::EguiContexts;
@@ -17,6 +17,7 @@ const CACHE_FRAMES: usize = 48;
 pub enum FrameSource {
     Demo(Arc<Reconstruction>),
     Folder(Arc<FolderInfo>),
+    Video(Arc<crate::video::VideoInfo>),
 }
 
 #[derive(Resource, Default)]
@@ -46,9 +47,6 @@ impl Player {
     }
 }
 
-/// Video containers the video issue will decode; until then they get a clear message.
-const VIDEO_EXTENSIONS: [&str; 10] = ["mp4", "mov", "mkv", "webm", "avi", "m4v", "mpg", "mpeg", "ts", "3gp"];
-
 fn handle_open(mut requests: MessageReader<OpenRequest>, mut worker: ResMut<Worker>, mut status: ResMut<StatusLine>, settings: Res<super::scene::ViewSettings>) {
     for req in requests.read() {
         match req {
@@ -67,8 +65,9 @@ fn handle_open(mut requests: MessageReader<OpenRequest>, mut worker: ResMut<Work
             OpenRequest::Path(p) if !p.exists() => status.error(format!("{}: no such file or folder", p.display())),
             OpenRequest::Path(p) => {
                 let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-                if VIDEO_EXTENSIONS.contains(&ext.as_str()) {
-                    status.error(format!("{}: video files are not supported yet; open a folder of frames (e.g. extracted with `ffmpeg -i VIDEO frames/%05d.png`)", p.display()));
+                if crate::video::is_video_path(p) {
+                    status.info(format!("opening {}...", p.display()));
+                    worker.submit(Job::ProbeVideo(p.clone()));
                 } else if matches!(ext.as_str(), "png" | "jpg" | "jpeg") {
                     if let Some(parent) = p.parent() {
                         status.info(format!("opening the folder of {}...", p.display()));
@@ -106,7 +105,7 @@ fn on_scene_loaded(mut loaded: MessageReader<SceneLoaded>, mut player: ResMut<Pl
 fn on_folder_opened(mut opened: MessageReader<FolderOpened>, mut player: ResMut<Player>, mut status: ResMut<StatusLine>) {
     for FolderOpened(info) in opened.read() {
         status.info(format!(
-            "{}: {} frames of {}x{} (no geometry yet: reconstructing a folder with VGGT comes with the video issue)",
+            "{}: {} frames of {}x{}",
             info.path.display(),
             info.files.len(),
             info.width,
@@ -116,6 +115,29 @@ fn on_folder_opened(mut opened: MessageReader<FolderOpened>, mut player: ResMut<
         player.frame_count = info.files.len();
         player.source = Some(FrameSource::Folder(info.clone()));
         player.fps = 10.0;
+        player.current = 0;
+        player.cache.clear();
+        player.shown = None;
+        player.requested = None;
+    }
+}
+
+fn on_video_opened(mut opened: MessageReader<VideoOpened>, mut player: ResMut<Player>, mut status: ResMut<StatusLine>) {
+    for VideoOpened(info) in opened.read() {
+        status.info(format!(
+            "{}: {} frames, {:.2} fps, {}x{}, {}{}",
+            info.path.display(),
+            info.frames,
+            info.fps,
+            info.width,
+            info.height,
+            info.codec,
+            if info.rotation != 0 { format!(", rotated {}", info.rotation) } else { String::new() }
+        ));
+        player.label = info.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        player.frame_count = info.frames;
+        player.fps = info.fps as f32;
+        player.source = Some(FrameSource::Video(info.clone()));
         player.current = 0;
         player.cache.clear();
         player.shown = None;
@@ -156,7 +178,15 @@ fn update_shown(mut player: ResMut<Player>, mut worker: ResMut<Worker>, mut deco
                 player.shown = Some((current, f.clone()));
             } else if player.requested != Some(current) {
                 player.requested = Some(current);
-                worker.request_decode(current, info.files[current].clone());
+                worker.request_decode(current, FrameRef::Image(info.files[current].clone()));
+            }
+        }
+        Some(FrameSource::Video(info)) => {
+            if let Some((_, f)) = player.cache.iter().find(|(i, _)| *i == current) {
+                player.shown = Some((current, f.clone()));
+            } else if player.requested != Some(current) {
+                player.requested = Some(current);
+                worker.request_decode(current, FrameRef::Video(info.clone(), current));
             }
         }
     }
@@ -220,6 +250,6 @@ impl Plugin for PlayerPlugin {
     fn build(&self, app: &mut App) {
         app.insert_resource(Player { speed: 1.0, fps: DEMO_FPS, ..default() })
             .add_systems(PostStartup, open_at_startup)
-            .add_systems(Update, (handle_open, on_scene_loaded, on_folder_opened, keyboard, handle_seek, playback, update_shown).chain());
+            .add_systems(Update, (handle_open, on_scene_loaded, on_folder_opened, on_video_opened, keyboard, handle_seek, playback, update_shown).chain());
     }
 }

@@ -88,7 +88,7 @@ fn parse_step(v: &Value) -> Result<Step> {
 }
 
 /// Applies `set` to the view settings and player; the names are the ones the README lists.
-pub fn apply_control(control: &str, value: &Value, settings: &mut ViewSettings, player: &mut Player, sampler: &mut SamplerSettings) -> Result<()> {
+pub fn apply_control(control: &str, value: &Value, settings: &mut ViewSettings, player: &mut Player, sampler: &mut SamplerSettings, vggt_frames: &mut usize) -> Result<()> {
     let num = || value.as_f64().with_context(|| format!("`{control}` takes a number, got {value}"));
     let flag = || value.as_bool().with_context(|| format!("`{control}` takes true or false, got {value}"));
     match control {
@@ -125,9 +125,10 @@ pub fn apply_control(control: &str, value: &Value, settings: &mut ViewSettings, 
         "k" => sampler.k = (num()? as usize).max(1),
         "sample_conf_percentile" => sampler.conf_percentile = num()?.clamp(0.0, 99.0),
         "compare_uniform" => sampler.compare_uniform = flag()?,
+        "vggt_frames" => *vggt_frames = (num()? as usize).clamp(1, 512),
         "playing" => player.playing = flag()?,
         "speed" => player.speed = num()?.clamp(0.05, 8.0) as f32,
-        other => bail!("unknown control `{other}` (known: point_size, color_mode, conf_percentile, frame_filter, show_cameras, point_budget, point_source, sampler, k, sample_conf_percentile, compare_uniform, playing, speed)"),
+        other => bail!("unknown control `{other}` (known: point_size, color_mode, conf_percentile, frame_filter, show_cameras, point_budget, point_source, sampler, k, sample_conf_percentile, compare_uniform, vggt_frames, playing, speed)"),
     }
     Ok(())
 }
@@ -151,7 +152,7 @@ const WARMUP_SECS: f32 = 2.5;
 fn run_script(
     runner: Option<ResMut<ScriptRunner>>,
     time: Res<Time<Real>>,
-    (mut worker, inference): (ResMut<Worker>, Res<super::inference::Inference>),
+    (mut worker, mut inference): (ResMut<Worker>, ResMut<super::inference::Inference>),
     status: Res<StatusLine>,
     geometry: Res<Geometry>,
     mut settings: ResMut<ViewSettings>,
@@ -221,7 +222,7 @@ fn run_script(
             true
         }
         Step::Set { control, value } => {
-            if let Err(e) = apply_control(control, value, &mut settings, &mut player, &mut sampler) {
+            if let Err(e) = apply_control(control, value, &mut settings, &mut player, &mut sampler, &mut inference.max_frames) {
                 fail(&r, format!("{e:#}"), &mut exit);
                 return;
             }
@@ -371,11 +372,12 @@ mod tests {
         let mut settings = ViewSettings::default();
         let mut player = Player::default();
         let mut sampler = SamplerSettings::default();
-        apply_control("color_mode", &Value::from("depth"), &mut settings, &mut player, &mut sampler).unwrap();
+        let mut vggt_frames = 16;
+        apply_control("color_mode", &Value::from("depth"), &mut settings, &mut player, &mut sampler, &mut vggt_frames).unwrap();
         assert_eq!(settings.color_mode, 2);
-        apply_control("frame_filter", &Value::from("all"), &mut settings, &mut player, &mut sampler).unwrap();
+        apply_control("frame_filter", &Value::from("all"), &mut settings, &mut player, &mut sampler, &mut vggt_frames).unwrap();
         assert_eq!(settings.frame_filter, None);
-        assert!(apply_control("brightness", &Value::from(1), &mut settings, &mut player, &mut sampler).is_err());
-        assert!(apply_control("point_size", &Value::from("big"), &mut settings, &mut player, &mut sampler).is_err());
+        assert!(apply_control("brightness", &Value::from(1), &mut settings, &mut player, &mut sampler, &mut vggt_frames).is_err());
+        assert!(apply_control("point_size", &Value::from("big"), &mut settings, &mut player, &mut sampler, &mut vggt_frames).is_err());
     }
 }

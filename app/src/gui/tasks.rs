@@ -29,7 +29,19 @@ pub struct FolderInfo {
     pub height: u32,
 }
 
+/// Where a frame comes from, for the decoder thread.
+#[derive(Clone)]
+pub enum FrameRef {
+    Image(PathBuf),
+    Video(Arc<crate::video::VideoInfo>, usize),
+}
+
+/// An opened video (checked with ffprobe).
+#[derive(Message, Clone)]
+pub struct VideoOpened(pub Arc<crate::video::VideoInfo>);
+
 pub enum Job {
+    ProbeVideo(PathBuf),
     BuildDemo { frames: usize, budget: usize, source: PointSource },
     BuildCloud { label: String, rec: Arc<Reconstruction>, budget: usize, source: PointSource },
     ScanFolder(PathBuf),
@@ -42,6 +54,7 @@ pub enum Job {
 }
 
 enum JobOutput {
+    Video(Arc<crate::video::VideoInfo>),
     Scene(Arc<LoadedScene>),
     Exported(String),
     Voxels(Result<Arc<spatial_models::sampling::VoxelSets>, String>),
@@ -63,7 +76,7 @@ pub struct VoxelsReady(pub Result<Arc<spatial_models::sampling::VoxelSets>, Stri
 pub struct Worker {
     jobs: Sender<Job>,
     results: Receiver<JobOutput>,
-    decode_requests: Sender<(usize, PathBuf)>,
+    decode_requests: Sender<(usize, FrameRef)>,
     decoded: Receiver<(usize, Result<RgbFrame, String>)>,
     /// Jobs sent and not yet answered.
     pub in_flight: usize,
@@ -75,9 +88,9 @@ impl Worker {
         self.in_flight += 1;
         self.jobs.send(job).expect("worker thread is alive");
     }
-    pub fn request_decode(&mut self, index: usize, path: PathBuf) {
+    pub fn request_decode(&mut self, index: usize, frame: FrameRef) {
         self.decodes_in_flight += 1;
-        self.decode_requests.send((index, path)).expect("decoder thread is alive");
+        self.decode_requests.send((index, frame)).expect("decoder thread is alive");
     }
     pub fn is_idle(&self) -> bool {
         self.in_flight == 0 && self.decodes_in_flight == 0
@@ -95,6 +108,10 @@ fn run_job(job: Job) -> JobOutput {
         }
         Job::BuildCloud { label, rec, budget, source } => scene_output(label, rec, budget, source),
         Job::Synthetic(n) => JobOutput::Scene(Arc::new(synthetic_scene(n))),
+        Job::ProbeVideo(path) => match crate::video::VideoInfo::probe(&path) {
+            Ok(info) => JobOutput::Video(Arc::new(info)),
+            Err(e) => JobOutput::Failed(format!("{e:#}")),
+        },
         Job::Export { rec, path } => {
             let is_ply = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("ply"));
             let result = if is_ply {
@@ -218,7 +235,7 @@ fn spawn_threads() -> Worker {
             }
         })
         .expect("spawn worker thread");
-    let (dec_tx, dec_rx) = unbounded::<(usize, PathBuf)>();
+    let (dec_tx, dec_rx) = unbounded::<(usize, FrameRef)>();
     let (frame_tx, frame_rx) = unbounded();
     std::thread::Builder::new()
         .name("decoder".into())
@@ -229,7 +246,11 @@ fn spawn_threads() -> Worker {
                     let _ = frame_tx.send((req.0, Err(String::new())));
                     req = newer;
                 }
-                let result = std::panic::catch_unwind(|| decode_for_display(&req.1))
+                let frame = req.1.clone();
+                let result = std::panic::catch_unwind(move || match &frame {
+                    FrameRef::Image(path) => decode_for_display(path),
+                    FrameRef::Video(info, n) => info.decode(&[*n], Some(DISPLAY_MAX_WIDTH)).map(|mut v| v.remove(0)),
+                })
                     .map_err(panic_message)
                     .and_then(|r| r.map_err(|e| format!("{e:#}")));
                 if frame_tx.send((req.0, result)).is_err() {
@@ -252,6 +273,7 @@ fn receive(
     mut folders: MessageWriter<FolderOpened>,
     mut frames: MessageWriter<FrameDecoded>,
     mut voxels: MessageWriter<VoxelsReady>,
+    mut videos: MessageWriter<VideoOpened>,
 ) {
     while let Ok(out) = worker.results.try_recv() {
         worker.in_flight = worker.in_flight.saturating_sub(1);
@@ -263,6 +285,9 @@ fn receive(
                 folders.write(FolderOpened(f));
             }
             JobOutput::Exported(msg) => status.info(msg),
+            JobOutput::Video(info) => {
+                videos.write(VideoOpened(info));
+            }
             JobOutput::Voxels(v) => {
                 voxels.write(VoxelsReady(v));
             }
@@ -290,6 +315,7 @@ impl Plugin for TasksPlugin {
             .add_message::<FolderOpened>()
             .add_message::<FrameDecoded>()
             .add_message::<VoxelsReady>()
+            .add_message::<VideoOpened>()
             .add_systems(PreUpdate, receive);
     }
 }
