@@ -52,6 +52,27 @@ fn tmp_dir(name: &str) -> PathBuf {
     d
 }
 
+/// Runs a script while `during` drives the live window (e.g. with xdotool) on the same display.
+fn run_script_with(dir: &Path, script: &str, during: impl FnOnce(&str)) -> Output {
+    let path = dir.join("steps.json");
+    std::fs::write(&path, script).unwrap();
+    let xvfb = start_xvfb();
+    let child = Command::new(env!("CARGO_BIN_EXE_spatial-viewer"))
+        .arg("--script")
+        .arg(&path)
+        .env("DISPLAY", &xvfb.display)
+        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the viewer");
+    during(&xvfb.display);
+    let out = child.wait_with_output().unwrap();
+    drop(xvfb);
+    out
+}
+
 fn run_script(dir: &Path, script: &str) -> Output {
     let path = dir.join("steps.json");
     std::fs::write(&path, script).unwrap();
@@ -263,6 +284,61 @@ fn a_video_plays_and_is_reconstructed() {
     let img = load_rgb(&dir.join("video.png"));
     let colours: std::collections::HashSet<[u8; 3]> = (40..250).flat_map(|y| (10..290).map(move |x| (x, y))).map(|(x, y)| img.get_pixel(x, y).0).collect();
     assert!(colours.len() > 200, "video panel has {} colours", colours.len());
+}
+
+/// Is point p inside the convex quad (projected corners, either winding)?
+fn in_quad(p: [f64; 2], q: &[[f64; 2]]) -> bool {
+    let signs: Vec<f64> = (0..4).map(|i| {
+        let (a, b) = (q[i], q[(i + 1) % 4]);
+        (b[0] - a[0]) * (p[1] - a[1]) - (b[1] - a[1]) * (p[0] - a[0])
+    }).collect();
+    signs.iter().all(|s| *s > 0.0) || signs.iter().all(|s| *s < 0.0)
+}
+
+#[test]
+fn clicking_a_camera_jumps_to_its_frame() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmp_dir("click");
+    let script = r#"{"steps": [{"open": "demo"}, {"wait_idle": 120}, {"set": {"control": "point_budget", "value": 50000}}, {"wait_idle": 60},
+        {"wait_frames": 10}, {"dump_state": "before.json"}, {"wait_for_file": "clicked"}, {"wait_frames": 10}, {"dump_state": "after.json"}, {"quit": true}]}"#;
+    let target = std::cell::Cell::new(None);
+    let out = run_script_with(&dir, script, |display| {
+        let before = dir.join("before.json");
+        for _ in 0..600 {
+            if before.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&before).unwrap()).unwrap();
+        let vp: Vec<f64> = state["viewport"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        // Click the middle of a frustum's image plane well inside the viewport, away from frame 0.
+        let quads: Vec<(u64, Vec<[f64; 2]>)> = state["frustums"].as_array().unwrap().iter().filter_map(|f| {
+            let c: Option<Vec<[f64; 2]>> = f["corners"].as_array().unwrap().iter().map(|p| p.as_array().map(|a| [a[0].as_f64().unwrap(), a[1].as_f64().unwrap()])).collect();
+            c.map(|c| (f["frame"].as_u64().unwrap(), c))
+        }).collect();
+        let (_, quad) = quads.iter().filter(|(f, _)| *f >= 10).find(|(_, q)| {
+            let m = [q.iter().map(|p| p[0]).sum::<f64>() / 4.0, q.iter().map(|p| p[1]).sum::<f64>() / 4.0];
+            m[0] > vp[0] + 80.0 && m[0] < vp[0] + vp[2] - 20.0 && m[1] > vp[1] + 60.0 && m[1] < vp[1] + vp[3] - 20.0
+        }).expect("a frustum inside the viewport");
+        let m = [quad.iter().map(|p| p[0]).sum::<f64>() / 4.0, quad.iter().map(|p| p[1]).sum::<f64>() / 4.0];
+        let hit: Vec<u64> = quads.iter().filter(|(_, q)| in_quad(m, q)).map(|(f, _)| *f).collect();
+        target.set(Some((m, hit)));
+        let status = Command::new("xdotool")
+            .args(["mousemove", &format!("{}", m[0].round()), &format!("{}", m[1].round()), "sleep", "0.3", "click", "1"])
+            .env("DISPLAY", display)
+            .status()
+            .expect("xdotool is needed for the click test (apt-get install xdotool)");
+        assert!(status.success());
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        std::fs::write(dir.join("clicked"), b"").unwrap();
+    });
+    assert!(out.status.success(), "viewer failed: {}", String::from_utf8_lossy(&out.stderr));
+    let (point, hit) = target.take().unwrap();
+    let after: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("after.json")).unwrap()).unwrap();
+    let frame = after["frame"].as_u64().unwrap();
+    assert!(frame != 0 && hit.contains(&frame), "clicked at {point:?} over frustums {hit:?}, but the player is at frame {frame}");
 }
 
 #[test]

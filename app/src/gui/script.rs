@@ -33,6 +33,8 @@ pub enum Step {
     LoadWeights(PathBuf),
     /// Exports the geometry on screen (safetensors, or PLY by extension).
     Export(PathBuf),
+    /// Waits (up to 60 s) until a file exists: lets a test drive real input between steps.
+    WaitForFile(PathBuf),
     /// Writes JSON with the current frame, the viewport and every frustum projected to the window
     /// (logical pixels), so tests can check a screenshot against the projection.
     DumpState(PathBuf),
@@ -79,11 +81,12 @@ fn parse_step(v: &Value) -> Result<Step> {
         "wait_idle" => Step::WaitIdle(arg.as_f64().context("`wait_idle` takes seconds")? as f32),
         "screenshot" => Step::Screenshot(PathBuf::from(arg.as_str().context("`screenshot` takes a path")?)),
         "ask" => Step::Ask(arg.as_str().context("`ask` takes the question text")?.to_string()),
+        "wait_for_file" => Step::WaitForFile(PathBuf::from(arg.as_str().context("`wait_for_file` takes a path")?)),
         "export" => Step::Export(PathBuf::from(arg.as_str().context("`export` takes a path")?)),
         "load_weights" => Step::LoadWeights(PathBuf::from(arg.get("vggt").and_then(Value::as_str).context("`load_weights` takes {\"vggt\": DIR}")?)),
         "dump_state" => Step::DumpState(PathBuf::from(arg.as_str().context("`dump_state` takes a path")?)),
         "quit" => Step::Quit,
-        other => bail!("unknown step `{other}` (known: open, seek, select_camera, look_through, reset_view, set, wait_frames, wait_idle, screenshot, ask, load_weights, export, dump_state, quit)"),
+        other => bail!("unknown step `{other}` (known: open, seek, select_camera, look_through, reset_view, set, wait_frames, wait_idle, screenshot, ask, load_weights, export, wait_for_file, dump_state, quit)"),
     })
 }
 
@@ -252,6 +255,16 @@ fn run_script(
                 true
             } else if waited > 30.0 {
                 fail(&r, format!("{}: the screenshot was not written within 30 s", path.display()), &mut exit);
+                return;
+            } else {
+                false
+            }
+        }
+        Step::WaitForFile(path) => {
+            if path.exists() {
+                true
+            } else if waited > 60.0 {
+                fail(&r, format!("{} did not appear within 60 s", path.display()), &mut exit);
                 return;
             } else {
                 false
