@@ -112,7 +112,7 @@ impl VideoInfo {
             .stderr(Stdio::piped())
             .spawn()
             .context("running ffmpeg")?;
-        let mut stdout = child.stdout.take().unwrap();
+        let mut stdout = child.stdout.take().context("ffmpeg's output pipe")?;
         let mut frames = Vec::with_capacity(indices.len());
         for _ in indices {
             let mut buf = vec![0u8; w * h * 3];

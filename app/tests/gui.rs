@@ -74,21 +74,7 @@ fn run_script_with(dir: &Path, script: &str, during: impl FnOnce(&str)) -> Outpu
 }
 
 fn run_script(dir: &Path, script: &str) -> Output {
-    let path = dir.join("steps.json");
-    std::fs::write(&path, script).unwrap();
-    let xvfb = start_xvfb();
-    let out = Command::new(env!("CARGO_BIN_EXE_spatial-viewer"))
-        .arg("--script")
-        .arg(&path)
-        .env("DISPLAY", &xvfb.display)
-        .env("WGPU_BACKEND", "vulkan")
-        // Reconstruction cache inside the test's folder.
-        .env("XDG_CACHE_HOME", dir.join("cache"))
-        .current_dir(dir)
-        .output()
-        .expect("run the viewer");
-    drop(xvfb);
-    out
+    run_script_with(dir, script, |_| {})
 }
 
 fn load_rgb(path: &Path) -> image::RgbImage {

@@ -117,6 +117,7 @@ impl Reconstruction {
             }
         };
         let images = match map.get("images") {
+            Some(t) if t.dims() != [s, 3, h, w] => bail!("{}: `images` has shape {:?}, expected [{s}, 3, {h}, {w}] to match `world_points`", path.display(), t.dims()),
             Some(t) => (t.to_dtype(DType::F32)?.permute((0, 2, 3, 1))? * 255.0)?.round()?.clamp(0.0, 255.0)?.to_dtype(DType::U8)?.flatten_all()?.to_vec1()?,
             None => vec![160; s * h * w * 3],
         };
@@ -132,10 +133,13 @@ impl Reconstruction {
                 c
             })
             .collect();
-        let frame_indices = match map.get("frame_indices") {
-            Some(t) => t.to_dtype(DType::I64)?.to_vec1()?,
+        let frame_indices: Vec<i64> = match map.get("frame_indices") {
+            Some(t) => t.to_dtype(DType::I64)?.flatten_all()?.to_vec1()?,
             None => (0..s as i64).collect(),
         };
+        if frame_indices.len() != s {
+            bail!("{}: `frame_indices` has {} entries for {s} frames", path.display(), frame_indices.len());
+        }
         Ok(Self {
             frames: s,
             height: h,

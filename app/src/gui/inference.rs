@@ -6,7 +6,7 @@
 use super::StatusLine;
 use super::cloud::{PointSource, build_cloud};
 use super::scene::ViewSettings;
-use super::tasks::{FolderInfo, FolderOpened, LoadedScene, SceneLoaded, VideoOpened};
+use super::tasks::{FolderInfo, FolderOpened, LoadedScene, SceneLoaded, VideoOpened, panic_message};
 use bevy::prelude::*;
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use spatial_models::reconstruction::Reconstruction;
@@ -113,9 +113,6 @@ impl Inference {
     }
 }
 
-fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into())
-}
 
 /// Where a reconstruction of (frames, weights, settings) is cached, so reopening is instant.
 fn cache_path(files: &[PathBuf], extra: &str, weights: &std::path::Path) -> Option<PathBuf> {

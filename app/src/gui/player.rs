@@ -37,6 +37,18 @@ pub struct Player {
 }
 
 impl Player {
+    /// Switches to a new source at its first frame.
+    fn set_source(&mut self, source: FrameSource, label: String, frame_count: usize, fps: f32) {
+        self.source = Some(source);
+        self.label = label;
+        self.frame_count = frame_count;
+        self.fps = fps;
+        self.current = 0;
+        self.cache.clear();
+        self.shown = None;
+        self.requested = None;
+    }
+
     pub fn seek(&mut self, frame: usize) {
         if self.frame_count > 0 {
             self.current = frame.min(self.frame_count - 1);
@@ -49,12 +61,13 @@ impl Player {
 
 fn handle_open(mut requests: MessageReader<OpenRequest>, mut worker: ResMut<Worker>, mut status: ResMut<StatusLine>, settings: Res<super::scene::ViewSettings>) {
     for req in requests.read() {
+        // `open "demo"` (scripts, command line) is the demo scene.
+        let req = match req {
+            OpenRequest::Path(p) if p.as_os_str() == "demo" => &OpenRequest::Demo,
+            other => other,
+        };
         match req {
             OpenRequest::Demo => {
-                status.info("building the demo scene...");
-                worker.submit(Job::BuildDemo { frames: crate::demo::DEMO_FRAMES, budget: settings.point_budget, source: settings.source });
-            }
-            OpenRequest::Path(p) if p.as_os_str() == "demo" => {
                 status.info("building the demo scene...");
                 worker.submit(Job::BuildDemo { frames: crate::demo::DEMO_FRAMES, budget: settings.point_budget, source: settings.source });
             }
@@ -90,14 +103,7 @@ fn on_scene_loaded(mut loaded: MessageReader<SceneLoaded>, mut player: ResMut<Pl
             }
         }
         if scene.label.starts_with("demo") {
-            player.source = Some(FrameSource::Demo(scene.rec.clone()));
-            player.label = scene.label.clone();
-            player.frame_count = scene.rec.frames;
-            player.fps = DEMO_FPS;
-            player.current = 0;
-            player.cache.clear();
-            player.shown = None;
-            player.requested = None;
+            player.set_source(FrameSource::Demo(scene.rec.clone()), scene.label.clone(), scene.rec.frames, DEMO_FPS);
         }
     }
 }
@@ -111,14 +117,8 @@ fn on_folder_opened(mut opened: MessageReader<FolderOpened>, mut player: ResMut<
             info.width,
             info.height
         ));
-        player.label = format!("{}", info.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default());
-        player.frame_count = info.files.len();
-        player.source = Some(FrameSource::Folder(info.clone()));
-        player.fps = 10.0;
-        player.current = 0;
-        player.cache.clear();
-        player.shown = None;
-        player.requested = None;
+        let label = info.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        player.set_source(FrameSource::Folder(info.clone()), label, info.files.len(), 10.0);
     }
 }
 
@@ -134,14 +134,8 @@ fn on_video_opened(mut opened: MessageReader<VideoOpened>, mut player: ResMut<Pl
             info.codec,
             if info.rotation != 0 { format!(", rotated {}", info.rotation) } else { String::new() }
         ));
-        player.label = info.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        player.frame_count = info.frames;
-        player.fps = info.fps as f32;
-        player.source = Some(FrameSource::Video(info.clone()));
-        player.current = 0;
-        player.cache.clear();
-        player.shown = None;
-        player.requested = None;
+        let label = info.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        player.set_source(FrameSource::Video(info.clone()), label, info.frames, info.fps as f32);
     }
 }
 

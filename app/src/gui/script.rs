@@ -178,68 +178,78 @@ fn run_script(
     }
     r.frames_in_step += 1;
     let waited = now - r.started;
-    let fail = |r: &ScriptRunner, msg: String, exit: &mut MessageWriter<AppExit>| {
-        eprintln!("script: step {} ({:?}) failed: {msg}", r.next + 1, r.steps[r.next]);
-        exit.write(AppExit::error());
-    };
     let first = r.frames_in_step == 1;
     let idle = worker.is_idle() && inference.is_idle();
-    let done = match &step {
+    // Steps that hand work to a background thread finish once it is idle again, and fail if the
+    // work reported an error meanwhile.
+    let settled = |busy: bool, limit_s: f32, what: &str| -> Outcome {
+        if r.frames_in_step < 3 || busy {
+            if waited > limit_s { Outcome::Fail(format!("{what} took more than {limit_s} s")) } else { Outcome::Wait }
+        } else if status.is_error && status.message != r.status_before {
+            Outcome::Fail(status.message.clone())
+        } else {
+            Outcome::Done
+        }
+    };
+    let outcome = match &step {
         Step::Open(p) => {
             if first {
                 open.write(OpenRequest::Path(p.clone()));
-                false
-            } else if r.frames_in_step < 3 || !idle {
-                if waited > 600.0 {
-                    fail(&r, "opening (and reconstructing) took more than 600 s".into(), &mut exit);
-                    return;
-                }
-                false
-            } else if status.is_error && status.message != r.status_before {
-                fail(&r, status.message.clone(), &mut exit);
-                return;
+                Outcome::Wait
             } else {
-                true
+                settled(!idle, 600.0, "opening (and reconstructing)")
             }
         }
+        Step::LoadWeights(dir) => {
+            if first {
+                load_vggt.write(super::inference::LoadVggt(dir.clone()));
+                Outcome::Wait
+            } else {
+                settled(!inference.is_idle(), 600.0, "loading the weights")
+            }
+        }
+        Step::Export(path) => match (&geometry.scene, first) {
+            (None, _) => Outcome::Fail("nothing to export: no geometry is loaded".into()),
+            (Some(scene), true) => {
+                worker.submit(super::tasks::Job::Export { rec: scene.rec.clone(), path: path.clone() });
+                Outcome::Wait
+            }
+            (Some(_), false) => settled(!worker.is_idle(), 600.0, "exporting"),
+        },
         Step::Seek(f) | Step::SelectCamera(f) => {
             if player.frame_count == 0 || *f >= player.frame_count {
-                fail(&r, format!("frame {f} is out of range (the source has {} frames)", player.frame_count), &mut exit);
-                return;
+                Outcome::Fail(format!("frame {f} is out of range (the source has {} frames)", player.frame_count))
+            } else {
+                if first {
+                    seek.write(SeekRequest(*f));
+                }
+                Outcome::done_if(player.current == *f && worker.is_idle())
             }
-            if first {
-                seek.write(SeekRequest(*f));
-            }
-            player.current == *f && worker.is_idle()
         }
         Step::LookThrough(f) => {
             if geometry.scene.as_ref().is_none_or(|s| *f >= s.rec.frames) {
-                fail(&r, format!("no camera {f} in the current geometry"), &mut exit);
-                return;
+                Outcome::Fail(format!("no camera {f} in the current geometry"))
+            } else {
+                camera.write(CameraCommand::LookThrough(*f));
+                Outcome::Done
             }
-            camera.write(CameraCommand::LookThrough(*f));
-            true
         }
         Step::ResetView => {
             camera.write(CameraCommand::Reset);
-            true
+            Outcome::Done
         }
-        Step::Set { control, value } => {
-            if let Err(e) = apply_control(control, value, &mut settings, &mut player, &mut sampler, &mut inference.max_frames) {
-                fail(&r, format!("{e:#}"), &mut exit);
-                return;
-            }
-            true
-        }
-        Step::WaitFrames(n) => r.frames_in_step > *n,
+        Step::Set { control, value } => match apply_control(control, value, &mut settings, &mut player, &mut sampler, &mut inference.max_frames) {
+            Ok(()) => Outcome::Done,
+            Err(e) => Outcome::Fail(format!("{e:#}")),
+        },
+        Step::WaitFrames(n) => Outcome::done_if(r.frames_in_step > *n),
         Step::WaitIdle(max) => {
             if idle && r.frames_in_step > 2 {
-                true
+                Outcome::Done
             } else if waited > *max {
-                fail(&r, format!("background work still running after {max} s"), &mut exit);
-                return;
+                Outcome::Fail(format!("background work still running after {max} s"))
             } else {
-                false
+                Outcome::Wait
             }
         }
         Step::Screenshot(path) => {
@@ -249,101 +259,86 @@ fn run_script(
                     r.screenshot_sent = true;
                     r.started = now;
                 }
-                false
-            } else if path.exists() && std::fs::metadata(path).map(|m| m.len() > 0).unwrap_or(false) {
+                Outcome::Wait
+            } else if std::fs::metadata(path).map(|m| m.len() > 0).unwrap_or(false) {
                 r.screenshot_sent = false;
-                true
+                Outcome::Done
             } else if waited > 30.0 {
-                fail(&r, format!("{}: the screenshot was not written within 30 s", path.display()), &mut exit);
-                return;
+                Outcome::Fail(format!("{}: the screenshot was not written within 30 s", path.display()))
             } else {
-                false
+                Outcome::Wait
             }
         }
         Step::WaitForFile(path) => {
             if path.exists() {
-                true
+                Outcome::Done
             } else if waited > 60.0 {
-                fail(&r, format!("{} did not appear within 60 s", path.display()), &mut exit);
-                return;
+                Outcome::Fail(format!("{} did not appear within 60 s", path.display()))
             } else {
-                false
+                Outcome::Wait
             }
         }
-        Step::Export(path) => {
-            if first {
-                let Some(scene) = &geometry.scene else {
-                    fail(&r, "nothing to export: no geometry is loaded".into(), &mut exit);
-                    return;
-                };
-                worker.submit(super::tasks::Job::Export { rec: scene.rec.clone(), path: path.clone() });
-                false
-            } else if !worker.is_idle() {
-                false
-            } else if status.is_error && status.message != r.status_before {
-                fail(&r, status.message.clone(), &mut exit);
-                return;
-            } else {
-                true
+        Step::DumpState(path) => match views.single() {
+            Err(_) => Outcome::Fail("no 3D camera".into()),
+            Ok((camera, transform)) => {
+                // Bevy's "viewport" coordinates are the window's (logical pixels).
+                let project = |p: Vec3| camera.world_to_viewport(transform, p).ok().map(|v| [v.x, v.y]);
+                let mut list: Vec<_> = frustums.iter().collect();
+                list.sort_by_key(|f| f.frame);
+                let json = serde_json::json!({
+                    "frame": player.current,
+                    "frame_count": player.frame_count,
+                    "geometry": geometry.scene.as_ref().map(|s| serde_json::json!({"label": s.label, "frames": s.rec.frames, "points": s.cloud.points.len(), "frame_indices": s.rec.frame_indices})),
+                    "sampled": sampled.frames,
+                    "sampled_label": sampled.label,
+                    "compare": sampled.compare,
+                    "viewport": camera.logical_viewport_rect().map(|r| [r.min.x, r.min.y, r.width(), r.height()]),
+                    "frustums": list.iter().map(|f| serde_json::json!({
+                        "frame": f.frame,
+                        "center": project(f.center),
+                        "corners": f.corners.iter().map(|c| project(*c)).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                });
+                match std::fs::write(path, json.to_string()) {
+                    Ok(()) => Outcome::Done,
+                    Err(e) => Outcome::Fail(format!("{}: cannot write ({e})", path.display())),
+                }
             }
-        }
-        Step::LoadWeights(dir) => {
-            if first {
-                load_vggt.write(super::inference::LoadVggt(dir.clone()));
-                false
-            } else if r.frames_in_step < 3 || !inference.is_idle() {
-                false
-            } else if status.is_error && status.message != r.status_before {
-                fail(&r, status.message.clone(), &mut exit);
-                return;
-            } else {
-                true
-            }
-        }
-        Step::DumpState(path) => {
-            let Ok((camera, transform)) = views.single() else {
-                fail(&r, "no 3D camera".into(), &mut exit);
-                return;
-            };
-            // Bevy's "viewport" coordinates are the window's (logical pixels).
-            let project = |p: Vec3| camera.world_to_viewport(transform, p).ok().map(|v| [v.x, v.y]);
-            let mut list: Vec<_> = frustums.iter().collect();
-            list.sort_by_key(|f| f.frame);
-            let json = serde_json::json!({
-                "frame": player.current,
-                "frame_count": player.frame_count,
-                "geometry": geometry.scene.as_ref().map(|s| serde_json::json!({"label": s.label, "frames": s.rec.frames, "points": s.cloud.points.len(), "frame_indices": s.rec.frame_indices})),
-                "sampled": sampled.frames,
-                "sampled_label": sampled.label,
-                "compare": sampled.compare,
-                "camera_translation": transform.translation().to_array(),
-                "camera_rotation": transform.rotation().to_array(),
-                "clip_from_view": camera.clip_from_view().to_cols_array(),
-                "viewport": camera.logical_viewport_rect().map(|r| [r.min.x, r.min.y, r.width(), r.height()]),
-                "frustums": list.iter().map(|f| serde_json::json!({
-                    "frame": f.frame,
-                    "center": project(f.center),
-                    "corners": f.corners.iter().map(|c| project(*c)).collect::<Vec<_>>(),
-                })).collect::<Vec<_>>(),
-            });
-            if let Err(e) = std::fs::write(path, json.to_string()) {
-                fail(&r, format!("{}: cannot write ({e})", path.display()), &mut exit);
-                return;
-            }
-            true
-        }
+        },
         Step::Ask(q) => {
             chat.ask(q.clone());
-            true
+            Outcome::Done
         }
         Step::Quit => {
             exit.write(AppExit::Success);
-            true
+            Outcome::Done
         }
     };
-    if done {
-        r.next += 1;
-        r.frames_in_step = 0;
+    match outcome {
+        Outcome::Wait => {}
+        Outcome::Done => {
+            r.next += 1;
+            r.frames_in_step = 0;
+        }
+        Outcome::Fail(msg) => {
+            eprintln!("script: step {} ({:?}) failed: {msg}", r.next + 1, step);
+            exit.write(AppExit::error());
+            // Stop here: later steps must not run after a failure.
+            r.next = r.steps.len();
+        }
+    }
+}
+
+/// What a step did this frame.
+enum Outcome {
+    Wait,
+    Done,
+    Fail(String),
+}
+
+impl Outcome {
+    fn done_if(done: bool) -> Self {
+        if done { Outcome::Done } else { Outcome::Wait }
     }
 }
 

@@ -5,6 +5,7 @@
 use super::StatusLine;
 use super::cloud::{CloudIndex, PointSource, build_cloud};
 use super::renderer::PointCloudBuffers;
+use anyhow::Context;
 use bevy::prelude::*;
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use spatial_models::reconstruction::Reconstruction;
@@ -202,7 +203,7 @@ pub fn scan_folder(path: &std::path::Path) -> anyhow::Result<FolderInfo> {
             _ => {}
         }
     }
-    let (width, height) = size.unwrap();
+    let (width, height) = size.context("no images")?;
     Ok(FolderInfo { path: path.to_path_buf(), files, width, height })
 }
 
@@ -216,7 +217,8 @@ pub fn decode_for_display(path: &std::path::Path) -> anyhow::Result<RgbFrame> {
     frame.resize(DISPLAY_MAX_WIDTH, h)
 }
 
-fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+/// The message of a caught panic.
+pub fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into())
 }
 
