@@ -423,7 +423,7 @@ fn ui_system(
             ui.heading("VGGT");
             match &inference.weights {
                 Some(w) => ui.label(w),
-                None => ui.label("no weights: File > Load VGGT weights... reconstructs opened folders"),
+                None => ui.label("no weights: File > Load VGGT weights... reconstructs opened videos and folders"),
             };
             ui.add(egui::Slider::new(&mut inference.max_frames, 2..=128).logarithmic(true).text("frames per run"))
                 .on_hover_text("frames spread evenly over the folder; on a CPU each frame of VGGT-1B at 518 px costs tens of seconds");
