@@ -4,6 +4,7 @@ mod cli;
 mod demo;
 mod video;
 mod gui;
+mod question;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -18,6 +19,12 @@ struct Args {
     /// Run the scripted steps of this JSON file in the live window (see README).
     #[arg(long)]
     script: Option<PathBuf>,
+    /// VGGT checkpoint folder to load at start-up (opened videos and folders are reconstructed).
+    #[arg(long)]
+    vggt: Option<PathBuf>,
+    /// Spatial-MLLM (or Qwen2.5-VL) folder to load at start-up for the chat panel.
+    #[arg(long)]
+    mllm: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -36,6 +43,8 @@ enum Command {
     },
     /// Space-aware frame sampling on saved geometry.
     Sample(cli::sample::SampleArgs),
+    /// Ask Spatial-MLLM (or Qwen2.5-VL) a question about a video or folder of frames.
+    Ask(cli::ask::AskArgs),
     /// Benchmarks (print a table).
     Bench {
         #[command(subcommand)]
@@ -50,8 +59,9 @@ fn main() {
         Some(Command::Reconstruct(a)) => cli::reconstruct::run(a),
         Some(Command::Sample(a)) => cli::sample::run(a),
         Some(Command::Video { command }) => cli::video::run(command),
+        Some(Command::Ask(a)) => cli::ask::run(a),
         Some(Command::Bench { command }) => cli::bench::run(command),
-        None => gui::run(gui::GuiOptions { input: args.input, script: args.script, bench_points: None }),
+        None => gui::run(gui::GuiOptions { input: args.input, script: args.script, bench_points: None, vggt: args.vggt, mllm: args.mllm }),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -98,14 +98,14 @@ fn weights_check_reports_kind_and_every_problem() {
 }
 
 #[test]
-fn weights_check_knows_spatial_mllm() {
+fn weights_check_knows_spatial_mllm_without_a_tokenizer() {
     let out = viewer(&["weights", "check", fixture("spatial-mllm-tiny").to_str().unwrap()]);
     let t = text(&out);
     assert!(t.contains("Spatial-MLLM checkpoint"), "{t}");
-    assert!(t.contains("spatial encoder (VGGT aggregator)") && !t.contains("missing "), "{t}");
-    // The question-answering part is not in this build, so it must not claim the model loads.
+    assert!(t.contains("Spatial-MLLM (Qwen2.5-VL + VGGT aggregator + connector)"), "{t}");
+    // The fixture folder has every tensor but no tokenizer.json, so questions could not be asked.
     assert_eq!(out.status.code(), Some(1), "{t}");
-    assert!(t.contains("cannot load Qwen2.5-VL"), "{t}");
+    assert!(t.contains("tokenizer.json") && t.matches("missing").count() == 1, "{t}");
 }
 
 #[test]
@@ -200,4 +200,122 @@ fn bad_inputs_get_clear_messages() {
     let out = viewer(&["reconstruct", "--weights", dir.to_str().unwrap(), "--input", frames.to_str().unwrap(), "--out", dir.join("o.safetensors").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("no model.safetensors"), "{}", text(&out));
+}
+
+mod common;
+
+fn dump_ids(path: &Path, key: &str) -> Vec<i64> {
+    let t = candle_core::safetensors::load(path, &candle_core::Device::Cpu).unwrap();
+    t[key].flatten_all().unwrap().to_vec1::<i64>().unwrap()
+}
+
+#[test]
+fn ask_answers_like_upstream_with_and_without_the_spatial_branch() {
+    let dir = tmp("ask");
+    let weights = common::mllm_weights(&dir);
+    let frames = common::mllm_frames(&dir);
+    let (w, f) = (weights.to_str().unwrap(), frames.to_str().unwrap());
+
+    let check = viewer(&["weights", "check", w]);
+    assert!(check.status.success() && text(&check).contains("Spatial-MLLM checkpoint") && text(&check).contains("OK"), "{}", text(&check));
+
+    let dump = dir.join("dump.safetensors");
+    let out = viewer(&["ask", "--weights", w, "--input", f, "--question", common::QUESTION, "--format", "numeric", "--frames", "all", "--max-new-tokens", "12", "--dump", dump.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(dump_ids(&dump, "input_ids"), common::expected_ids("input_ids"));
+    assert_eq!(dump_ids(&dump, "position_ids"), common::expected_ids("position_ids"));
+    let generated = dump_ids(&dump, "generated_ids");
+    assert_eq!(generated, common::expected_ids("generated_ids"));
+    let dumped = candle_core::safetensors::load(&dump, &candle_core::Device::Cpu).unwrap();
+    assert!(dumped.contains_key("fused_embeds") && dumped.contains_key("video_embeds") && dumped.contains_key("logits_last"));
+    // The answer streams to stdout: it is the detokenised greedy tokens.
+    assert!(!String::from_utf8_lossy(&out.stdout).trim().is_empty());
+    assert!(text(&out).contains("prefill") && text(&out).contains("tok/s"), "{}", text(&out));
+
+    let base = dir.join("base.safetensors");
+    let out = viewer(&["ask", "--weights", w, "--input", f, "--question", common::QUESTION, "--format", "numeric", "--frames", "all", "--max-new-tokens", "12", "--base-model", "--dump", base.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(dump_ids(&base, "generated_ids"), common::expected_ids("qwen.generated_ids"));
+    assert!(!candle_core::safetensors::load(&base, &candle_core::Device::Cpu).unwrap().contains_key("fused_embeds"));
+
+    // Space-aware sampling picks 2 of the 4 frames with VGGT (the tiny fixture) and asks about them.
+    let sa = dir.join("sa.safetensors");
+    let vggt = fixture("vggt-tiny");
+    let out = viewer(&["ask", "--weights", w, "--input", f, "--question", "how far?", "--frames", "2", "--sampling", "space-aware", "--vggt", vggt.to_str().unwrap(), "--max-new-tokens", "3", "--dump", sa.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("space-aware sampling picked"), "{}", text(&out));
+    let picked = dump_ids(&sa, "frame_indices");
+    assert_eq!(picked.len(), 2);
+    assert!(picked.windows(2).all(|p| p[0] < p[1]) && picked.iter().all(|&i| i < 4), "{picked:?}");
+}
+
+#[test]
+fn ask_rejects_bad_input_clearly() {
+    let dir = tmp("ask-bad");
+    let weights = common::mllm_weights(&dir);
+    let frames = common::mllm_frames(&dir);
+    let (w, f) = (weights.to_str().unwrap(), frames.to_str().unwrap());
+    let ask = |args: &[&str]| {
+        let mut all = vec!["ask", "--question", "how far?", "--max-new-tokens", "2"];
+        all.extend_from_slice(args);
+        viewer(&all)
+    };
+    // A VGGT folder is the wrong kind of model.
+    let vggt = fixture("vggt-tiny");
+    let out = ask(&["--weights", vggt.to_str().unwrap(), "--input", f]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("VGGT checkpoint, not Qwen2.5-VL or Spatial-MLLM"), "{}", text(&out));
+
+    // No tokenizer.json.
+    let no_tok = dir.join("no-tok");
+    copy_dir(&weights, &no_tok);
+    std::fs::remove_file(no_tok.join("tokenizer.json")).unwrap();
+    let out = ask(&["--weights", no_tok.to_str().unwrap(), "--input", f]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("tokenizer.json") && text(&out).contains("missing"), "{}", text(&out));
+    let check = viewer(&["weights", "check", no_tok.to_str().unwrap()]);
+    assert_eq!(check.status.code(), Some(1), "{}", text(&check));
+
+    // No frames.
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = ask(&["--weights", w, "--input", empty.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("no PNG or JPEG"), "{}", text(&out));
+
+    // An empty question.
+    let out = viewer(&["ask", "--weights", w, "--input", f, "--question", "  "]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("--question is empty"), "{}", text(&out));
+
+    // A prompt longer than the context.
+    let short = dir.join("short-context");
+    copy_dir(&weights, &short);
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(short.join("config.json")).unwrap()).unwrap();
+    cfg["max_position_embeddings"] = serde_json::json!(20);
+    std::fs::write(short.join("config.json"), cfg.to_string()).unwrap();
+    let out = ask(&["--weights", short.to_str().unwrap(), "--input", f]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("context of 20 positions"), "{}", text(&out));
+
+    // A mis-shaped tensor is named.
+    let bad = dir.join("bad-shape");
+    copy_dir(&weights, &bad);
+    edit_checkpoint(&weights.join("model.safetensors"), &bad.join("model.safetensors"), None, Some(("connector.mlp.2.weight", vec![64, 512])));
+    let out = ask(&["--weights", bad.to_str().unwrap(), "--input", f]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("connector.mlp.2.weight") && text(&out).contains("[64, 512]"), "{}", text(&out));
+
+    // --resize none needs multiples of 28.
+    let odd = dir.join("odd");
+    std::fs::create_dir_all(&odd).unwrap();
+    std::fs::copy(fixture("vggt-preprocess/bikes_1.png"), odd.join("a.png")).unwrap();
+    let out = ask(&["--weights", w, "--input", odd.to_str().unwrap(), "--resize", "none"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("multiples of 28"), "{}", text(&out));
+
+    // Space-aware sampling without geometry says what it needs.
+    let out = ask(&["--weights", w, "--input", f, "--sampling", "space-aware"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("--vggt"), "{}", text(&out));
 }

@@ -337,3 +337,77 @@ fn bad_scripts_fail_before_a_window_opens() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("s.json") && err.contains("step 2") && err.contains("teleport"), "{err}");
 }
+
+mod common;
+
+/// Pixels right of `x0` within `tol` of colour `c`.
+fn count_near(img: &image::RgbImage, x0: u32, c: [u8; 3], tol: i32) -> usize {
+    img.enumerate_pixels().filter(|(x, _, p)| *x >= x0 && near(p, c, tol)).count()
+}
+
+#[test]
+fn chat_answers_like_upstream_streams_and_cancels() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmp_dir("chat");
+    let weights = common::mllm_weights(&dir);
+    let frames = common::mllm_frames(&dir);
+    let script = serde_json::json!({"steps": [
+        {"open": frames}, {"wait_idle": 60},
+        {"ask": {"question": "how far is the sofa?", "wait": false}},
+        {"load_weights": {"mllm": weights}},
+        {"set": {"control": "question_format", "value": "numeric"}}, {"set": {"control": "max_new_tokens", "value": 12}},
+        {"ask": common::QUESTION},
+        {"set": {"control": "question_format", "value": "free"}}, {"set": {"control": "max_new_tokens", "value": 100000}},
+        {"ask": {"question": "Describe the room.", "wait": false}}, {"wait_frames": 10}, {"cancel_answer": true},
+        {"wait_idle": 30}, {"screenshot": "chat.png"}, {"dump_state": "state.json"}, {"quit": true}]});
+    let out = run_script(&dir, &script.to_string());
+    assert!(out.status.success(), "viewer failed: {}", String::from_utf8_lossy(&out.stderr));
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    let chat = state["chat"].as_array().unwrap();
+    assert_eq!(chat.len(), 6, "{state}");
+    // Before a model is loaded the question gets a clear message, not an answer.
+    assert_eq!(chat[1]["state"], "failed");
+    assert!(chat[1]["text"].as_str().unwrap().contains("No model is loaded"), "{}", chat[1]);
+    assert!(state["model"].as_str().unwrap().starts_with("Spatial-MLLM"), "{state}");
+    // The answer is upstream's greedy answer for the same frames and prompt.
+    let tok = spatial_models::spatial_mllm::QwenTokenizer::from_file(&weights.join("tokenizer.json")).unwrap();
+    let ids: Vec<u32> = common::expected_ids("generated_ids").iter().map(|&i| i as u32).collect();
+    assert_eq!(chat[3]["text"].as_str().unwrap(), tok.decode(&ids, true).unwrap());
+    assert_eq!(chat[3]["state"], "done");
+    assert_eq!(chat[2]["frames"], serde_json::json!([0, 1, 2, 3]));
+    // The long answer streamed some tokens and then stopped on cancel.
+    assert_eq!(chat[5]["state"], "cancelled", "{}", chat[5]);
+    assert!(!chat[5]["text"].as_str().unwrap().is_empty(), "nothing streamed before the cancel");
+
+    // The panel shows the conversation: "You"/"Model" labels in their colours on the right.
+    let img = load_rgb(&dir.join("chat.png"));
+    let right = img.width() * 2 / 3;
+    assert!(count_near(&img, right, [150, 200, 255], 40) > 30, "no 'You' labels in the chat panel");
+    assert!(count_near(&img, right, [255, 210, 150], 40) > 30, "no 'Model' labels in the chat panel");
+    assert!(count_near(&img, right, [255, 120, 110], 40) > 20, "the no-model message is not shown in red");
+}
+
+#[test]
+fn chat_asks_about_the_space_aware_picks_of_the_demo() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmp_dir("chat-demo");
+    let weights = common::mllm_weights(&dir);
+    let script = serde_json::json!({"steps": [
+        {"open": "demo"}, {"load_weights": {"mllm": weights}}, {"wait_idle": 120},
+        {"set": {"control": "max_new_tokens", "value": 4}}, {"ask": "Where is the sofa?"},
+        {"set": {"control": "spatial", "value": false}}, {"ask": "Where is the sofa?"},
+        {"dump_state": "state.json"}, {"quit": true}]});
+    let out = run_script(&dir, &script.to_string());
+    assert!(out.status.success(), "viewer failed: {}", String::from_utf8_lossy(&out.stderr));
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    let chat = state["chat"].as_array().unwrap();
+    assert_eq!(chat.len(), 4, "{state}");
+    // The question looked at exactly the frames the sampler highlighted.
+    assert_eq!(chat[0]["frames"], state["sampled"], "{state}");
+    assert!(chat[0]["note"].as_str().unwrap().starts_with("space-aware"), "{}", chat[0]);
+    assert_eq!(chat[1]["state"], "done");
+    assert!(chat[1]["note"].as_str().unwrap().contains("16 frames"), "{}", chat[1]);
+    // With the spatial branch off the same frames go to plain Qwen2.5-VL.
+    assert!(chat[2]["note"].as_str().unwrap().contains("base model"), "{}", chat[2]);
+    assert_eq!(chat[3]["state"], "done");
+}

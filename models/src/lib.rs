@@ -4,14 +4,19 @@
 //!   facebookresearch/vggt.
 //! * [`sampling`]: space-aware frame sampling (greedy maximum voxel coverage), at parity with
 //!   Spatial-MLLM.
+//! * [`qwen2_5_vl`]: Qwen2.5-VL (vision tower with window attention, M-RoPE language model).
+//! * [`spatial_mllm`]: Spatial-MLLM (Qwen2.5-VL + VGGT aggregator + MLP-add connector), its
+//!   processor, prompt, tokenizer and generation.
 //! * [`checkpoint`]: reading and checking released checkpoints without loading tensor data.
 
 pub mod checkpoint;
 pub mod interp;
 pub mod nn;
+pub mod qwen2_5_vl;
 pub mod reconstruction;
 pub mod resample;
 pub mod sampling;
+pub mod spatial_mllm;
 pub mod vggt;
 
 pub use candle_core::{DType, Device, Tensor};

@@ -205,3 +205,64 @@ impl Block {
         x + self.ls2.forward(&h)?
     }
 }
+
+/// Qwen2's `RMSNorm`: `weight * x / sqrt(mean(x^2) + eps)`, computed in f32 whatever the input
+/// dtype (as upstream does), then cast back.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { weight: vb.get(dim, "weight")?.to_dtype(DType::F32)?, eps: eps as f32 })
+    }
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x32 = x.to_dtype(DType::F32)?.contiguous()?;
+        candle_nn::ops::rms_norm(&x32, &self.weight, self.eps)?.to_dtype(dtype)
+    }
+}
+
+/// `nn.Linear(in, out, bias=False)`.
+pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<candle_nn::Linear> {
+    Ok(candle_nn::Linear::new(vb.get((out_dim, in_dim), "weight")?, None))
+}
+
+/// Causal softmax attention for q of shape [B, heads, Tq, d] whose first query sits at absolute
+/// position `q_offset`, over k, v of shape [B, heads, Tk, d] (positions 0..Tk): query i sees keys
+/// 0..=q_offset+i. Chunked over queries like [`attention`], with the mask built per chunk.
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, q_offset: usize) -> Result<Tensor> {
+    let (b, h, t_q, _d) = q.dims4()?;
+    let t_k = k.dim(2)?;
+    if t_q == 1 && q_offset + 1 >= t_k {
+        return attention(q, k, v, scale);
+    }
+    let in_dtype = q.dtype();
+    let k_t = k.transpose(2, 3)?.contiguous()?;
+    let v = v.contiguous()?;
+    let per_query = b * h * t_k;
+    let chunk = (MAX_SCORE_ELEMENTS / per_query.max(1)).clamp(1, t_q.max(1));
+    let mut outputs = Vec::with_capacity(t_q.div_ceil(chunk));
+    let mut start = 0;
+    while start < t_q {
+        let len = chunk.min(t_q - start);
+        let mask: Vec<f32> = (0..len)
+            .flat_map(|i| {
+                let last = q_offset + start + i;
+                (0..t_k).map(move |j| if j <= last { 0.0 } else { f32::NEG_INFINITY })
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (len, t_k), q.device())?;
+        let q_chunk = q.narrow(2, start, len)?.contiguous()?;
+        let scores = (q_chunk.matmul(&k_t)?.to_dtype(DType::F32)? * scale)?.broadcast_add(&mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(in_dtype)?;
+        outputs.push(probs.matmul(&v)?);
+        start += len;
+    }
+    if outputs.len() == 1 { Ok(outputs.pop().unwrap()) } else { Tensor::cat(&outputs, 2) }
+}

@@ -57,3 +57,38 @@ fn tiny_fixture_config_changes_every_shape() {
     let wrong = compare(&expected_tensors(&VggtConfig::vggt_1b(), VggtParts::Full).unwrap(), &present, &[]);
     assert!(!wrong.loads());
 }
+
+fn manifest_config(name: &str) -> spatial_models::qwen2_5_vl::Qwen25VlConfig {
+    let text = std::fs::read_to_string(fixture(&format!("manifests/{name}"))).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    spatial_models::qwen2_5_vl::Qwen25VlConfig::from_value(json["config"].clone()).unwrap()
+}
+
+#[test]
+fn qwen2_5_vl_3b_requests_exactly_the_released_tensors() {
+    let released = manifest("qwen2_5_vl-3b.json");
+    let cfg = manifest_config("qwen2_5_vl-3b.json");
+    assert_eq!(cfg, spatial_models::qwen2_5_vl::Qwen25VlConfig { model_type: Some("qwen2_5_vl".into()), ..Default::default() }, "defaults are the 3B");
+    let requested = spatial_models::spatial_mllm::expected_tensors(&cfg, false).unwrap();
+    let report = compare(&requested, &released, &[]);
+    assert!(report.loads(), "{report:?}");
+    assert!(report.unexpected.is_empty(), "{:?}", report.unexpected);
+    assert_eq!(report.matched, released.len());
+}
+
+#[test]
+fn spatial_mllm_v1_1_requests_exactly_the_released_tensors_heads_optional() {
+    let released = manifest("spatial-mllm-v1.1.json");
+    let cfg = manifest_config("spatial-mllm-v1.1.json");
+    let requested = spatial_models::spatial_mllm::expected_tensors(&cfg, true).unwrap();
+    let heads = ["spatial_encoder.vggt_model.camera_head.", "spatial_encoder.vggt_model.depth_head.", "spatial_encoder.vggt_model.point_head.", "spatial_encoder.vggt_model.track_head."];
+    let report = compare(&requested, &released, &heads);
+    assert!(report.loads(), "missing {:?} mismatched {:?}", report.missing, report.mismatched);
+    assert!(report.unexpected.is_empty(), "{:?}", report.unexpected);
+    // Nothing requested lives in the heads, so a checkpoint without them loads too.
+    assert!(requested.keys().all(|k| !heads.iter().any(|h| k.starts_with(h))));
+    assert_eq!(requested["connector.mlp.0.weight"], vec![16384, 16384]);
+    // Without the spatial branch the same checkpoint serves as plain Qwen2.5-VL.
+    let plain = spatial_models::spatial_mllm::expected_tensors(&cfg, false).unwrap();
+    assert!(compare(&plain, &released, &["spatial_encoder.", "connector."]).loads());
+}

@@ -33,6 +33,22 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         repeats: usize,
     },
+    /// Qwen2.5-VL-3B's language model (the LLM of Spatial-MLLM) with constant weights: prefill
+    /// tokens/s over a prompt of --prompt-tokens (a 16-frame 476x644 question is about 3200) and
+    /// greedy decode tokens/s with the KV cache; --vision-frames also times the vision tower.
+    Mllm {
+        #[arg(long, default_value_t = 512)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 16)]
+        decode_tokens: usize,
+        /// Frames (even) at 476x644 through the vision tower; 0 skips it.
+        #[arg(long, default_value_t = 0)]
+        vision_frames: usize,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+    },
 }
 
 /// Peak resident memory of this process (VmHWM), in MiB.
@@ -47,7 +63,7 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
     match cmd {
         BenchCommand::Render { points: Some(n), frames } => {
             crate::gui::bench::set_samples(frames);
-            crate::gui::run(crate::gui::GuiOptions { input: None, script: None, bench_points: Some(n) })
+            crate::gui::run(crate::gui::GuiOptions { input: None, script: None, bench_points: Some(n), vggt: None, mllm: None })
         }
         BenchCommand::Render { points: None, frames } => {
             println!("Point-cloud rendering, 1280x800 window, median over {frames} frames after warm-up");
@@ -95,6 +111,7 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
             );
             Ok(0)
         }
+        BenchCommand::Mllm { prompt_tokens, decode_tokens, vision_frames, device, dtype } => bench_mllm(prompt_tokens, decode_tokens, vision_frames, &device, &dtype),
         BenchCommand::Vggt { frames: None, device, dtype, repeats, .. } => {
             println!("VGGT-1B (constant weights, resident in memory), device {device}, dtype {dtype}, median of {repeats} run(s) (after a warm-up when more than one)");
             println!("| frames | size | dtype | seconds | GFLOP/s | RSS after load MiB | peak RSS MiB | init s |");
@@ -113,4 +130,56 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+fn bench_mllm(prompt_tokens: usize, decode_tokens: usize, vision_frames: usize, device: &str, dtype: &str) -> Result<i32> {
+    use spatial_models::qwen2_5_vl::{GridThw, MropePositions, Qwen25VlConfig, TextModel, VisionTransformer};
+    anyhow::ensure!(prompt_tokens > 0, "--prompt-tokens must be positive");
+    let device = spatial_models::open_device(device)?;
+    let dtype_name = dtype;
+    let dtype = spatial_models::parse_dtype(dtype)?;
+    let cfg = Qwen25VlConfig::qwen2_5_vl_3b();
+    let constant = super::bench_backend::ConstantWeights(1e-3);
+    let vb = candle_nn::VarBuilder::from_backend(Box::new(constant), dtype, device.clone());
+    println!("Qwen2.5-VL-3B shapes (constant weights, resident), device {device:?}, dtype {dtype_name}");
+    if vision_frames > 0 {
+        let t0 = std::time::Instant::now();
+        let visual = VisionTransformer::new(&cfg.vision_config, vb.pp("visual"))?;
+        let init = t0.elapsed().as_secs_f64();
+        let grid = GridThw { t: vision_frames.div_ceil(2), h: 476 / 14, w: 644 / 14 };
+        let pixels = candle_core::Tensor::full(0.1f32, (grid.patches(), cfg.vision_config.patch_dim()), &device)?;
+        let t = std::time::Instant::now();
+        let out = visual.forward(&pixels, &[grid])?;
+        out.sum_all()?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+        let secs = t.elapsed().as_secs_f64();
+        println!("| vision tower | {} frames 644x476 -> {} tokens | {secs:.2} s ({:.1} s per frame) | init {init:.1} s |", grid.t * 2, out.dim(0)?, secs / (grid.t * 2) as f64);
+        drop(visual);
+    }
+    let t0 = std::time::Instant::now();
+    let mut text = TextModel::new(&cfg, vb.pp("model"), vb.clone())?;
+    let init = t0.elapsed().as_secs_f64();
+    let weights_mib = peak_rss_mib().unwrap_or(0.0);
+    let ids: Vec<u32> = (0..prompt_tokens as u32).map(|i| 1000 + i % 5000).collect();
+    let embeds = text.embed(&ids, &device)?;
+    let t = std::time::Instant::now();
+    let hidden = text.forward_embeds(&embeds, &MropePositions::text(0, prompt_tokens))?;
+    let logits = text.logits(&hidden.narrow(0, prompt_tokens - 1, 1)?)?;
+    let mut next = logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?[0];
+    let prefill = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    for step in 0..decode_tokens {
+        let e = text.embed(&[next], &device)?;
+        let h = text.forward_embeds(&e, &MropePositions::text((prompt_tokens + step) as i64, 1))?;
+        next = text.logits(&h)?.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?[0];
+    }
+    let decode = t.elapsed().as_secs_f64();
+    println!("| prompt tokens | prefill s | prefill tok/s | decode tokens | decode s | decode tok/s | RSS after load MiB | peak RSS MiB | init s |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {prompt_tokens} | {prefill:.2} | {:.1} | {decode_tokens} | {decode:.2} | {:.2} | {weights_mib:.0} | {:.0} | {init:.1} |",
+        prompt_tokens as f64 / prefill,
+        decode_tokens as f64 / decode.max(1e-9),
+        peak_rss_mib().unwrap_or(f64::NAN)
+    );
+    Ok(0)
 }

@@ -1,5 +1,6 @@
 //! Headless subcommands. Each returns the process exit code.
 
+pub mod ask;
 pub mod bench;
 mod bench_backend;
 pub mod reconstruct;

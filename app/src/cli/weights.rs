@@ -4,6 +4,8 @@
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use spatial_models::checkpoint::{CheckReport, CheckpointDir, ModelKind, compare, detect_kind};
+use spatial_models::qwen2_5_vl::Qwen25VlConfig;
+use spatial_models::spatial_mllm::expected_tensors_for_checkpoint;
 use spatial_models::vggt::{VggtConfig, VggtParts, expected_tensors};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -69,21 +71,23 @@ fn check(dir: &Path) -> Result<i32> {
             print_report("VGGT", &report);
             report.loads()
         }
-        ModelKind::SpatialMllm => {
-            let mut cfg = vggt_config(&ckpt, &json, Some("spatial_config"))?;
-            cfg.infer_from_shapes(&shapes("spatial_encoder.vggt_model."));
-            let report = compare(
-                &expected_tensors(&cfg, VggtParts::AggregatorOnly)?,
-                &shapes("spatial_encoder.vggt_model."),
-                &["camera_head.", "depth_head.", "point_head.", "track_head."],
-            );
-            print_report("spatial encoder (VGGT aggregator)", &report);
-            println!("Qwen2.5-VL part: this build cannot load Qwen2.5-VL yet, so the checkpoint cannot be used for questions");
-            false
-        }
-        ModelKind::Qwen25Vl => {
-            println!("Qwen2.5-VL: this build cannot load Qwen2.5-VL yet");
-            false
+        ModelKind::SpatialMllm | ModelKind::Qwen25Vl => {
+            let name = ckpt.config.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_else(|| format!("{}/config.json", dir.display()));
+            anyhow::ensure!(ckpt.config.is_some(), "{name}: missing; Qwen2.5-VL and Spatial-MLLM folders need their config.json");
+            let cfg = Qwen25VlConfig::from_value(json.clone()).with_context(|| format!("{name}: does not parse as a Qwen2.5-VL config"))?;
+            cfg.validate().with_context(|| format!("{name}: inconsistent config"))?;
+            let all = shapes("");
+            let spatial = kind == ModelKind::SpatialMllm;
+            let requested = expected_tensors_for_checkpoint(&cfg, &all, spatial)?;
+            let heads = ["spatial_encoder.vggt_model.camera_head.", "spatial_encoder.vggt_model.depth_head.", "spatial_encoder.vggt_model.point_head.", "spatial_encoder.vggt_model.track_head."];
+            let report = compare(&requested, &all, &heads);
+            print_report(if spatial { "Spatial-MLLM (Qwen2.5-VL + VGGT aggregator + connector)" } else { "Qwen2.5-VL" }, &report);
+            let tokenizer = dir.join("tokenizer.json");
+            let has_tokenizer = tokenizer.is_file();
+            if !has_tokenizer {
+                println!("  missing     {} (questions need the checkpoint's tokenizer)", tokenizer.display());
+            }
+            report.loads() && has_tokenizer
         }
     };
     let ok = ok && bad_dtypes.is_empty();

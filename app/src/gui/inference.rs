@@ -220,6 +220,12 @@ fn spawn() -> Inference {
 #[derive(Message, Clone, Debug)]
 pub struct LoadVggt(pub PathBuf);
 
+fn startup_weights(opts: Res<super::StartupOptions>, mut loads: MessageWriter<LoadVggt>) {
+    if let Some(dir) = &opts.vggt {
+        loads.write(LoadVggt(dir.clone()));
+    }
+}
+
 fn handle(
     mut inference: ResMut<Inference>,
     mut loads: MessageReader<LoadVggt>,
@@ -276,6 +282,6 @@ pub struct InferencePlugin;
 
 impl Plugin for InferencePlugin {
     fn build(&self, app: &mut App) {
-        app.insert_resource(spawn()).add_message::<LoadVggt>().add_systems(Update, handle.before(super::scene::SceneSystems));
+        app.insert_resource(spawn()).add_message::<LoadVggt>().add_systems(Startup, startup_weights).add_systems(Update, handle.before(super::scene::SceneSystems));
     }
 }

@@ -5,6 +5,7 @@
 //! * [`player`]: the frame source and playback (play, pause, step, scrub, speed).
 //! * [`scene`]: geometry in 3D (point cloud settings, camera frustums, picking).
 //! * [`camera`]: orbit / pan / zoom / fly controls, reset, look through a camera.
+//! * [`chat`]: Spatial-MLLM on its own thread (load, ask, stream, cancel) and the chat panel.
 //! * [`ui`]: egui panels (menu, scene controls, video, timeline, chat, status).
 //! * [`script`]: scripted runs (`--script steps.json`), also used by the GUI tests.
 //! * [`sampling`]: uniform and space-aware frame sampling on the geometry on screen.
@@ -12,6 +13,7 @@
 
 pub mod bench;
 pub mod camera;
+pub mod chat;
 pub mod inference;
 pub mod cloud;
 pub mod player;
@@ -31,6 +33,10 @@ pub struct GuiOptions {
     pub script: Option<PathBuf>,
     /// `bench render`: show N synthetic points, time 300 frames, print a table row, exit.
     pub bench_points: Option<usize>,
+    /// VGGT weights to load at start-up (`--vggt DIR`).
+    pub vggt: Option<PathBuf>,
+    /// Spatial-MLLM weights to load at start-up (`--mllm DIR`).
+    pub mllm: Option<PathBuf>,
 }
 
 /// What the app is showing, for the title bar and the badge.
@@ -58,6 +64,8 @@ pub struct StartupOptions {
     pub input: Option<PathBuf>,
     pub script: Option<PathBuf>,
     pub bench_points: Option<usize>,
+    pub vggt: Option<PathBuf>,
+    pub mllm: Option<PathBuf>,
 }
 
 /// Requests to open a source; handled by the player.
@@ -82,7 +90,7 @@ pub fn run(opts: GuiOptions) -> anyhow::Result<i32> {
     }
     let exit = App::new()
         .insert_resource(ClearColor(Color::srgb(0.09, 0.09, 0.11)))
-        .insert_resource(StartupOptions { input: opts.input, script: opts.script, bench_points: opts.bench_points })
+        .insert_resource(StartupOptions { input: opts.input, script: opts.script, bench_points: opts.bench_points, vggt: opts.vggt, mllm: opts.mllm })
         .init_resource::<StatusLine>()
         .add_message::<OpenRequest>()
         .add_message::<SeekRequest>()
@@ -108,6 +116,7 @@ pub fn run(opts: GuiOptions) -> anyhow::Result<i32> {
             bench::RenderBenchPlugin,
             sampling::SamplingPlugin,
             inference::InferencePlugin,
+            chat::ChatPlugin,
         ))
         .run();
     Ok(match exit {

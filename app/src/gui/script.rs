@@ -9,7 +9,7 @@ use super::player::Player;
 use super::scene::{COLOR_MODES, Geometry, ViewSettings};
 use super::tasks::Worker;
 use super::sampling::{SamplerMode, SamplerSettings};
-use super::ui::ChatState;
+use super::chat::{AnswerState, Chat, FrameChoice};
 use super::{OpenRequest, ScreenshotRequest, SeekRequest, StartupOptions, StatusLine};
 use anyhow::{Context, Result, bail};
 use bevy::prelude::*;
@@ -27,10 +27,15 @@ pub enum Step {
     WaitFrames(u32),
     WaitIdle(f32),
     Screenshot(PathBuf),
-    Ask(String),
-    /// Loads VGGT weights (`{"load_weights": {"vggt": DIR}}`); opened folders are then
-    /// reconstructed in the background.
-    LoadWeights(PathBuf),
+    /// Asks the chat model; by default waits for the whole answer and fails if it failed.
+    /// `{"ask": {"question": "...", "wait": false}}` returns once the answer starts streaming
+    /// (or has ended, failures included: check them with `dump_state`).
+    Ask { question: String, wait: bool },
+    /// Cancels the answer being generated and waits until the thread stopped.
+    CancelAnswer,
+    /// Loads VGGT weights (`{"load_weights": {"vggt": DIR}}`; opened folders are then
+    /// reconstructed in the background) and/or Spatial-MLLM weights (`{"mllm": DIR}`).
+    LoadWeights { vggt: Option<PathBuf>, mllm: Option<PathBuf> },
     /// Exports the geometry on screen (safetensors, or PLY by extension).
     Export(PathBuf),
     /// Waits (up to 60 s) until a file exists: lets a test drive real input between steps.
@@ -80,18 +85,32 @@ fn parse_step(v: &Value) -> Result<Step> {
         "wait_frames" => Step::WaitFrames(arg.as_u64().context("`wait_frames` takes a number")? as u32),
         "wait_idle" => Step::WaitIdle(arg.as_f64().context("`wait_idle` takes seconds")? as f32),
         "screenshot" => Step::Screenshot(PathBuf::from(arg.as_str().context("`screenshot` takes a path")?)),
-        "ask" => Step::Ask(arg.as_str().context("`ask` takes the question text")?.to_string()),
+        "ask" => match arg {
+            Value::String(q) => Step::Ask { question: q.clone(), wait: true },
+            _ => Step::Ask {
+                question: arg.get("question").and_then(Value::as_str).context("`ask` takes the question text or {\"question\": TEXT, \"wait\": BOOL}")?.to_string(),
+                wait: arg.get("wait").and_then(Value::as_bool).unwrap_or(true),
+            },
+        },
+        "cancel_answer" => Step::CancelAnswer,
         "wait_for_file" => Step::WaitForFile(PathBuf::from(arg.as_str().context("`wait_for_file` takes a path")?)),
         "export" => Step::Export(PathBuf::from(arg.as_str().context("`export` takes a path")?)),
-        "load_weights" => Step::LoadWeights(PathBuf::from(arg.get("vggt").and_then(Value::as_str).context("`load_weights` takes {\"vggt\": DIR}")?)),
+        "load_weights" => {
+            let path = |k: &str| arg.get(k).and_then(Value::as_str).map(PathBuf::from);
+            let (vggt, mllm) = (path("vggt"), path("mllm"));
+            if vggt.is_none() && mllm.is_none() {
+                bail!("`load_weights` takes {{\"vggt\": DIR}} and/or {{\"mllm\": DIR}}");
+            }
+            Step::LoadWeights { vggt, mllm }
+        }
         "dump_state" => Step::DumpState(PathBuf::from(arg.as_str().context("`dump_state` takes a path")?)),
         "quit" => Step::Quit,
-        other => bail!("unknown step `{other}` (known: open, seek, select_camera, look_through, reset_view, set, wait_frames, wait_idle, screenshot, ask, load_weights, export, wait_for_file, dump_state, quit)"),
+        other => bail!("unknown step `{other}` (known: open, seek, select_camera, look_through, reset_view, set, wait_frames, wait_idle, screenshot, ask, cancel_answer, load_weights, export, wait_for_file, dump_state, quit)"),
     })
 }
 
 /// Applies `set` to the view settings and player; the names are the ones the README lists.
-pub fn apply_control(control: &str, value: &Value, settings: &mut ViewSettings, player: &mut Player, sampler: &mut SamplerSettings, vggt_frames: &mut usize) -> Result<()> {
+pub fn apply_control(control: &str, value: &Value, settings: &mut ViewSettings, player: &mut Player, sampler: &mut SamplerSettings, vggt_frames: &mut usize, chat: &mut super::chat::ChatSettings) -> Result<()> {
     let num = || value.as_f64().with_context(|| format!("`{control}` takes a number, got {value}"));
     let flag = || value.as_bool().with_context(|| format!("`{control}` takes true or false, got {value}"));
     match control {
@@ -131,7 +150,28 @@ pub fn apply_control(control: &str, value: &Value, settings: &mut ViewSettings, 
         "vggt_frames" => *vggt_frames = (num()? as usize).clamp(1, 512),
         "playing" => player.playing = flag()?,
         "speed" => player.speed = num()?.clamp(0.05, 8.0) as f32,
-        other => bail!("unknown control `{other}` (known: point_size, color_mode, conf_percentile, frame_filter, show_cameras, point_budget, point_source, sampler, k, sample_conf_percentile, compare_uniform, vggt_frames, playing, speed)"),
+        "question_format" => {
+            chat.format = match value.as_str() {
+                Some("free") => 0,
+                Some("numeric") => 1,
+                Some("mc") => 2,
+                _ => bail!("`question_format` is \"free\", \"numeric\" or \"mc\""),
+            }
+        }
+        "question_options" => chat.options = value.as_str().context("`question_options` takes the options, one per line")?.to_string(),
+        "question_frames" => {
+            chat.frame_choice = match value {
+                Value::String(s) if s == "sampled" => FrameChoice::Sampled,
+                _ => {
+                    chat.frames = (num()? as usize).max(1);
+                    FrameChoice::Uniform
+                }
+            }
+        }
+        "spatial" => chat.use_spatial = flag()?,
+        "max_new_tokens" => chat.max_new_tokens = (num()? as usize).max(1),
+        "temperature" => chat.temperature = num()?.max(0.0),
+        other => bail!("unknown control `{other}` (known: point_size, color_mode, conf_percentile, frame_filter, show_cameras, point_budget, point_source, sampler, k, sample_conf_percentile, compare_uniform, vggt_frames, playing, speed, question_format, question_options, question_frames, spatial, max_new_tokens, temperature)"),
     }
     Ok(())
 }
@@ -160,8 +200,9 @@ fn run_script(
     geometry: Res<Geometry>,
     mut settings: ResMut<ViewSettings>,
     mut player: ResMut<Player>,
-    (mut chat, mut sampler, sampled): (ResMut<ChatState>, ResMut<SamplerSettings>, Res<super::scene::SampledFrames>),
+    (mut chat, mut sampler, sampled): (ResMut<Chat>, ResMut<SamplerSettings>, Res<super::scene::SampledFrames>),
     (mut open, mut seek, mut load_vggt): (MessageWriter<OpenRequest>, MessageWriter<SeekRequest>, MessageWriter<super::inference::LoadVggt>),
+    (mut load_mllm, mut asks, mut cancels): (MessageWriter<super::chat::LoadMllm>, MessageWriter<super::chat::AskQuestion>, MessageWriter<super::chat::CancelAnswer>),
     mut shots: MessageWriter<ScreenshotRequest>,
     mut camera: MessageWriter<CameraCommand>,
     mut exit: MessageWriter<AppExit>,
@@ -179,7 +220,7 @@ fn run_script(
     r.frames_in_step += 1;
     let waited = now - r.started;
     let first = r.frames_in_step == 1;
-    let idle = worker.is_idle() && inference.is_idle();
+    let idle = worker.is_idle() && inference.is_idle() && chat.is_idle();
     // Steps that hand work to a background thread finish once it is idle again, and fail if the
     // work reported an error meanwhile.
     let settled = |busy: bool, limit_s: f32, what: &str| -> Outcome {
@@ -200,12 +241,17 @@ fn run_script(
                 settled(!idle, 600.0, "opening (and reconstructing)")
             }
         }
-        Step::LoadWeights(dir) => {
+        Step::LoadWeights { vggt, mllm } => {
             if first {
-                load_vggt.write(super::inference::LoadVggt(dir.clone()));
+                if let Some(dir) = vggt {
+                    load_vggt.write(super::inference::LoadVggt(dir.clone()));
+                }
+                if let Some(dir) = mllm {
+                    load_mllm.write(super::chat::LoadMllm(dir.clone()));
+                }
                 Outcome::Wait
             } else {
-                settled(!inference.is_idle(), 600.0, "loading the weights")
+                settled(!inference.is_idle() || chat.loading, 600.0, "loading the weights")
             }
         }
         Step::Export(path) => match (&geometry.scene, first) {
@@ -238,7 +284,7 @@ fn run_script(
             camera.write(CameraCommand::Reset);
             Outcome::Done
         }
-        Step::Set { control, value } => match apply_control(control, value, &mut settings, &mut player, &mut sampler, &mut inference.max_frames) {
+        Step::Set { control, value } => match apply_control(control, value, &mut settings, &mut player, &mut sampler, &mut inference.max_frames, &mut chat.settings) {
             Ok(()) => Outcome::Done,
             Err(e) => Outcome::Fail(format!("{e:#}")),
         },
@@ -292,6 +338,8 @@ fn run_script(
                     "sampled": sampled.frames,
                     "sampled_label": sampled.label,
                     "compare": sampled.compare,
+                    "model": chat.model.as_ref().map(|m| m.desc.clone()),
+                    "chat": chat.messages.iter().map(|m| serde_json::json!({"from_user": m.from_user, "text": m.text, "state": m.state.name(), "frames": m.frames, "note": m.note})).collect::<Vec<_>>(),
                     "viewport": camera.logical_viewport_rect().map(|r| [r.min.x, r.min.y, r.width(), r.height()]),
                     "frustums": list.iter().map(|f| serde_json::json!({
                         "frame": f.frame,
@@ -305,9 +353,35 @@ fn run_script(
                 }
             }
         },
-        Step::Ask(q) => {
-            chat.ask(q.clone());
-            Outcome::Done
+        Step::Ask { question, wait } => {
+            if first {
+                asks.write(super::chat::AskQuestion(question.clone()));
+                Outcome::Wait
+            } else if r.frames_in_step < 3 {
+                Outcome::Wait
+            } else {
+                let answer = chat.messages.last().filter(|m| !m.from_user).cloned();
+                match answer {
+                    None => Outcome::Fail("the question got no answer".into()),
+                    Some(a) if a.state == AnswerState::Failed && *wait => Outcome::Fail(format!("the answer failed: {}", a.text)),
+                    Some(a) if a.state == AnswerState::Streaming && (*wait || a.text.is_empty()) => {
+                        if waited > 600.0 { Outcome::Fail("the answer took more than 600 s".into()) } else { Outcome::Wait }
+                    }
+                    Some(_) => Outcome::Done,
+                }
+            }
+        }
+        Step::CancelAnswer => {
+            if first {
+                cancels.write(super::chat::CancelAnswer);
+            }
+            if !chat.answering() && r.frames_in_step > 1 {
+                Outcome::Done
+            } else if waited > 5.0 {
+                Outcome::Fail("the answer was still running 5 s after cancelling".into())
+            } else {
+                Outcome::Wait
+            }
         }
         Step::Quit => {
             exit.write(AppExit::Success);
@@ -381,11 +455,12 @@ mod tests {
         let mut player = Player::default();
         let mut sampler = SamplerSettings::default();
         let mut vggt_frames = 16;
-        apply_control("color_mode", &Value::from("depth"), &mut settings, &mut player, &mut sampler, &mut vggt_frames).unwrap();
+        let mut chat = super::super::chat::ChatSettings::default();
+        apply_control("color_mode", &Value::from("depth"), &mut settings, &mut player, &mut sampler, &mut vggt_frames, &mut chat).unwrap();
         assert_eq!(settings.color_mode, 2);
-        apply_control("frame_filter", &Value::from("all"), &mut settings, &mut player, &mut sampler, &mut vggt_frames).unwrap();
+        apply_control("frame_filter", &Value::from("all"), &mut settings, &mut player, &mut sampler, &mut vggt_frames, &mut chat).unwrap();
         assert_eq!(settings.frame_filter, None);
-        assert!(apply_control("brightness", &Value::from(1), &mut settings, &mut player, &mut sampler, &mut vggt_frames).is_err());
-        assert!(apply_control("point_size", &Value::from("big"), &mut settings, &mut player, &mut sampler, &mut vggt_frames).is_err());
+        assert!(apply_control("brightness", &Value::from(1), &mut settings, &mut player, &mut sampler, &mut vggt_frames, &mut chat).is_err());
+        assert!(apply_control("point_size", &Value::from("big"), &mut settings, &mut player, &mut sampler, &mut vggt_frames, &mut chat).is_err());
     }
 }

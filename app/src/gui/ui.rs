@@ -34,27 +34,6 @@ pub const SHORTCUTS: [(&str, &str); 14] = [
     ("Drop a folder", "open it"),
 ];
 
-/// A chat message.
-#[derive(Clone)]
-pub struct ChatMessage {
-    pub from_user: bool,
-    pub text: String,
-}
-
-#[derive(Resource, Default)]
-pub struct ChatState {
-    pub draft: String,
-    pub messages: Vec<ChatMessage>,
-}
-
-impl ChatState {
-    /// Without a loaded model every question is answered by saying so, never by a made-up answer.
-    pub fn ask(&mut self, question: String) {
-        self.messages.push(ChatMessage { from_user: true, text: question });
-        self.messages.push(ChatMessage { from_user: false, text: "No model is loaded, so nothing can answer yet. Load Spatial-MLLM weights with File > Load model...".into() });
-    }
-}
-
 #[derive(Resource, Default)]
 pub struct UiState {
     pub show_help: bool,
@@ -158,6 +137,7 @@ fn dialog_results(
     dialogs: Res<Dialogs>,
     mut open: MessageWriter<OpenRequest>,
     mut vggt: MessageWriter<super::inference::LoadVggt>,
+    mut mllm: MessageWriter<super::chat::LoadMllm>,
     mut status: ResMut<StatusLine>,
     geometry: Res<Geometry>,
     mut worker: ResMut<Worker>,
@@ -174,25 +154,10 @@ fn dialog_results(
                 Some(scene) => worker.submit(super::tasks::Job::Export { rec: scene.rec.clone(), path: p }),
                 None => status.error("nothing to export: no geometry is loaded"),
             },
-            DialogResult::Model(p) => status.error(model_message(&p)),
+            DialogResult::Model(p) => {
+                mllm.write(super::chat::LoadMllm(p));
+            }
         }
-    }
-}
-
-/// What loading a model folder does in this build: it is checked and named, but question
-/// answering with Spatial-MLLM is not part of this build yet.
-fn model_message(dir: &std::path::Path) -> String {
-    use spatial_models::checkpoint::{CheckpointDir, detect_kind};
-    let kind = CheckpointDir::open(dir).and_then(|c| {
-        let json = c.config_json()?;
-        let names: Vec<String> = c.tensors()?.into_keys().collect();
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        Ok(detect_kind(&json, &refs))
-    });
-    match kind {
-        Err(e) => format!("{e:#}"),
-        Ok(None) => format!("{}: not a Spatial-MLLM, Qwen2.5-VL or VGGT checkpoint", dir.display()),
-        Ok(Some(k)) => format!("{}: {k} checkpoint found, but this build cannot run Spatial-MLLM question answering yet", dir.display()),
     }
 }
 
@@ -249,7 +214,7 @@ fn ui_system(
     status: Res<StatusLine>,
     hovered: Res<HoveredCamera>,
     (worker, mut inference): (Res<Worker>, ResMut<super::inference::Inference>),
-    mut chat: ResMut<ChatState>,
+    (mut chat, mut asks_out, mut cancel_out): (ResMut<super::chat::Chat>, MessageWriter<super::chat::AskQuestion>, MessageWriter<super::chat::CancelAnswer>),
     mut state: ResMut<UiState>,
     mut viewport: ResMut<ViewportRect>,
     window: Single<&Window, With<PrimaryWindow>>,
@@ -291,7 +256,7 @@ fn ui_system(
                 if ui.button("Load VGGT weights...").clicked() {
                     spawn_dialog(&dialogs.tx, DialogKind::Vggt);
                 }
-                if ui.button("Load model...").clicked() {
+                if ui.button("Load Spatial-MLLM weights...").clicked() {
                     spawn_dialog(&dialogs.tx, DialogKind::Model);
                 }
                 ui.separator();
@@ -433,20 +398,17 @@ fn ui_system(
         });
     });
 
-    egui::Panel::right("chat").default_size(300.0).resizable(true).show(&mut root, |ui| {
-        ui.heading("Ask about the scene");
-        ui.colored_label(egui::Color32::from_rgb(255, 190, 90), "No model loaded: File > Load model...");
-        ui.separator();
-        egui::ScrollArea::vertical().max_height(ui.available_height() - 90.0).stick_to_bottom(true).show(ui, |ui| {
-            for m in &chat.messages {
-                let (who, color) = if m.from_user { ("you", egui::Color32::from_rgb(150, 200, 255)) } else { ("viewer", egui::Color32::from_gray(210)) };
-                ui.colored_label(color, format!("{who}: {}", m.text));
-            }
-        });
-        ui.add(egui::TextEdit::multiline(&mut chat.draft).desired_rows(2).hint_text("e.g. how far is the sofa from the TV?"));
-        if ui.button("Send").clicked() && !chat.draft.trim().is_empty() {
-            let q = std::mem::take(&mut chat.draft);
-            chat.ask(q.trim().to_string());
+    egui::Panel::right("chat").default_size(320.0).resizable(true).show(&mut root, |ui| {
+        let (mut asks, mut cancel, mut load) = (Vec::new(), false, false);
+        super::chat::panel(ui, &mut chat, &mut asks, &mut cancel, &mut load);
+        for q in asks {
+            asks_out.write(super::chat::AskQuestion(q));
+        }
+        if cancel {
+            cancel_out.write(super::chat::CancelAnswer);
+        }
+        if load {
+            spawn_dialog(&dialogs.tx, DialogKind::Model);
         }
     });
 
@@ -495,8 +457,7 @@ pub struct UiPlugin;
 
 impl Plugin for UiPlugin {
     fn build(&self, app: &mut App) {
-        app.init_resource::<ChatState>()
-            .init_resource::<UiState>()
+        app.init_resource::<UiState>()
             .add_systems(Startup, setup)
             .add_systems(EguiPrimaryContextPass, ui_system)
             .add_systems(Update, (take_screenshots, dropped_files, dialog_results));

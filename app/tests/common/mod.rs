@@ -1,0 +1,47 @@
+#![allow(dead_code)]
+//! Helpers shared by the CLI and GUI tests for the question-answering model.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+pub fn models_fixture(p: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures").join(p)
+}
+
+/// A Spatial-MLLM weights folder as a user has it: the tiny checkpoint's config.json and
+/// model.safetensors plus the real Qwen tokenizer.json.
+pub fn mllm_weights(dir: &Path) -> PathBuf {
+    let w = dir.join("mllm");
+    std::fs::create_dir_all(&w).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(models_fixture(&format!("spatial-mllm-tiny/{f}")), w.join(f)).unwrap();
+    }
+    let mut json = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(models_fixture("qwen-tokenizer/tokenizer.json.gz")).unwrap()).read_to_end(&mut json).unwrap();
+    std::fs::write(w.join("tokenizer.json"), json).unwrap();
+    w
+}
+
+/// The fixture's 4 frames (already 84x56, a multiple of 28) as PNG files in a folder.
+pub fn mllm_frames(dir: &Path) -> PathBuf {
+    let out = dir.join("frames");
+    std::fs::create_dir_all(&out).unwrap();
+    let f = &expected()["frames_u8"];
+    let (t, h, w, _) = f.dims4().unwrap();
+    for i in 0..t {
+        let data: Vec<u8> = f.get(i).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        image::RgbImage::from_raw(w as u32, h as u32, data).unwrap().save(out.join(format!("{i:03}.png"))).unwrap();
+    }
+    out
+}
+
+pub fn expected() -> std::collections::HashMap<String, candle_core::Tensor> {
+    candle_core::safetensors::load(models_fixture("spatial-mllm-tiny/expected.safetensors"), &candle_core::Device::Cpu).unwrap()
+}
+
+pub fn expected_ids(key: &str) -> Vec<i64> {
+    expected()[key].flatten_all().unwrap().to_vec1::<i64>().unwrap()
+}
+
+/// The fixture's question (its prompt is this with the numeric suffix).
+pub const QUESTION: &str = "How many chairs are in the room?";

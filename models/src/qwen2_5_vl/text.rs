@@ -1,0 +1,239 @@
+//! The Qwen2.5 language model of Qwen2.5-VL: grouped-query attention with q/k/v biases, M-RoPE
+//! (the rotary frequencies split into temporal / height / width sections), RMSNorm, SwiGLU, tied
+//! embeddings, and a KV cache for generation.
+
+use super::config::Qwen25VlConfig;
+use crate::nn::{RmsNorm, causal_attention, linear, linear_no_bias};
+use candle_core::{D, DType, Device, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// Multimodal rotary positions: one (t, h, w) triple per token, [3][L].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MropePositions {
+    pub t: Vec<i64>,
+    pub h: Vec<i64>,
+    pub w: Vec<i64>,
+}
+
+impl MropePositions {
+    pub fn len(&self) -> usize {
+        self.t.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.t.is_empty()
+    }
+    /// Plain text positions `start..start+len` on all three axes (what decoding uses).
+    pub fn text(start: i64, len: usize) -> Self {
+        let ids: Vec<i64> = (start..start + len as i64).collect();
+        Self { t: ids.clone(), h: ids.clone(), w: ids }
+    }
+    pub fn max(&self) -> i64 {
+        self.t.iter().chain(&self.h).chain(&self.w).copied().max().unwrap_or(-1)
+    }
+    pub fn to_tensor(&self, device: &Device) -> Result<Tensor> {
+        let all: Vec<i64> = self.t.iter().chain(&self.h).chain(&self.w).copied().collect();
+        Tensor::from_vec(all, (3, self.len()), device)
+    }
+}
+
+/// cos/sin tables [L, head_dim] for M-RoPE: frequency slot i (of head_dim/2) takes the position
+/// of the axis whose `mrope_section` contains i; the half is duplicated for rotate-half.
+fn mrope_tables(pos: &MropePositions, head_dim: usize, theta: f64, sections: &[usize], device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = head_dim / 2;
+    let inv_freq: Vec<f64> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64)).collect();
+    let axis_of: Vec<usize> = sections.iter().enumerate().flat_map(|(a, &n)| std::iter::repeat_n(a, n)).collect();
+    let axes = [&pos.t, &pos.h, &pos.w];
+    let l = pos.len();
+    let mut cos = Vec::with_capacity(l * head_dim);
+    let mut sin = Vec::with_capacity(l * head_dim);
+    for j in 0..l {
+        // Upstream computes the angles in f32 (inv_freq f32 times the position as f32).
+        let angles: Vec<f32> = (0..half).map(|i| (inv_freq[i] as f32) * (axes[axis_of[i]][j] as f32)).collect();
+        for _ in 0..2 {
+            cos.extend(angles.iter().map(|a| a.cos()));
+            sin.extend(angles.iter().map(|a| a.sin()));
+        }
+    }
+    Ok((Tensor::from_vec(cos, (l, head_dim), device)?, Tensor::from_vec(sin, (l, head_dim), device)?))
+}
+
+fn rotate_half(x: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    Tensor::cat(&[&x.narrow(D::Minus1, half, half)?.neg()?, &x.narrow(D::Minus1, 0, half)?], D::Minus1)
+}
+
+fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    x.broadcast_mul(cos)?.add(&rotate_half(x)?.broadcast_mul(sin)?)
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: candle_nn::Linear,
+    k_proj: candle_nn::Linear,
+    v_proj: candle_nn::Linear,
+    o_proj: candle_nn::Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    cache: Option<(Tensor, Tensor)>,
+}
+
+impl Attention {
+    fn new(cfg: &Qwen25VlConfig, vb: VarBuilder) -> Result<Self> {
+        let (c, hd) = (cfg.hidden_size, cfg.head_dim());
+        let kv = cfg.num_key_value_heads * hd;
+        Ok(Self {
+            q_proj: linear(c, cfg.num_attention_heads * hd, vb.pp("q_proj"))?,
+            k_proj: linear(c, kv, vb.pp("k_proj"))?,
+            v_proj: linear(c, kv, vb.pp("v_proj"))?,
+            o_proj: linear_no_bias(cfg.num_attention_heads * hd, c, vb.pp("o_proj"))?,
+            num_heads: cfg.num_attention_heads,
+            num_kv_heads: cfg.num_key_value_heads,
+            head_dim: hd,
+            cache: None,
+        })
+    }
+
+    /// x: [1, L, C]; cos/sin: [L, head_dim]; the new tokens follow the cached ones.
+    fn forward(&mut self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (b, l, _) = x.dims3()?;
+        let shape = |t: Tensor, heads: usize| t.reshape((b, l, heads, self.head_dim))?.transpose(1, 2);
+        let q = shape(self.q_proj.forward(x)?, self.num_heads)?;
+        let k = shape(self.k_proj.forward(x)?, self.num_kv_heads)?;
+        let v = shape(self.v_proj.forward(x)?, self.num_kv_heads)?.contiguous()?;
+        let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
+        let q = apply_rotary(&q.contiguous()?, &cos, &sin)?;
+        let k = apply_rotary(&k.contiguous()?, &cos, &sin)?;
+        let (k, v) = match &self.cache {
+            Some((ck, cv)) => (Tensor::cat(&[ck, &k], 2)?, Tensor::cat(&[cv, &v], 2)?),
+            None => (k, v),
+        };
+        self.cache = Some((k.clone(), v.clone()));
+        let offset = k.dim(2)? - l;
+        let rep = self.num_heads / self.num_kv_heads;
+        let expand = |t: &Tensor| -> Result<Tensor> {
+            if rep == 1 {
+                return Ok(t.clone());
+            }
+            let (b, kvh, s, d) = t.dims4()?;
+            t.unsqueeze(2)?.expand((b, kvh, rep, s, d))?.reshape((b, kvh * rep, s, d))
+        };
+        let out = causal_attention(&q, &expand(&k)?, &expand(&v)?, 1.0 / (self.head_dim as f64).sqrt(), offset)?;
+        let out = out.transpose(1, 2)?.reshape((b, l, self.num_heads * self.head_dim))?;
+        self.o_proj.forward(&out)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate_proj: candle_nn::Linear,
+    up_proj: candle_nn::Linear,
+    down_proj: candle_nn::Linear,
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.down_proj.forward(&(self.gate_proj.forward(x)?.silu()? * self.up_proj.forward(x)?)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn new(cfg: &Qwen25VlConfig, vb: VarBuilder) -> Result<Self> {
+        let (c, m) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            input_layernorm: RmsNorm::new(c, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            post_attention_layernorm: RmsNorm::new(c, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
+            mlp: Mlp {
+                gate_proj: linear_no_bias(c, m, vb.pp("mlp.gate_proj"))?,
+                up_proj: linear_no_bias(c, m, vb.pp("mlp.up_proj"))?,
+                down_proj: linear_no_bias(m, c, vb.pp("mlp.down_proj"))?,
+            },
+        })
+    }
+
+    fn forward(&mut self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let x = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, cos, sin)?)?;
+        &x + self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?
+    }
+}
+
+/// The language model (`model.*`, plus `lm_head` when not tied).
+#[derive(Debug, Clone)]
+pub struct TextModel {
+    embed_tokens: candle_nn::Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    cfg: Qwen25VlConfig,
+    /// Tokens already in the KV cache.
+    cached: usize,
+}
+
+impl TextModel {
+    /// `vb` is rooted where `embed_tokens`, `layers` and `norm` live; `lm_head_vb` at the top
+    /// (only read when the embeddings are not tied).
+    pub fn new(cfg: &Qwen25VlConfig, vb: VarBuilder, lm_head_vb: VarBuilder) -> Result<Self> {
+        let embed = vb.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
+        let layers = (0..cfg.num_hidden_layers).map(|i| DecoderLayer::new(cfg, vb.pp(format!("layers.{i}")))).collect::<Result<Vec<_>>>()?;
+        let lm_head = if cfg.tie_word_embeddings { embed.clone() } else { lm_head_vb.get((cfg.vocab_size, cfg.hidden_size), "lm_head.weight")? };
+        Ok(Self {
+            embed_tokens: candle_nn::Embedding::new(embed, cfg.hidden_size),
+            layers,
+            norm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("norm"))?,
+            lm_head,
+            cfg: cfg.clone(),
+            cached: 0,
+        })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.lm_head.dtype()
+    }
+
+    /// ids: [L] -> embeddings [L, C].
+    pub fn embed(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
+        self.embed_tokens.forward(&Tensor::from_slice(ids, ids.len(), device)?)
+    }
+
+    /// Runs embeddings [L, C] at `positions` through the layers after what is cached; returns the
+    /// final-normed hidden states [L, C] and extends the cache.
+    pub fn forward_embeds(&mut self, embeds: &Tensor, positions: &MropePositions) -> Result<Tensor> {
+        let (l, _) = embeds.dims2()?;
+        if positions.len() != l {
+            candle_core::bail!("{l} embeddings but {} positions", positions.len());
+        }
+        let (cos, sin) = mrope_tables(positions, self.cfg.head_dim(), self.cfg.rope_theta, &self.cfg.rope_scaling.mrope_section, embeds.device())?;
+        let mut x = embeds.to_dtype(self.dtype())?.unsqueeze(0)?;
+        for layer in &mut self.layers {
+            x = layer.forward(&x, &cos, &sin)?;
+        }
+        self.cached += l;
+        self.norm.forward(&x.squeeze(0)?)
+    }
+
+    /// Logits [L, vocab] (f32) for final hidden states [L, C].
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        hidden.to_dtype(self.dtype())?.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)
+    }
+
+    /// Tokens in the KV cache.
+    pub fn cached_tokens(&self) -> usize {
+        self.cached
+    }
+
+    pub fn clear_cache(&mut self) {
+        for layer in &mut self.layers {
+            layer.self_attn.cache = None;
+        }
+        self.cached = 0;
+    }
+}
