@@ -130,3 +130,234 @@ impl VideoInfo {
         Ok(frames)
     }
 }
+
+/// Presentation timestamps of every frame and where the keyframes are, from the packets alone
+/// (no decode): what frame-exact seeking needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameTimes {
+    /// Seconds, in presentation order (frame n is `pts[n]`).
+    pub pts: Vec<f64>,
+    /// The stream's start time (ffmpeg's `-ss` counts from it).
+    pub start_time: f64,
+    /// Frame indices of the keyframes, ascending.
+    pub keyframes: Vec<usize>,
+}
+
+impl VideoInfo {
+    /// Reads every video packet's timestamp and key flag with ffprobe.
+    pub fn frame_times(&self) -> Result<FrameTimes> {
+        let out = tool("ffprobe")?
+            .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts_time,flags:stream=start_time", "-of", "json"])
+            .arg(&self.path)
+            .output()
+            .context("running ffprobe")?;
+        if !out.status.success() {
+            bail!("{}: cannot read the packets ({})", self.path.display(), first_line(&out.stderr));
+        }
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| format!("{}: ffprobe gave no JSON", self.path.display()))?;
+        let packets = json["packets"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        let mut frames: Vec<(f64, bool)> = packets
+            .iter()
+            .filter_map(|p| Some((p["pts_time"].as_str()?.parse::<f64>().ok()?, p["flags"].as_str().unwrap_or("").contains('K'))))
+            .collect();
+        if frames.len() != self.frames {
+            bail!("{}: {} packets carry timestamps but the stream has {} frames; seeking needs every timestamp", self.path.display(), frames.len(), self.frames);
+        }
+        frames.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let start_time = json["streams"][0]["start_time"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0.0);
+        let keyframes = frames.iter().enumerate().filter(|(_, f)| f.1).map(|(i, _)| i).collect();
+        Ok(FrameTimes { pts: frames.into_iter().map(|f| f.0).collect(), start_time, keyframes })
+    }
+}
+
+/// Frames after the current position that are decoded and dropped rather than re-seeking
+/// (decoding forward is a few ms per frame; a seek restarts ffmpeg and decodes from a keyframe).
+const DECODE_FORWARD_LIMIT: usize = 48;
+
+/// One long-lived `ffmpeg` per stream for on-demand frames: playing forward reads the next frame
+/// from the same process; a jump restarts it with an input seek to the frame's own presentation
+/// timestamp (ffmpeg decodes from the keyframe before it and drops what precedes it), so any frame
+/// is at most one GOP of decoding away and still exactly frame N.
+pub struct VideoStream {
+    pub info: VideoInfo,
+    times: FrameTimes,
+    size: (usize, usize),
+    process: Option<(std::process::Child, std::process::ChildStdout)>,
+    /// The frame the pipe yields next.
+    next: usize,
+    /// Restarts so far (for benchmarks and tests).
+    pub seeks: usize,
+}
+
+impl VideoStream {
+    pub fn open(info: VideoInfo, max_width: Option<usize>) -> Result<Self> {
+        let times = info.frame_times()?;
+        let size = info.scaled_size(max_width);
+        Ok(Self { info, times, size, process: None, next: 0, seeks: 0 })
+    }
+
+    fn restart(&mut self, n: usize) -> Result<()> {
+        self.stop();
+        let (w, h) = self.size;
+        let mut cmd = tool("ffmpeg")?;
+        cmd.args(["-v", "error", "-nostdin"]);
+        if n > 0 {
+            // Half a frame before frame n: n is kept, n-1 (and everything earlier) is dropped.
+            let gap = (self.times.pts[n] - self.times.pts[n - 1]).max(1e-4);
+            let at = self.times.pts[n] - self.times.start_time - gap / 2.0;
+            cmd.args(["-ss", &format!("{at:.6}")]);
+        }
+        let mut child = cmd
+            .arg("-i")
+            .arg(&self.info.path)
+            .args(["-an", "-sn", "-vf", &format!("scale={w}:{h}:flags=bicubic"), "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("running ffmpeg")?;
+        let stdout = child.stdout.take().context("ffmpeg's output pipe")?;
+        self.process = Some((child, stdout));
+        self.next = n;
+        self.seeks += 1;
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        if let Some((mut child, _)) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn read_one(&mut self) -> Result<RgbFrame> {
+        let (w, h) = self.size;
+        let Some((_, stdout)) = self.process.as_mut() else { bail!("no decoder running") };
+        let mut buf = vec![0u8; w * h * 3];
+        if stdout.read_exact(&mut buf).is_err() {
+            let at = self.next;
+            self.stop();
+            bail!("{}: the decoder stopped before frame {at} (truncated or damaged file?)", self.info.path.display());
+        }
+        self.next += 1;
+        Ok(RgbFrame::new(w, h, buf))
+    }
+
+    /// Displayed frame `n`.
+    pub fn frame(&mut self, n: usize) -> Result<RgbFrame> {
+        if n >= self.info.frames {
+            bail!("{}: frame {n} is out of range (the video has {} frames)", self.info.path.display(), self.info.frames);
+        }
+        let reachable = self.process.is_some() && n >= self.next && n - self.next <= DECODE_FORWARD_LIMIT;
+        if !reachable {
+            self.restart(n)?;
+        }
+        while self.next < n {
+            self.read_one()?;
+        }
+        self.read_one()
+    }
+}
+
+impl Drop for VideoStream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Small frames for scrubbing: every `step`-th frame at `width` px, decoded in one pass in the
+/// background, handed out as they arrive. Memory is capped by choosing `step`.
+pub fn thumbnail_step(frames: usize, max_thumbnails: usize) -> usize {
+    frames.div_ceil(max_thumbnails.max(1)).max(1)
+}
+
+/// Decodes every `step`-th frame at `max_width`, calling `each` with (index, frame) until it
+/// returns false or the video ends.
+pub fn decode_every(info: &VideoInfo, step: usize, max_width: usize, mut each: impl FnMut(usize, RgbFrame) -> bool) -> Result<()> {
+    let (w, h) = info.scaled_size(Some(max_width));
+    let filter = format!("select='not(mod(n\\,{step}))',scale={w}:{h}:flags=bilinear");
+    let mut child = tool("ffmpeg")?
+        .args(["-v", "error", "-nostdin", "-i"])
+        .arg(&info.path)
+        .args(["-an", "-sn", "-vf", &filter, "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("running ffmpeg")?;
+    let mut stdout = child.stdout.take().context("ffmpeg's output pipe")?;
+    let mut index = 0;
+    loop {
+        let mut buf = vec![0u8; w * h * 3];
+        if stdout.read_exact(&mut buf).is_err() {
+            break;
+        }
+        if !each(index, RgbFrame::new(w, h, buf)) {
+            break;
+        }
+        index += step;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clip(dir: &Path, name: &str, args: &[&str]) -> VideoInfo {
+        let path = dir.join(name);
+        let out = Command::new("ffmpeg").args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-frames:v", "120"]).args(args).arg(&path).output().expect("ffmpeg");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        VideoInfo::probe(&path).unwrap()
+    }
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sv-unit-video-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// The seeking decoder gives exactly what one-pass `select=eq(n,N)` decoding gives, in any
+    /// access order (jumps back, far jumps, steps forward), with B-frames and short GOPs.
+    #[test]
+    fn seeking_decoder_is_frame_exact_in_any_order() {
+        let dir = tmp("seek");
+        let cases = [
+            clip(&dir, "h264.mp4", &["-c:v", "libx264", "-profile:v", "high", "-bf", "3", "-g", "12", "-pix_fmt", "yuv420p"]),
+            clip(&dir, "vp9.webm", &["-c:v", "libvpx-vp9", "-g", "20", "-deadline", "realtime", "-cpu-used", "8"]),
+        ];
+        for info in cases {
+            let order = [0usize, 1, 2, 57, 58, 60, 13, 119, 118, 30, 31, 100, 5];
+            let mut sorted = order.to_vec();
+            sorted.sort_unstable();
+            sorted.dedup();
+            let reference = info.decode(&sorted, None).unwrap();
+            let mut stream = VideoStream::open(info.clone(), None).unwrap();
+            for &n in &order {
+                let ours = stream.frame(n).unwrap();
+                let want = &reference[sorted.binary_search(&n).unwrap()];
+                assert_eq!(ours.data, want.data, "{}: frame {n}", info.path.display());
+            }
+            // Stepping forward reuses the running decoder; jumps restart it.
+            assert!(stream.seeks < order.len(), "{} restarts for {} requests", stream.seeks, order.len());
+            assert!(stream.frame(120).is_err());
+        }
+    }
+
+    #[test]
+    fn thumbnails_cover_the_video_at_a_fixed_step() {
+        let dir = tmp("thumbs");
+        let info = clip(&dir, "t.mp4", &["-c:v", "libx264", "-pix_fmt", "yuv420p"]);
+        let step = thumbnail_step(info.frames, 25);
+        assert_eq!(step, 5);
+        let mut got = Vec::new();
+        decode_every(&info, step, 64, |i, f| {
+            assert_eq!((f.width, f.height), (64, 48));
+            got.push(i);
+            true
+        })
+        .unwrap();
+        assert_eq!(got, (0..120).step_by(5).collect::<Vec<_>>());
+    }
+}

@@ -356,10 +356,10 @@ fn chat_answers_like_upstream_streams_and_cancels() {
         {"ask": {"question": "how far is the sofa?", "wait": false}},
         {"load_weights": {"mllm": weights}},
         {"set": {"control": "question_format", "value": "numeric"}}, {"set": {"control": "max_new_tokens", "value": 12}},
-        {"ask": common::QUESTION},
+        {"ask": common::QUESTION}, {"screenshot": "chat.png"},
         {"set": {"control": "question_format", "value": "free"}}, {"set": {"control": "max_new_tokens", "value": 100000}},
-        {"ask": {"question": "Describe the room.", "wait": false}}, {"wait_frames": 10}, {"cancel_answer": true},
-        {"wait_idle": 30}, {"screenshot": "chat.png"}, {"dump_state": "state.json"}, {"quit": true}]});
+        {"ask": {"question": "Describe the room.", "wait": false}}, {"wait_frames": 3}, {"cancel_answer": true},
+        {"wait_idle": 30}, {"dump_state": "state.json"}, {"quit": true}]});
     let out = run_script(&dir, &script.to_string());
     assert!(out.status.success(), "viewer failed: {}", String::from_utf8_lossy(&out.stderr));
     let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();

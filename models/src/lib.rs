@@ -9,6 +9,7 @@
 //!   processor, prompt, tokenizer and generation.
 //! * [`checkpoint`]: reading and checking released checkpoints without loading tensor data.
 
+pub mod blas;
 pub mod checkpoint;
 pub mod interp;
 pub mod nn;

@@ -4,6 +4,70 @@
 
 use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+thread_local! {
+    static CANCEL: RefCell<Option<Arc<AtomicBool>>> = const { RefCell::new(None) };
+}
+
+/// The message of the error a cancelled run unwinds with.
+pub const CANCELLED: &str = "cancelled";
+
+/// Runs `f` so that the long loops inside (attention chunks, token chunks of the linear layers,
+/// DPT frame chunks) stop within a fraction of a second once `flag` is set: they return an error
+/// that this turns into `Ok(None)`. Calls on this thread only.
+pub fn cancellable<T>(flag: Arc<AtomicBool>, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<Option<T>> {
+    let previous = CANCEL.with(|c| c.borrow_mut().replace(flag));
+    let result = f();
+    CANCEL.with(|c| *c.borrow_mut() = previous);
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.chain().any(|c| c.to_string() == CANCELLED) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Fails with [`CANCELLED`] when the run this thread is doing was cancelled.
+pub fn check_cancelled() -> Result<()> {
+    if CANCEL.with(|c| c.borrow().as_ref().is_some_and(|f| f.load(Ordering::Relaxed))) {
+        return Err(candle_core::Error::Msg(CANCELLED.into()));
+    }
+    Ok(())
+}
+
+/// Tokens per chunk for the token-wise layers of large inputs, so a cancel is noticed within
+/// a fraction of a second even when one layer over all tokens takes seconds.
+const TOKEN_CHUNK: usize = 2048;
+
+/// Applies a token-wise function to x [B, T, C] in chunks of tokens (checking for cancellation
+/// between chunks); small inputs go in one piece.
+pub fn token_chunked(x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    token_chunked_by(x, TOKEN_CHUNK, f)
+}
+
+/// [`token_chunked`] with an explicit chunk size (wide layers want smaller chunks).
+pub fn token_chunked_by(x: &Tensor, chunk: usize, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    let (b, t, c) = x.dims3()?;
+    let n = b * t;
+    let chunk = chunk.max(1);
+    if n <= chunk {
+        return f(x);
+    }
+    let flat = x.reshape((n, c))?;
+    let mut parts = Vec::with_capacity(n.div_ceil(TOKEN_CHUNK));
+    let mut start = 0;
+    while start < n {
+        check_cancelled()?;
+        let len = chunk.min(n - start);
+        parts.push(f(&flat.narrow(0, start, len)?.unsqueeze(0)?)?.squeeze(0)?);
+        start += len;
+    }
+    let out = Tensor::cat(&parts, 0)?;
+    let c_out = out.dim(1)?;
+    out.reshape((b, t, c_out))
+}
 
 /// `nn.LayerNorm(dim, eps)` with weight and bias.
 pub fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<candle_nn::LayerNorm> {
@@ -20,11 +84,44 @@ pub fn layer_norm_plain(x: &Tensor, eps: f64) -> Result<Tensor> {
     candle_nn::ops::layer_norm(&x.contiguous()?, &ones, &zeros, eps as f32)
 }
 
+/// `nn.Linear`: y = x W^T + b over the last dim, with the product through [`crate::blas`].
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let k = *dims.last().ok_or_else(|| candle_core::Error::Msg("Linear on a scalar".into()))?;
+        let rows = x.elem_count() / k.max(1);
+        let x2 = x.reshape((rows, k))?;
+        let x2 = if x2.dtype() == self.weight.dtype() { x2 } else { x2.to_dtype(self.weight.dtype())? };
+        let mut y = crate::blas::matmul(&x2, &self.weight.t()?)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        let mut out_dims = dims;
+        *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
+        y.reshape(out_dims)
+    }
+}
+
 /// `nn.Linear(in, out)` with bias.
-pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<candle_nn::Linear> {
+pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
     let weight = vb.get((out_dim, in_dim), "weight")?;
     let bias = vb.get(out_dim, "bias")?;
-    Ok(candle_nn::Linear::new(weight, Some(bias)))
+    Ok(Linear::new(weight, Some(bias)))
 }
 
 /// DINOv2's `LayerScale`: a learned per-channel gain.
@@ -48,8 +145,8 @@ impl Module for LayerScale {
 /// Two-layer MLP with exact (erf) GELU: `fc1 -> GELU -> fc2`.
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    fc1: candle_nn::Linear,
-    fc2: candle_nn::Linear,
+    fc1: Linear,
+    fc2: Linear,
 }
 
 impl Mlp {
@@ -108,15 +205,16 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
     let mut outputs = Vec::with_capacity(t_q.div_ceil(chunk));
     let mut start = 0;
     while start < t_q {
+        check_cancelled()?;
         let len = chunk.min(t_q - start);
         let q_chunk = q.narrow(2, start, len)?.contiguous()?;
-        let scores = (q_chunk.matmul(&k_t)? * scale)?;
+        let scores = (crate::blas::matmul(&q_chunk, &k_t)? * scale)?;
         let probs = if in_dtype == DType::F32 {
             candle_nn::ops::softmax_last_dim(&scores)?
         } else {
             candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(in_dtype)?
         };
-        outputs.push(probs.matmul(&v)?);
+        outputs.push(crate::blas::matmul(&probs, &v)?);
         start += len;
     }
     if outputs.len() == 1 { Ok(outputs.pop().unwrap()) } else { Tensor::cat(&outputs, 2) }
@@ -126,8 +224,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
 /// optional rotary embedding (VGGT's `Attention`).
 #[derive(Debug, Clone)]
 pub struct SelfAttention {
-    qkv: candle_nn::Linear,
-    proj: candle_nn::Linear,
+    qkv: Linear,
+    proj: Linear,
     qk_norm: Option<(candle_nn::LayerNorm, candle_nn::LayerNorm)>,
     num_heads: usize,
     head_dim: usize,
@@ -153,7 +251,7 @@ impl SelfAttention {
     /// x: [B, T, C] -> [B, T, C].
     pub fn forward(&self, x: &Tensor, rope: Option<&RotaryTables>) -> Result<Tensor> {
         let (b, t, c) = x.dims3()?;
-        let qkv = self.qkv.forward(x)?.reshape((b, t, 3, self.num_heads, self.head_dim))?.permute((2, 0, 3, 1, 4))?;
+        let qkv = token_chunked(x, |x| self.qkv.forward(x))?.reshape((b, t, 3, self.num_heads, self.head_dim))?.permute((2, 0, 3, 1, 4))?;
         let mut q = qkv.get(0)?;
         let mut k = qkv.get(1)?;
         let v = qkv.get(2)?;
@@ -168,7 +266,7 @@ impl SelfAttention {
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let out = attention(&q, &k, &v, scale)?;
         let out = out.transpose(1, 2)?.reshape((b, t, c))?;
-        self.proj.forward(&out)
+        token_chunked(&out, |x| self.proj.forward(x))
     }
 }
 
@@ -201,8 +299,8 @@ impl Block {
     pub fn forward(&self, x: &Tensor, rope: Option<&RotaryTables>) -> Result<Tensor> {
         let h = self.attn.forward(&self.norm1.forward(x)?, rope)?;
         let x = (x + self.ls1.forward(&h)?)?;
-        let h = self.mlp.forward(&self.norm2.forward(&x)?)?;
-        x + self.ls2.forward(&h)?
+        let h = token_chunked(&x, |x| self.ls2.forward(&self.mlp.forward(&self.norm2.forward(x)?)?))?;
+        x + h
     }
 }
 
@@ -229,19 +327,22 @@ impl Module for RmsNorm {
 }
 
 /// `nn.Linear(in, out, bias=False)`.
-pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<candle_nn::Linear> {
-    Ok(candle_nn::Linear::new(vb.get((out_dim, in_dim), "weight")?, None))
+pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    Ok(Linear::new(vb.get((out_dim, in_dim), "weight")?, None))
 }
 
-/// Causal softmax attention for q of shape [B, heads, Tq, d] whose first query sits at absolute
-/// position `q_offset`, over k, v of shape [B, heads, Tk, d] (positions 0..Tk): query i sees keys
-/// 0..=q_offset+i. Chunked over queries like [`attention`], with the mask built per chunk.
+/// Causal softmax attention with grouped-query heads: q [B, H, Tq, d] whose first query sits at
+/// absolute position `q_offset`, k and v [B, KVH, Tk, d] (positions 0..Tk) with H a multiple of
+/// KVH (head i reads kv head i / (H / KVH)); query i sees keys 0..=q_offset+i. The heads sharing a
+/// kv head are attended together, so k and v are never copied per head; chunked over queries
+/// like [`attention`], with the mask built per chunk (and skipped when every key is visible).
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, q_offset: usize) -> Result<Tensor> {
-    let (b, h, t_q, _d) = q.dims4()?;
-    let t_k = k.dim(2)?;
-    if t_q == 1 && q_offset + 1 >= t_k {
-        return attention(q, k, v, scale);
+    let (b, h, t_q, d) = q.dims4()?;
+    let (_, kvh, t_k, _) = k.dims4()?;
+    if kvh == 0 || h % kvh != 0 {
+        candle_core::bail!("{h} query heads cannot share {kvh} key/value heads");
     }
+    let rep = h / kvh;
     let in_dtype = q.dtype();
     let k_t = k.transpose(2, 3)?.contiguous()?;
     let v = v.contiguous()?;
@@ -250,18 +351,24 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, q_offset
     let mut outputs = Vec::with_capacity(t_q.div_ceil(chunk));
     let mut start = 0;
     while start < t_q {
+        check_cancelled()?;
         let len = chunk.min(t_q - start);
-        let mask: Vec<f32> = (0..len)
-            .flat_map(|i| {
-                let last = q_offset + start + i;
-                (0..t_k).map(move |j| if j <= last { 0.0 } else { f32::NEG_INFINITY })
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (len, t_k), q.device())?;
-        let q_chunk = q.narrow(2, start, len)?.contiguous()?;
-        let scores = (q_chunk.matmul(&k_t)?.to_dtype(DType::F32)? * scale)?.broadcast_add(&mask)?;
+        let q_chunk = q.narrow(2, start, len)?.contiguous()?.reshape((b, kvh, rep * len, d))?;
+        let scores = (crate::blas::matmul(&q_chunk, &k_t)?.to_dtype(DType::F32)? * scale)?;
+        let scores = if q_offset + start + 1 >= t_k {
+            scores // even the chunk's first query sees every key
+        } else {
+            let mask: Vec<f32> = (0..len)
+                .flat_map(|i| {
+                    let last = q_offset + start + i;
+                    (0..t_k).map(move |j| if j <= last { 0.0 } else { f32::NEG_INFINITY })
+                })
+                .collect();
+            let mask = Tensor::from_vec(mask, (len, t_k), q.device())?;
+            scores.reshape((b, kvh, rep, len, t_k))?.broadcast_add(&mask)?.reshape((b, kvh, rep * len, t_k))?
+        };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(in_dtype)?;
-        outputs.push(probs.matmul(&v)?);
+        outputs.push(crate::blas::matmul(&probs, &v)?.reshape((b, h, len, d))?);
         start += len;
     }
     if outputs.len() == 1 { Ok(outputs.pop().unwrap()) } else { Tensor::cat(&outputs, 2) }

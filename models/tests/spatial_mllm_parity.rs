@@ -132,3 +132,24 @@ fn cancelling_stops_generation_between_tokens() {
     let b = model.generate(&input_ids, &positions, enc.tokens(), &sampled, None, &mut always, None).unwrap();
     assert_eq!(a.generated_ids, b.generated_ids);
 }
+
+#[test]
+fn bf16_weights_stay_close_to_f32() {
+    // The released checkpoint is bf16; on a GPU it runs as is.
+    let expected = load_expected("spatial-mllm-tiny/expected.safetensors");
+    let dir = CheckpointDir::open(&fixture("spatial-mllm-tiny")).unwrap();
+    let mut model = SpatialMllm::load(&dir, true, DType::BF16, &Device::Cpu).unwrap();
+    let tok = tokenizer();
+    let video = model.prepare_video(frames(&expected), PixelLimits::video(4), false).unwrap();
+    let input_ids = tok.prompt_ids(meta()["prompt"].as_str().unwrap(), model.config.video_token_id, video.grid.merged_tokens(2)).unwrap();
+    let positions = rope_index(&input_ids, &[video.grid], 1.0, &model.config).unwrap();
+    let enc = model.encode_video(&video, true, &mut always).unwrap().unwrap();
+    assert_eq!(enc.video_embeds.dtype(), DType::BF16);
+    assert_close("fused_embeds (bf16)", enc.fused_embeds.as_ref().unwrap(), &expected["fused_embeds"], 5e-2);
+    let params = GenerationParams { max_new_tokens: 1, ..Default::default() };
+    let out = model.generate(&input_ids, &positions, enc.tokens(), &params, None, &mut always, None).unwrap();
+    // bf16 rounding through the layers and the 151936-row tied head: up to about 0.1 of a logit.
+    assert_close("logits_last (bf16)", &out.logits_last, &expected["logits_last"], 0.15);
+    // The first greedy token has a margin of 1.2 in f32: bf16 keeps it.
+    assert_eq!(out.generated_ids[0] as i64, ids(&expected["generated_ids"])[0]);
+}

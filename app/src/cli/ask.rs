@@ -63,8 +63,9 @@ pub struct AskArgs {
     pub system: String,
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// f32 is the fastest on CPU (candle's bf16 matmuls are slower there); bf16 halves memory.
-    #[arg(long, default_value = "f32")]
+    /// auto: f32 on CPU (the fastest there: candle's bf16 matmuls are slower on CPU; costs twice
+    /// the memory of the bf16 checkpoint), bf16 on CUDA/Metal (the released weights as they are).
+    #[arg(long, default_value = "auto")]
     pub dtype: String,
     /// Write input_ids, position_ids, video_embeds, fused_embeds, logits_last, generated_ids.
     #[arg(long)]
@@ -92,10 +93,14 @@ pub fn run(a: AskArgs) -> Result<i32> {
         other => bail!("--resize '{other}': expected qwen or none"),
     };
     let count: FrameCount = a.frames.parse()?;
-    let dtype = spatial_models::parse_dtype(&a.dtype)?;
     let device = spatial_models::open_device(&a.device)?;
+    let dtype = match a.dtype.as_str() {
+        "auto" if device.is_cpu() => candle_core::DType::F32,
+        "auto" => candle_core::DType::BF16,
+        other => spatial_models::parse_dtype(other)?,
+    };
     let mut loaded = load_mllm(&a.weights, a.base_model, dtype, &device).with_context(|| format!("{}: cannot load the question-answering model", a.weights.display()))?;
-    eprintln!("{}: {} loaded ({})", a.weights.display(), if loaded.model.has_spatial() { "Spatial-MLLM" } else { "Qwen2.5-VL" }, a.dtype);
+    eprintln!("{}: {} loaded ({dtype:?} on {})", a.weights.display(), if loaded.model.has_spatial() { "Spatial-MLLM" } else { "Qwen2.5-VL" }, a.device);
     let source = FrameSource::open(&a.input)?;
     if source.len() == 0 {
         bail!("{}: has no frames to ask about", a.input.display());

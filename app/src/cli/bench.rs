@@ -33,6 +33,26 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         repeats: usize,
     },
+    /// Space-aware sampling at upstream's size: 128 candidate frames of 518x392 point maps (a
+    /// synthetic room seen from a loop), voxel sets + greedy picks for K = 16.
+    Sample {
+        #[arg(long, default_value_t = 128)]
+        frames: usize,
+        #[arg(long, default_value_t = 392)]
+        height: usize,
+        #[arg(long, default_value_t = 518)]
+        width: usize,
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+    },
+    /// Video seeking for the player: random seeks, steps forward and the scrub previews, on VIDEO
+    /// or (without one) a generated 1080p H.264 clip with B-frames and 250-frame GOPs.
+    Seek {
+        video: Option<std::path::PathBuf>,
+        /// Random seeks to time.
+        #[arg(long, default_value_t = 20)]
+        seeks: usize,
+    },
     /// Qwen2.5-VL-3B's language model (the LLM of Spatial-MLLM) with constant weights: prefill
     /// tokens/s over a prompt of --prompt-tokens (a 16-frame 476x644 question is about 3200) and
     /// greedy decode tokens/s with the KV cache; --vision-frames also times the vision tower.
@@ -111,6 +131,8 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
             );
             Ok(0)
         }
+        BenchCommand::Seek { video, seeks } => bench_seek(video, seeks),
+        BenchCommand::Sample { frames, height, width, repeats } => bench_sample(frames, height, width, repeats),
         BenchCommand::Mllm { prompt_tokens, decode_tokens, vision_frames, device, dtype } => bench_mllm(prompt_tokens, decode_tokens, vision_frames, &device, &dtype),
         BenchCommand::Vggt { frames: None, device, dtype, repeats, .. } => {
             println!("VGGT-1B (constant weights, resident in memory), device {device}, dtype {dtype}, median of {repeats} run(s) (after a warm-up when more than one)");
@@ -181,5 +203,124 @@ fn bench_mllm(prompt_tokens: usize, decode_tokens: usize, vision_frames: usize, 
         decode_tokens as f64 / decode.max(1e-9),
         peak_rss_mib().unwrap_or(f64::NAN)
     );
+    Ok(0)
+}
+
+fn bench_seek(video: Option<std::path::PathBuf>, seeks: usize) -> Result<i32> {
+    use crate::video::{VideoInfo, VideoStream, decode_every, thumbnail_step};
+    use std::time::Instant;
+    let path = match video {
+        Some(p) => p,
+        None => {
+            let dir = std::env::temp_dir().join(format!("sv-bench-seek-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            let p = dir.join("1080p.mp4");
+            eprintln!("encoding a 20 s 1080p30 H.264 clip (High, B-frames, GOP 250) to {}...", p.display());
+            let ok = std::process::Command::new("ffmpeg")
+                .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=30", "-frames:v", "600", "-c:v", "libx264", "-preset", "veryfast", "-profile:v", "high", "-bf", "3", "-g", "250", "-pix_fmt", "yuv420p"])
+                .arg(&p)
+                .status()?
+                .success();
+            anyhow::ensure!(ok, "ffmpeg could not make the test clip");
+            p
+        }
+    };
+    let info = VideoInfo::probe(&path)?;
+    let t = Instant::now();
+    let mut stream = VideoStream::open(info.clone(), Some(crate::gui::tasks::DISPLAY_MAX_WIDTH))?;
+    let open_ms = t.elapsed().as_secs_f64() * 1e3;
+    // A fixed pseudo-random sequence of seeks over the whole clip.
+    let mut state = 0x9E3779B97F4A7C15u64;
+    let mut lat = Vec::new();
+    for _ in 0..seeks {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let n = (state % info.frames as u64) as usize;
+        let t = Instant::now();
+        stream.frame(n)?;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let mut steps = Vec::new();
+    // Playing forward from a third of the way in: the first is a seek, the rest are steps.
+    stream.frame(info.frames / 3)?;
+    for i in 1..=30 {
+        let n = (info.frames / 3 + i).min(info.frames - 1);
+        let t = Instant::now();
+        stream.frame(n)?;
+        steps.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let stats = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[v.len() - 1])
+    };
+    let (seek_med, seek_max) = stats(&mut lat);
+    let (step_med, step_max) = stats(&mut steps);
+    let late = info.frames - 1;
+    let t = Instant::now();
+    info.decode(&[late], Some(crate::gui::tasks::DISPLAY_MAX_WIDTH))?;
+    let one_pass_ms = t.elapsed().as_secs_f64() * 1e3;
+    let step = thumbnail_step(info.frames, 600);
+    let t = Instant::now();
+    let mut first = None;
+    let mut count = 0;
+    decode_every(&info, step, 160, |_, _| {
+        first.get_or_insert(t.elapsed().as_secs_f64() * 1e3);
+        count += 1;
+        true
+    })?;
+    let previews_s = t.elapsed().as_secs_f64();
+    println!("{}: {} frames {}x{} {}, display decode at 640 px wide", path.display(), info.frames, info.width, info.height, info.codec);
+    println!("| open (frame timestamps) ms | random seek ms, median | max | step forward ms, median | max | last frame by one-pass decode ms | scrub previews: count, every k-th | first preview ms | all previews s |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| {open_ms:.0} | {seek_med:.0} | {seek_max:.0} | {step_med:.1} | {step_max:.1} | {one_pass_ms:.0} | {count}, k = {step} | {:.0} | {previews_s:.1} |", first.unwrap_or(f64::NAN));
+    Ok(0)
+}
+
+fn bench_sample(frames: usize, height: usize, width: usize, repeats: usize) -> Result<i32> {
+    use spatial_models::sampling::{SamplingParams, VoxelSets};
+    use std::time::Instant;
+    // Each frame looks at the walls of a 6 x 3 x 8 m room from a camera on a loop: ray-box hits.
+    let (hw, hh, hd) = (3.0f32, 1.5f32, 4.0f32);
+    let mut points = Vec::with_capacity(frames * height * width * 3);
+    let mut conf = Vec::with_capacity(frames * height * width);
+    for f in 0..frames {
+        let a = f as f32 / frames as f32 * std::f32::consts::TAU;
+        let (cx, cz) = (1.2 * a.cos(), 2.0 * a.sin());
+        let yaw = a + std::f32::consts::FRAC_PI_2;
+        for y in 0..height {
+            for x in 0..width {
+                let u = (x as f32 / width as f32 - 0.5) * 1.2;
+                let v = (y as f32 / height as f32 - 0.5) * 0.9;
+                let (dx, dz) = (yaw.cos() - u * yaw.sin(), yaw.sin() + u * yaw.cos());
+                let dy = v;
+                // Distance to the first wall along the ray.
+                let t = [((if dx > 0.0 { hw } else { -hw }) - cx) / dx, ((if dy > 0.0 { hh } else { -hh }) - 0.0) / dy, ((if dz > 0.0 { hd } else { -hd }) - cz) / dz]
+                    .into_iter()
+                    .filter(|t| t.is_finite() && *t > 0.0)
+                    .fold(f32::INFINITY, f32::min);
+                points.extend([cx + t * dx, t * dy, cz + t * dz]);
+                conf.push(1.0 + ((x * 7 + y * 13 + f * 31) % 97) as f32 / 10.0);
+            }
+        }
+    }
+    let params = SamplingParams { k: 16, ..Default::default() };
+    let mut build = Vec::new();
+    let mut greedy = Vec::new();
+    let mut picked = Vec::new();
+    for _ in 0..repeats.max(1) {
+        let t = Instant::now();
+        let sets = VoxelSets::build(&points, &conf, frames, &params)?;
+        build.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        picked = sets.greedy(16).selected;
+        greedy.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    build.sort_by(f64::total_cmp);
+    greedy.sort_by(f64::total_cmp);
+    println!("Space-aware sampling, {frames} frames of {width}x{height} point maps ({:.1} M points), K = 16, median of {}", (frames * height * width) as f64 / 1e6, build.len());
+    println!("| voxel sets ms (percentile, bbox, hashing) | greedy ms | total ms | picks |");
+    println!("|---|---|---|---|");
+    println!("| {:.1} | {:.2} | {:.1} | {:?} |", build[build.len() / 2], greedy[greedy.len() / 2], build[build.len() / 2] + greedy[greedy.len() / 2], picked);
     Ok(0)
 }

@@ -92,7 +92,8 @@ enum Event {
     Loaded { desc: String, has_spatial: bool },
     Stage(String, usize, usize),
     Token(String),
-    Done { text: String, stop: StopReason, note: String },
+    /// `text` None keeps what streamed (a cancel inside a layer ends without a final text).
+    Done { text: Option<String>, stop: StopReason, note: String },
     Failed(String),
 }
 
@@ -146,7 +147,7 @@ pub struct AskQuestion(pub String);
 #[derive(Message, Clone, Copy, Debug)]
 pub struct CancelAnswer;
 
-fn run_ask(loaded: &mut crate::question::LoadedMllm, source: &FrameSource, frames: &[usize], parts: &AskRequestParts, cancel: &AtomicBool, events: &Sender<Event>) -> anyhow::Result<Event> {
+fn run_ask(loaded: &mut crate::question::LoadedMllm, source: &FrameSource, frames: &[usize], parts: &AskRequestParts, cancel: &Arc<AtomicBool>, events: &Sender<Event>) -> anyhow::Result<Event> {
     let _ = events.send(Event::Stage(format!("decoding {} frames", frames.len()), 0, 1));
     let images = source.frames(frames)?;
     let request = AskRequest {
@@ -171,8 +172,10 @@ fn run_ask(loaded: &mut crate::question::LoadedMllm, source: &FrameSource, frame
         }
         !cancel.load(Ordering::Relaxed)
     };
-    let Some(result) = loaded.model.ask(&loaded.tokenizer, request, &mut on_event)? else {
-        return Ok(Event::Done { text: String::new(), stop: StopReason::Cancelled, note: "cancelled before generation".into() });
+    // The encoders notice a cancel inside their layers; generation between tokens.
+    let result = spatial_models::nn::cancellable(cancel.clone(), || loaded.model.ask(&loaded.tokenizer, request, &mut on_event))?;
+    let Some(Some(result)) = result else {
+        return Ok(Event::Done { text: None, stop: StopReason::Cancelled, note: String::new() });
     };
     let g = &result.generation;
     let note = format!(
@@ -186,7 +189,7 @@ fn run_ask(loaded: &mut crate::question::LoadedMllm, source: &FrameSource, frame
         g.prefill_tokens_per_sec(),
         g.decode_tokens_per_sec()
     );
-    Ok(Event::Done { text: g.text.clone(), stop: g.stop, note })
+    Ok(Event::Done { text: Some(g.text.clone()), stop: g.stop, note })
 }
 
 fn spawn() -> Chat {
@@ -338,7 +341,9 @@ fn handle(
                 chat.cancel = None;
                 chat.stage = None;
                 if let Some(m) = chat.messages.last_mut().filter(|m| !m.from_user) {
-                    m.text = text;
+                    if let Some(text) = text {
+                        m.text = text;
+                    }
                     m.state = if stop == StopReason::Cancelled { AnswerState::Cancelled } else { AnswerState::Done };
                     m.note = if stop == StopReason::MaxTokens { format!("{note}; stopped at the token limit") } else { note };
                 }

@@ -143,7 +143,7 @@ fn cache_path(files: &[PathBuf], extra: &str, weights: &std::path::Path) -> Opti
     Some(base.join("spatial-viewer").join("reconstructions").join(format!("{:016x}.safetensors", h.finish())))
 }
 
-fn reconstruct(model: &Vggt, weights: &std::path::Path, folder: &FrameSet, max_frames: usize, budget: usize, source: PointSource, cancel: &AtomicBool, events: &Sender<Event>) -> anyhow::Result<Option<LoadedScene>> {
+fn reconstruct(model: &Vggt, weights: &std::path::Path, folder: &FrameSet, max_frames: usize, budget: usize, source: PointSource, cancel: &Arc<AtomicBool>, events: &Sender<Event>) -> anyhow::Result<Option<LoadedScene>> {
     let total = folder.len();
     let picks = if total > max_frames { uniform_indices(total, max_frames) } else { (0..total).collect() };
     let name = folder.name();
@@ -167,7 +167,9 @@ fn reconstruct(model: &Vggt, weights: &std::path::Path, folder: &FrameSet, max_f
         let _ = events.send(Event::Progress { stage: format!("VGGT on {s} frames at {w}x{h}"), done, total, eta_s });
         !cancel.load(Ordering::Relaxed)
     };
-    let Some(out) = model.forward_with_progress(&images, Some(&mut cb))? else { return Ok(None) };
+    // Cancelling is noticed inside the layers too (attention and token chunks), within a second.
+    let out = spatial_models::nn::cancellable(cancel.clone(), || Ok(model.forward_with_progress(&images, Some(&mut cb))?))?;
+    let Some(Some(out)) = out else { return Ok(None) };
     let rec = Arc::new(Reconstruction::from_vggt(&images, &out, picks.iter().map(|&i| i as i64).collect())?);
     if let Some(path) = &cache {
         // A failed cache write only costs the next open a re-run.

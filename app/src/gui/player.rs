@@ -13,6 +13,57 @@ use std::sync::Arc;
 
 pub const DEMO_FPS: f32 = 10.0;
 const CACHE_FRAMES: usize = 48;
+/// Scrub previews per video (every k-th frame, 160 px wide: at most about 35 MB).
+const MAX_THUMBNAILS: usize = 600;
+const THUMBNAIL_WIDTH: usize = 160;
+
+/// Small frames of the open video for instant scrubbing, decoded in the background.
+#[derive(Default)]
+pub struct ScrubPreviews {
+    step: usize,
+    frames: std::collections::BTreeMap<usize, Arc<RgbFrame>>,
+    incoming: Option<crossbeam_channel::Receiver<(usize, RgbFrame)>>,
+    cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl ScrubPreviews {
+    fn start(info: &crate::video::VideoInfo) -> Self {
+        let step = crate::video::thumbnail_step(info.frames, MAX_THUMBNAILS);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = cancel.clone();
+        let info = info.clone();
+        let _ = std::thread::Builder::new().name("scrub-previews".into()).spawn(move || {
+            let _ = crate::video::decode_every(&info, step, THUMBNAIL_WIDTH, |i, f| !stop.load(std::sync::atomic::Ordering::Relaxed) && tx.send((i, f)).is_ok());
+        });
+        Self { step, frames: Default::default(), incoming: Some(rx), cancel: Some(cancel) }
+    }
+
+    fn receive(&mut self) {
+        if let Some(rx) = &self.incoming {
+            while let Ok((i, f)) = rx.try_recv() {
+                self.frames.insert(i, Arc::new(f));
+            }
+        }
+    }
+
+    /// The preview nearest to `frame` at or before it.
+    fn nearest(&self, frame: usize) -> Option<(usize, Arc<RgbFrame>)> {
+        self.frames.range(..=frame).next_back().map(|(i, f)| (*i, f.clone())).filter(|(i, _)| frame - i < 2 * self.step.max(1))
+    }
+
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+}
+
+impl Drop for ScrubPreviews {
+    fn drop(&mut self) {
+        if let Some(c) = &self.cancel {
+            c.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
 
 pub enum FrameSource {
     Demo(Arc<Reconstruction>),
@@ -34,6 +85,9 @@ pub struct Player {
     requested: Option<usize>,
     /// The frame on screen (may lag `current` while a decode is in flight).
     pub shown: Option<(usize, Arc<RgbFrame>)>,
+    /// `shown` is a low-resolution scrub preview near `current`, the exact frame is on its way.
+    pub shown_is_preview: bool,
+    pub previews: ScrubPreviews,
 }
 
 impl Player {
@@ -46,7 +100,12 @@ impl Player {
         self.current = 0;
         self.cache.clear();
         self.shown = None;
+        self.shown_is_preview = false;
         self.requested = None;
+        self.previews = match &self.source {
+            Some(FrameSource::Video(info)) => ScrubPreviews::start(info),
+            _ => ScrubPreviews::default(),
+        };
     }
 
     pub fn seek(&mut self, frame: usize) {
@@ -156,10 +215,12 @@ fn update_shown(mut player: ResMut<Player>, mut worker: ResMut<Worker>, mut deco
             player.requested = None;
         }
     }
+    player.previews.receive();
     let current = player.current;
-    if player.shown.as_ref().is_some_and(|(i, _)| *i == current) {
+    if player.shown.as_ref().is_some_and(|(i, _)| *i == current) && !player.shown_is_preview {
         return;
     }
+    player.shown_is_preview = false;
     match &player.source {
         None => {}
         Some(FrameSource::Demo(rec)) => {
@@ -178,9 +239,16 @@ fn update_shown(mut player: ResMut<Player>, mut worker: ResMut<Worker>, mut deco
         Some(FrameSource::Video(info)) => {
             if let Some((_, f)) = player.cache.iter().find(|(i, _)| *i == current) {
                 player.shown = Some((current, f.clone()));
-            } else if player.requested != Some(current) {
-                player.requested = Some(current);
-                worker.request_decode(current, FrameRef::Video(info.clone(), current));
+            } else {
+                if player.requested != Some(current) {
+                    player.requested = Some(current);
+                    worker.request_decode(current, FrameRef::Video(info.clone(), current));
+                }
+                // While it decodes, scrubbing shows the nearest preview at once.
+                if let Some(preview) = player.previews.nearest(current) {
+                    player.shown = Some(preview);
+                    player.shown_is_preview = true;
+                }
             }
         }
     }

@@ -334,6 +334,7 @@ fn run_script(
                 let json = serde_json::json!({
                     "frame": player.current,
                     "frame_count": player.frame_count,
+                    "scrub_previews": player.previews.len(),
                     "geometry": geometry.scene.as_ref().map(|s| serde_json::json!({"label": s.label, "frames": s.rec.frames, "points": s.cloud.points.len(), "frame_indices": s.rec.frame_indices})),
                     "sampled": sampled.frames,
                     "sampled_label": sampled.label,

@@ -242,6 +242,8 @@ fn spawn_threads() -> Worker {
     std::thread::Builder::new()
         .name("decoder".into())
         .spawn(move || {
+            // One long-lived decoder for the open video (frame-exact seeks, cheap steps forward).
+            let mut stream: Option<crate::video::VideoStream> = None;
             while let Ok(mut req) = dec_rx.recv() {
                 // Scrubbing sends many requests: answer the skipped ones empty, decode the newest.
                 while let Ok(newer) = dec_rx.try_recv() {
@@ -249,10 +251,20 @@ fn spawn_threads() -> Worker {
                     req = newer;
                 }
                 let frame = req.1.clone();
-                let result = std::panic::catch_unwind(move || match &frame {
+                let stream = &mut stream;
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || match &frame {
                     FrameRef::Image(path) => decode_for_display(path),
-                    FrameRef::Video(info, n) => info.decode(&[*n], Some(DISPLAY_MAX_WIDTH)).map(|mut v| v.remove(0)),
-                })
+                    FrameRef::Video(info, n) => {
+                        if stream.as_ref().is_none_or(|s| s.info.path != info.path) {
+                            // Streams without per-frame timestamps fall back to one-pass decoding.
+                            *stream = crate::video::VideoStream::open((**info).clone(), Some(DISPLAY_MAX_WIDTH)).ok();
+                        }
+                        match stream.as_mut() {
+                            Some(s) => s.frame(*n),
+                            None => info.decode(&[*n], Some(DISPLAY_MAX_WIDTH)).map(|mut v| v.remove(0)),
+                        }
+                    }
+                }))
                     .map_err(panic_message)
                     .and_then(|r| r.map_err(|e| format!("{e:#}")));
                 if frame_tx.send((req.0, result)).is_err() {

@@ -16,6 +16,7 @@ use bevy::window::{FileDragAndDrop, PrimaryWindow};
 use bevy_egui::{EguiContexts, EguiGlobalSettings, EguiPrimaryContextPass, PrimaryEguiContext, egui};
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub const SHORTCUTS: [(&str, &str); 14] = [
     ("Left drag", "orbit"),
@@ -326,22 +327,28 @@ fn ui_system(
         egui::ScrollArea::vertical().show(ui, |ui| {
             ui.heading("Video");
             if let Some((idx, frame)) = player.shown.clone() {
-                // Upload the frame only when it changes.
+                // Upload the frame only when it changes (a scrub preview and the exact frame
+                // share an index but not a buffer).
+                let key = Arc::as_ptr(&frame) as usize;
                 let image = || egui::ColorImage::from_rgb([frame.width, frame.height], &frame.data);
                 match &mut state.frame_texture {
-                    Some((shown, tex)) if *shown != idx => {
+                    Some((shown, tex)) if *shown != key => {
                         tex.set(image(), egui::TextureOptions::LINEAR);
-                        *shown = idx;
+                        *shown = key;
                     }
                     Some(_) => {}
-                    None => state.frame_texture = Some((idx, ctx.load_texture("current frame", image(), egui::TextureOptions::LINEAR))),
+                    None => state.frame_texture = Some((key, ctx.load_texture("current frame", image(), egui::TextureOptions::LINEAR))),
                 }
                 if let Some((_, tex)) = &state.frame_texture {
                     let w = ui.available_width();
                     let h = w * frame.height as f32 / frame.width as f32;
                     ui.image((tex.id(), egui::vec2(w, h)));
                 }
-                ui.label(format!("{}: frame {} of {}", player.label, idx, player.frame_count));
+                if player.shown_is_preview {
+                    ui.label(format!("{}: frame {} of {} (preview of frame {idx}, decoding...)", player.label, player.current, player.frame_count));
+                } else {
+                    ui.label(format!("{}: frame {} of {}", player.label, idx, player.frame_count));
+                }
             } else {
                 ui.label("no video open (File > Open..., or drop a folder)");
             }

@@ -68,10 +68,10 @@ fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 
 #[derive(Debug, Clone)]
 struct Attention {
-    q_proj: candle_nn::Linear,
-    k_proj: candle_nn::Linear,
-    v_proj: candle_nn::Linear,
-    o_proj: candle_nn::Linear,
+    q_proj: crate::nn::Linear,
+    k_proj: crate::nn::Linear,
+    v_proj: crate::nn::Linear,
+    o_proj: crate::nn::Linear,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
@@ -110,15 +110,7 @@ impl Attention {
         };
         self.cache = Some((k.clone(), v.clone()));
         let offset = k.dim(2)? - l;
-        let rep = self.num_heads / self.num_kv_heads;
-        let expand = |t: &Tensor| -> Result<Tensor> {
-            if rep == 1 {
-                return Ok(t.clone());
-            }
-            let (b, kvh, s, d) = t.dims4()?;
-            t.unsqueeze(2)?.expand((b, kvh, rep, s, d))?.reshape((b, kvh * rep, s, d))
-        };
-        let out = causal_attention(&q, &expand(&k)?, &expand(&v)?, 1.0 / (self.head_dim as f64).sqrt(), offset)?;
+        let out = causal_attention(&q, &k, &v, 1.0 / (self.head_dim as f64).sqrt(), offset)?;
         let out = out.transpose(1, 2)?.reshape((b, l, self.num_heads * self.head_dim))?;
         self.o_proj.forward(&out)
     }
@@ -126,9 +118,9 @@ impl Attention {
 
 #[derive(Debug, Clone)]
 struct Mlp {
-    gate_proj: candle_nn::Linear,
-    up_proj: candle_nn::Linear,
-    down_proj: candle_nn::Linear,
+    gate_proj: crate::nn::Linear,
+    up_proj: crate::nn::Linear,
+    down_proj: crate::nn::Linear,
 }
 
 impl Module for Mlp {
@@ -161,8 +153,11 @@ impl DecoderLayer {
     }
 
     fn forward(&mut self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        crate::nn::check_cancelled()?;
         let x = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, cos, sin)?)?;
-        &x + self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?
+        // A long prompt's MLP goes in token chunks so a cancel is noticed within a second.
+        let h = crate::nn::token_chunked_by(&x, 256, |x| self.mlp.forward(&self.post_attention_layernorm.forward(x)?))?;
+        x + h
     }
 }
 
@@ -222,7 +217,7 @@ impl TextModel {
 
     /// Logits [L, vocab] (f32) for final hidden states [L, C].
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        hidden.to_dtype(self.dtype())?.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)
+        crate::blas::matmul(&hidden.to_dtype(self.dtype())?, &self.lm_head.t()?)?.to_dtype(DType::F32)
     }
 
     /// Tokens in the KV cache.

@@ -27,8 +27,8 @@ impl GridThw {
 
 #[derive(Debug, Clone)]
 struct VisionAttention {
-    qkv: candle_nn::Linear,
-    proj: candle_nn::Linear,
+    qkv: crate::nn::Linear,
+    proj: crate::nn::Linear,
     num_heads: usize,
 }
 
@@ -69,9 +69,9 @@ impl VisionAttention {
 
 #[derive(Debug, Clone)]
 struct VisionMlp {
-    gate_proj: candle_nn::Linear,
-    up_proj: candle_nn::Linear,
-    down_proj: candle_nn::Linear,
+    gate_proj: crate::nn::Linear,
+    up_proj: crate::nn::Linear,
+    down_proj: crate::nn::Linear,
 }
 
 impl Module for VisionMlp {
@@ -110,8 +110,8 @@ impl VisionBlock {
 #[derive(Debug, Clone)]
 struct PatchMerger {
     ln_q: RmsNorm,
-    fc1: candle_nn::Linear,
-    fc2: candle_nn::Linear,
+    fc1: crate::nn::Linear,
+    fc2: crate::nn::Linear,
     merged_dim: usize,
 }
 
@@ -168,7 +168,7 @@ impl VisionTransformer {
         }
         let device = pixel_values.device();
         let unit = self.cfg.spatial_merge_size * self.cfg.spatial_merge_size;
-        let x = pixel_values.to_dtype(self.dtype())?.matmul(&self.patch_embed)?;
+        let x = crate::blas::matmul(&pixel_values.to_dtype(self.dtype())?, &self.patch_embed)?;
         let layout = WindowLayout::new(&self.cfg, grids);
         let order = Tensor::from_vec(layout.window_index.iter().map(|&i| i as u32).collect::<Vec<_>>(), layout.window_index.len(), device)?;
         let c = self.cfg.hidden_size;

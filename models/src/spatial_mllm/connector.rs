@@ -9,8 +9,8 @@ use candle_nn::VarBuilder;
 #[derive(Debug, Clone)]
 pub struct Connector {
     ln_q: RmsNorm,
-    fc1: candle_nn::Linear,
-    fc2: candle_nn::Linear,
+    fc1: crate::nn::Linear,
+    fc2: crate::nn::Linear,
     merged_dim: usize,
 }
 

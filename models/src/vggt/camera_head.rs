@@ -15,8 +15,8 @@ pub struct CameraHead {
     trunk: Vec<Block>,
     trunk_norm: candle_nn::LayerNorm,
     empty_pose_tokens: Tensor,
-    embed_pose: candle_nn::Linear,
-    pose_ln_modulation: candle_nn::Linear,
+    embed_pose: crate::nn::Linear,
+    pose_ln_modulation: crate::nn::Linear,
     pose_branch: Mlp,
     iterations: usize,
 }

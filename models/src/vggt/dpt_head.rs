@@ -152,6 +152,7 @@ impl DptHead {
         let mut start = 0;
         while start < s {
             let len = FRAMES_CHUNK.min(s - start);
+            crate::nn::check_cancelled()?;
             let (p, c) = self.forward_chunk(layers, patch_start, image_hw, start, len)?;
             preds.push(p);
             confs.push(c);
