@@ -319,15 +319,19 @@ mod tests {
     }
 
     /// The seeking decoder gives exactly what one-pass `select=eq(n,N)` decoding gives, in any
-    /// access order (jumps back, far jumps, steps forward), with B-frames and short GOPs.
+    /// access order (jumps back, far jumps, steps forward), with B-frames, short GOPs and a
+    /// variable frame rate.
     #[test]
     fn seeking_decoder_is_frame_exact_in_any_order() {
         let dir = tmp("seek");
         let cases = [
             clip(&dir, "h264.mp4", &["-c:v", "libx264", "-profile:v", "high", "-bf", "3", "-g", "12", "-pix_fmt", "yuv420p"]),
             clip(&dir, "vp9.webm", &["-c:v", "libvpx-vp9", "-g", "20", "-deadline", "realtime", "-cpu-used", "8"]),
+            // Variable frame rate: the first 40 frames 40 ms apart, the rest 100 ms apart.
+            clip(&dir, "vfr.mp4", &["-vf", "setpts='if(lt(N,40),N*0.04,1.6+(N-40)*0.1)/TB'", "-fps_mode", "vfr", "-c:v", "libx264", "-bf", "2", "-g", "30", "-pix_fmt", "yuv420p"]),
         ];
         for info in cases {
+            assert_eq!(info.frames, 120, "{}", info.path.display());
             let order = [0usize, 1, 2, 57, 58, 60, 13, 119, 118, 30, 31, 100, 5];
             let mut sorted = order.to_vec();
             sorted.sort_unstable();
@@ -342,6 +346,19 @@ mod tests {
             // Stepping forward reuses the running decoder; jumps restart it.
             assert!(stream.seeks < order.len(), "{} restarts for {} requests", stream.seeks, order.len());
             assert!(stream.frame(120).is_err());
+        }
+    }
+
+    #[test]
+    fn seeking_decoder_is_frame_exact_on_a_real_camera_clip() {
+        let info = VideoInfo::probe(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/real-camera/bikes.mp4")).unwrap();
+        let order = [200usize, 3, 4, 5, 130, 249, 128, 60];
+        let mut sorted = order.to_vec();
+        sorted.sort_unstable();
+        let reference = info.decode(&sorted, Some(320)).unwrap();
+        let mut stream = VideoStream::open(info.clone(), Some(320)).unwrap();
+        for &n in &order {
+            assert_eq!(stream.frame(n).unwrap().data, reference[sorted.binary_search(&n).unwrap()].data, "frame {n}");
         }
     }
 

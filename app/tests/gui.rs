@@ -98,7 +98,9 @@ fn demo_scene_renders_with_cameras_timeline_and_picks() {
             {"select_camera": 30}, {"set": {"control": "point_budget", "value": 120000}},
             {"wait_idle": 120}, {"wait_frames": 10}, {"screenshot": "demo.png"}, {"dump_state": "state.json"},
             {"set": {"control": "color_mode", "value": "confidence"}}, {"set": {"control": "show_cameras", "value": false}},
-            {"wait_frames": 5}, {"screenshot": "confidence.png"}, {"quit": true}]}"#,
+            {"wait_frames": 5}, {"screenshot": "confidence.png"},
+            {"set": {"control": "sampler", "value": "space-aware"}}, {"set": {"control": "color_mode", "value": "first covering pick"}},
+            {"wait_idle": 60}, {"wait_frames": 10}, {"screenshot": "coverage.png"}, {"quit": true}]}"#,
     );
     assert!(out.status.success(), "viewer failed: {}", String::from_utf8_lossy(&out.stderr));
     // By default the demo's picks come from space-aware sampling on its ground truth: 16 distinct
@@ -164,6 +166,34 @@ fn demo_scene_renders_with_cameras_timeline_and_picks() {
     let conf = load_rgb(&dir.join("confidence.png"));
     let changed = (vy..vy + vh).step_by(4).flat_map(|y| (vx..vx + vw).step_by(4).map(move |x| (x, y))).filter(|&(x, y)| !near(imgr.get_pixel(x, y), conf.get_pixel(x, y).0, 10)).count();
     assert!(changed > 2000, "confidence colouring changed only {changed} samples");
+
+    // Colour by first covering pick: most visible points take one of the 16 picks' colours
+    // (a hue wheel over the greedy order), and several picks' colours show.
+    let palette: Vec<[u8; 3]> = (0..16)
+        .map(|r| {
+            let h = r as f32 / 16.0 * 0.8;
+            let c = |k: f32| ((((h + k / 6.0).fract() * 6.0 - 3.0).abs() - 1.0).clamp(0.0, 1.0) * 0.85 + 0.1) * 255.0;
+            [c(5.0) as u8, c(3.0) as u8, c(1.0) as u8]
+        })
+        .collect();
+    let cov = load_rgb(&dir.join("coverage.png"));
+    let mut per_pick = vec![0usize; 16];
+    let mut lit = 0;
+    for y in (vy..vy + vh).step_by(2) {
+        for x in (vx..vx + vw).step_by(2) {
+            let p = cov.get_pixel(x, y);
+            if near(p, [23, 23, 28], 3) {
+                continue;
+            }
+            lit += 1;
+            if let Some(i) = palette.iter().position(|c| near(p, *c, 6)) {
+                per_pick[i] += 1;
+            }
+        }
+    }
+    let coloured: usize = per_pick.iter().sum();
+    assert!(coloured * 2 > lit, "only {coloured} of {lit} point pixels have a pick's colour: {per_pick:?}");
+    assert!(per_pick.iter().filter(|&&n| n > 200).count() >= 6, "too few picks' colours on screen: {per_pick:?}");
 }
 
 #[test]
@@ -266,6 +296,11 @@ fn a_video_plays_and_is_reconstructed() {
     assert_eq!(state["frame_count"], 30);
     assert_eq!(state["frame"], 20);
     assert!(state["geometry"]["label"].as_str().unwrap().starts_with("VGGT: clip.mp4 (4 of 30 frames"), "{state}");
+    // The exact frame is on screen (not a scrub preview), and every frame has a preview for scrubbing.
+    assert_eq!(state["shown"]["frame"], 20, "{state}");
+    assert_eq!(state["shown"]["preview"], false);
+    assert_eq!((state["shown"]["width"].as_u64(), state["shown"]["height"].as_u64()), (Some(224), Some(168)));
+    assert_eq!(state["scrub_previews"], 30, "{state}");
     // The video panel shows a decoded frame (the test pattern has many colours).
     let img = load_rgb(&dir.join("video.png"));
     let colours: std::collections::HashSet<[u8; 3]> = (40..250).flat_map(|y| (10..290).map(move |x| (x, y))).map(|(x, y)| img.get_pixel(x, y).0).collect();

@@ -1,5 +1,6 @@
 //! Video decoding through FFmpeg: frames against ffmpeg's own decode of the same index, stream
-//! facts, rotation, several codecs, bad files, and VGGT on a video through the CLI.
+//! facts, rotation, every codec family people record or datasets ship (H.264 with B-frames, HEVC,
+//! VP9, AV1, MPEG-4 Part 2, MPEG-1/2), bad files, and VGGT on a video through the CLI.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -83,6 +84,10 @@ fn other_codecs_odd_sizes_and_rotation() {
         ("vp9.webm", vec!["-c:v", "libvpx-vp9", "-b:v", "200k"], "vp9"),
         ("mpeg4.avi", vec!["-c:v", "mpeg4"], "mpeg4"),
         ("odd.mkv", vec!["-c:v", "libx264", "-pix_fmt", "yuv444p"], "h264"),
+        ("hevc.mp4", vec!["-c:v", "libx265", "-x265-params", "log-level=error:bframes=3", "-pix_fmt", "yuv420p", "-tag:v", "hvc1"], "hevc"),
+        ("av1.mkv", vec!["-c:v", "libaom-av1", "-cpu-used", "8", "-b:v", "200k"], "av1"),
+        ("mpeg2.mpg", vec!["-c:v", "mpeg2video", "-bf", "2"], "mpeg2video"),
+        ("mpeg1.mpg", vec!["-c:v", "mpeg1video"], "mpeg1video"),
     ] {
         let size = if name == "odd.mkv" { "173x97" } else { "160x120" };
         let clip = make_clip(&dir, name, size, 12, &codec);
@@ -141,4 +146,42 @@ fn vggt_reconstructs_a_video_through_the_cli() {
     assert_eq!(t["frame_indices"].to_vec1::<i64>().unwrap(), vec![0, 13, 26, 39]);
     // 280x210 -> width 518, height round(388.5/14)*14 = 392.
     assert_eq!(t["images"].dims(), &[4, 3, 392, 518]);
+}
+
+mod common;
+
+/// A real camera clip (from a registry package, see tests/fixtures/real-camera) through every
+/// path a user takes: facts, frames against ffmpeg, reconstruction, sampling, a question.
+#[test]
+fn a_real_camera_clip_end_to_end() {
+    let dir = tmp("real");
+    let clip = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/real-camera/bikes.mp4");
+    let out = viewer(&["video", "info", clip.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((info["frames"].as_u64(), info["width"].as_u64(), info["height"].as_u64()), (Some(250), Some(640), Some(272)), "{info}");
+    assert_eq!(info["codec"], "h264");
+    for index in [0usize, 101, 249] {
+        let ours = frame_via_cli(&clip, index, &dir);
+        let reference = frame_via_ffmpeg(&clip, index, &dir);
+        let max = ours.as_raw().iter().zip(reference.as_raw()).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();
+        assert!(max <= 1, "frame {index}: max difference {max}");
+    }
+    let vggt = common::models_fixture("vggt-tiny");
+    let geometry = dir.join("bikes.safetensors");
+    let out = viewer(&["reconstruct", "--weights", vggt.to_str().unwrap(), "--input", clip.to_str().unwrap(), "--max-frames", "6", "--out", geometry.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = viewer(&["sample", "--geometry", geometry.to_str().unwrap(), "--k", "3", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let picks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!picks["selected"].as_array().unwrap().is_empty(), "{picks}");
+
+    // Spatial-MLLM on 4 frames of it: 640x272 becomes 644x280 (qwen_vl_utils' smart_resize).
+    let weights = common::mllm_weights(&dir);
+    let dump = dir.join("ask.safetensors");
+    let out = viewer(&["ask", "--weights", weights.to_str().unwrap(), "--input", clip.to_str().unwrap(), "--question", "How many cars are there?", "--frames", "4", "--max-new-tokens", "3", "--dump", dump.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let d = candle_core::safetensors::load(&dump, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(d["video_grid_thw"].flatten_all().unwrap().to_vec1::<i64>().unwrap(), vec![2, 20, 46]);
+    assert_eq!(d["frame_indices"].to_vec1::<i64>().unwrap(), vec![0, 83, 166, 249]);
 }

@@ -8,6 +8,7 @@ use candle_core::{DType, Result, Tensor};
 mod ffi {
     #[link(name = "openblas")]
     unsafe extern "C" {
+        pub fn cblas_sgemv(layout: i32, trans: i32, m: i32, n: i32, alpha: f32, a: *const f32, lda: i32, x: *const f32, incx: i32, beta: f32, y: *mut f32, incy: i32);
         pub fn cblas_sgemm(layout: i32, transa: i32, transb: i32, m: i32, n: i32, k: i32, alpha: f32, a: *const f32, lda: i32, b: *const f32, ldb: i32, beta: f32, c: *mut f32, ldc: i32);
     }
     pub const ROW_MAJOR: i32 = 101;
@@ -68,6 +69,19 @@ fn sgemm(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
         let pb = lb.start_offset() + i * bsb;
         // SAFETY: the views were checked against the layouts above; each product stays inside the
         // storages (candle guarantees the layouts address valid elements) and the output block.
+        if m == 1 {
+            // One row (decoding a token): a matrix-vector product, which OpenBLAS's gemm does
+            // not forward to gemv by itself.
+            let incx = if ta { lda } else { 1 };
+            unsafe {
+                if tb {
+                    ffi::cblas_sgemv(ffi::ROW_MAJOR, ffi::NO_TRANS, n as i32, k as i32, 1.0, xb.as_ptr().add(pb), ldb as i32, xa.as_ptr().add(pa), incx as i32, 0.0, out.as_mut_ptr().add(i * n), 1);
+                } else {
+                    ffi::cblas_sgemv(ffi::ROW_MAJOR, ffi::TRANS, k as i32, n as i32, 1.0, xb.as_ptr().add(pb), ldb as i32, xa.as_ptr().add(pa), incx as i32, 0.0, out.as_mut_ptr().add(i * n), 1);
+                }
+            }
+            continue;
+        }
         unsafe {
             ffi::cblas_sgemm(
                 ffi::ROW_MAJOR,
@@ -128,8 +142,15 @@ mod tests {
             let diff = (want - got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(diff < 1e-4, "{diff}");
         }
-        // A 2D right-hand side is shared by every batch (a Linear's weight).
         let w = Tensor::randn(0f32, 1.0, (4, 7), &dev).unwrap();
+        // One row against either layout of the right-hand side (matrix-vector products).
+        let row = Tensor::randn(0f32, 1.0, (1, 7), &dev).unwrap();
+        for rhs in [w.t().unwrap(), w.t().unwrap().contiguous().unwrap()] {
+            let want = row.matmul(&rhs).unwrap();
+            let diff = (want - matmul(&row, &rhs).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-4, "{diff}");
+        }
+        // A 2D right-hand side is shared by every batch (a Linear's weight).
         let want = a.broadcast_matmul(&w.t().unwrap()).unwrap();
         let got = matmul(&a, &w.t().unwrap()).unwrap();
         let diff = (want - got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();

@@ -6,7 +6,7 @@ use super::player::Player;
 use super::scene::{Geometry, SampledFrames, spatial_mllm_uniform};
 use super::tasks::{Job, SceneLoaded, VoxelsReady, Worker};
 use bevy::prelude::*;
-use spatial_models::sampling::{SamplingParams, SamplingResult};
+use spatial_models::sampling::{SamplingParams, SamplingResult, VoxelSets};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SamplerMode {
@@ -96,7 +96,7 @@ fn update_picks(
 }
 
 /// The "Frame sampling" section of the left panel.
-pub fn sampling_panel(ui: &mut bevy_egui::egui::Ui, settings: &mut SamplerSettings, state: &SamplingState, frames: usize) {
+pub fn sampling_panel(ui: &mut bevy_egui::egui::Ui, settings: &mut SamplerSettings, state: &SamplingState, frames: usize, color_mode: &mut u32) {
     use bevy_egui::egui;
     ui.horizontal(|ui| {
         ui.radio_value(&mut settings.mode, SamplerMode::SpaceAware, "space-aware");
@@ -123,7 +123,11 @@ pub fn sampling_panel(ui: &mut bevy_egui::egui::Ui, settings: &mut SamplerSettin
         return;
     };
     ui.label(format!("voxel size {:.4} (1/20 of the shortest side), covered {} of {} voxels", r.voxel_size, r.covered_voxels, r.total_voxels));
-    egui::CollapsingHeader::new(format!("picks in greedy order ({})", r.picks_in_order.len())).default_open(false).show(ui, |ui| {
+    let mut by_cover = *color_mode == super::scene::COVERAGE_MODE;
+    if ui.checkbox(&mut by_cover, "colour points by the pick that first covered them").on_hover_text("each point takes its voxel's first covering pick's colour (see the list); grey: covered by no pick").changed() {
+        *color_mode = if by_cover { super::scene::COVERAGE_MODE } else { 0 };
+    }
+    egui::CollapsingHeader::new(format!("picks in greedy order ({})", r.picks_in_order.len())).default_open(by_cover).show(ui, |ui| {
         egui::Grid::new("picks").striped(true).show(ui, |ui| {
             ui.strong("#");
             ui.strong("frame");
@@ -131,7 +135,8 @@ pub fn sampling_panel(ui: &mut bevy_egui::egui::Ui, settings: &mut SamplerSettin
             ui.strong("voxels seen");
             ui.end_row();
             for (i, &(f, gain)) in r.picks_in_order.iter().enumerate() {
-                ui.label(format!("{}", i + 1));
+                let [cr, cg, cb] = pick_colour(i, r.picks_in_order.len());
+                ui.colored_label(egui::Color32::from_rgb(cr, cg, cb), format!("\u{25A0} {}", i + 1));
                 ui.label(format!("{f}"));
                 ui.label(format!("{gain}"));
                 ui.label(format!("{}", r.voxels_per_frame[f]));
@@ -145,6 +150,85 @@ pub struct SamplingPlugin;
 
 impl Plugin for SamplingPlugin {
     fn build(&self, app: &mut App) {
-        app.init_resource::<SamplerSettings>().init_resource::<SamplingState>().add_systems(Update, (request_voxels, update_picks).chain().after(super::scene::SceneSystems));
+        app.init_resource::<SamplerSettings>().init_resource::<SamplingState>().add_message::<CoverageReady>()
+            .add_systems(Update, (request_voxels, update_picks, coverage_mode).chain().after(super::scene::SceneSystems));
+    }
+}
+
+/// The cloud recoloured for [`super::scene::COVERAGE_MODE`]: each point takes the colour of the
+/// pick (in greedy order) that first covered its voxel; points in no picked frame's voxels, or in
+/// no confident voxel at all, are dark grey.
+pub fn coverage_colours(cloud: &super::renderer::PointCloudBuffers, sets: &VoxelSets, picks: &[(usize, usize)]) -> super::renderer::PointCloudBuffers {
+    let first = sets.first_cover(picks);
+    let palette: Vec<[u8; 3]> = (0..picks.len()).map(|r| pick_colour(r, picks.len())).collect();
+    let points = cloud
+        .points
+        .iter()
+        .map(|p| {
+            // The cloud is in the viewer's axes; the voxels in the geometry's (OpenCV) ones.
+            let world = super::cloud::to_view(p.position);
+            let rgb = sets.voxel_of(world).and_then(|v| palette.get(first[v as usize] as usize)).copied().unwrap_or([60, 60, 64]);
+            super::renderer::PointInstance { position: p.position, color_rank: [rgb[0], rgb[1], rgb[2], p.color_rank[3]] }
+        })
+        .collect();
+    super::renderer::PointCloudBuffers { points, frame_starts: cloud.frame_starts.clone(), centers: cloud.centers.clone() }
+}
+
+/// Distinct colours for the picks in greedy order (a hue wheel, as the frame-index mode uses).
+pub fn pick_colour(rank: usize, count: usize) -> [u8; 3] {
+    let h = rank as f32 / count.max(1) as f32 * 0.8;
+    let c = |k: f32| {
+        let p = ((h + k / 6.0).fract() * 6.0 - 3.0).abs();
+        ((p - 1.0).clamp(0.0, 1.0) * 0.85 + 0.1) * 255.0
+    };
+    [c(5.0) as u8, c(3.0) as u8, c(1.0) as u8]
+}
+
+/// A recoloured cloud for the key it was asked for.
+#[derive(Message, Clone)]
+pub struct CoverageReady(pub std::sync::Arc<super::renderer::PointCloudBuffers>, pub u64);
+
+/// Keeps the points coloured by first covering pick while that colour mode is on: the colours
+/// are rebuilt on the worker when the picks or the geometry change, and the plain cloud comes
+/// back when the mode is left.
+fn coverage_mode(
+    view: Res<super::scene::ViewSettings>,
+    geometry: Res<Geometry>,
+    state: Res<SamplingState>,
+    mut worker: ResMut<Worker>,
+    mut render: ResMut<super::renderer::PointCloudRender>,
+    mut ready: MessageReader<CoverageReady>,
+    mut last: Local<Option<u64>>,
+) {
+    use std::hash::{Hash, Hasher};
+    let wanted = match (view.color_mode == super::scene::COVERAGE_MODE, &geometry.scene, &state.voxels, &state.result) {
+        (true, Some(scene), Some(sets), Some(result)) if sets.frame_sets.len() == scene.rec.frames => {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (std::sync::Arc::as_ptr(&scene.cloud) as usize, std::sync::Arc::as_ptr(sets) as usize, &result.picks_in_order).hash(&mut h);
+            Some((h.finish(), scene, sets, result))
+        }
+        _ => None,
+    };
+    match wanted {
+        Some((key, scene, sets, result)) => {
+            if *last != Some(key) {
+                *last = Some(key);
+                worker.submit(Job::CoverageColours { cloud: scene.cloud.clone(), sets: sets.clone(), picks: result.picks_in_order.clone(), key });
+            }
+        }
+        None => {
+            if last.take().is_some() {
+                if let Some(scene) = &geometry.scene {
+                    render.data = Some(scene.cloud.clone());
+                    render.version += 1;
+                }
+            }
+        }
+    }
+    for CoverageReady(cloud, key) in ready.read() {
+        if *last == Some(*key) {
+            render.data = Some(cloud.clone());
+            render.version += 1;
+        }
     }
 }

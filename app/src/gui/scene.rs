@@ -18,7 +18,9 @@ use spatial_models::sampling::uniform_indices;
 use std::sync::Arc;
 
 /// Colour modes of the point cloud (index = shader mode).
-pub const COLOR_MODES: [&str; 4] = ["image colour", "confidence", "depth", "frame index"];
+pub const COLOR_MODES: [&str; 5] = ["image colour", "confidence", "depth", "frame index", "first covering pick"];
+/// The colour mode that shows which space-aware pick first covered each point's voxel.
+pub const COVERAGE_MODE: u32 = 4;
 
 #[derive(Resource, Clone, PartialEq)]
 pub struct ViewSettings {

@@ -52,6 +52,8 @@ pub enum Job {
     Export { rec: Arc<Reconstruction>, path: PathBuf },
     /// Space-aware sampling's voxel sets for the point map of a geometry.
     VoxelSets { rec: Arc<Reconstruction>, params: spatial_models::sampling::SamplingParams },
+    /// The cloud recoloured by the space-aware pick that first covered each point's voxel.
+    CoverageColours { cloud: Arc<super::renderer::PointCloudBuffers>, sets: Arc<spatial_models::sampling::VoxelSets>, picks: Vec<(usize, usize)>, key: u64 },
 }
 
 enum JobOutput {
@@ -59,6 +61,7 @@ enum JobOutput {
     Scene(Arc<LoadedScene>),
     Exported(String),
     Voxels(Result<Arc<spatial_models::sampling::VoxelSets>, String>),
+    Coverage(Arc<super::renderer::PointCloudBuffers>, u64),
     Folder(Arc<FolderInfo>),
     Failed(String),
 }
@@ -129,6 +132,7 @@ fn run_job(job: Job) -> JobOutput {
         Job::VoxelSets { rec, params } => JobOutput::Voxels(
             spatial_models::sampling::VoxelSets::build(&rec.world_points, &rec.world_points_conf, rec.frames, &params).map(Arc::new).map_err(|e| format!("space-aware sampling: {e:#}")),
         ),
+        Job::CoverageColours { cloud, sets, picks, key } => JobOutput::Coverage(Arc::new(super::sampling::coverage_colours(&cloud, &sets, &picks)), key),
         Job::ScanFolder(path) => match scan_folder(&path) {
             Ok(info) => JobOutput::Folder(Arc::new(info)),
             Err(e) => JobOutput::Failed(format!("{e:#}")),
@@ -288,6 +292,7 @@ fn receive(
     mut frames: MessageWriter<FrameDecoded>,
     mut voxels: MessageWriter<VoxelsReady>,
     mut videos: MessageWriter<VideoOpened>,
+    mut coverage: MessageWriter<super::sampling::CoverageReady>,
 ) {
     while let Ok(out) = worker.results.try_recv() {
         worker.in_flight = worker.in_flight.saturating_sub(1);
@@ -304,6 +309,9 @@ fn receive(
             }
             JobOutput::Voxels(v) => {
                 voxels.write(VoxelsReady(v));
+            }
+            JobOutput::Coverage(cloud, key) => {
+                coverage.write(super::sampling::CoverageReady(cloud, key));
             }
             JobOutput::Failed(e) => status.error(e),
         }

@@ -401,7 +401,7 @@ fn ui_system(
                 .on_hover_text("frames spread evenly over the folder; on a CPU each frame of VGGT-1B at 518 px costs tens of seconds");
             ui.separator();
             ui.heading("Frame sampling");
-            super::sampling::sampling_panel(ui, &mut sampler, &sampling_state, frames);
+            super::sampling::sampling_panel(ui, &mut sampler, &sampling_state, frames, &mut settings.color_mode);
         });
     });
 
