@@ -347,29 +347,61 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, q_offset
     let k_t = k.transpose(2, 3)?.contiguous()?;
     let v = v.contiguous()?;
     let per_query = b * h * t_k;
-    let chunk = (MAX_SCORE_ELEMENTS / per_query.max(1)).clamp(1, t_q.max(1));
+    // At most 512 queries a chunk, so the masked triangle's key blocks are mostly skipped.
+    let chunk = (MAX_SCORE_ELEMENTS / per_query.max(1)).clamp(1, t_q.max(1)).min(512);
     let mut outputs = Vec::with_capacity(t_q.div_ceil(chunk));
     let mut start = 0;
     while start < t_q {
         check_cancelled()?;
         let len = chunk.min(t_q - start);
         let q_chunk = q.narrow(2, start, len)?.contiguous()?.reshape((b, kvh, rep * len, d))?;
-        let scores = (crate::blas::matmul(&q_chunk, &k_t)?.to_dtype(DType::F32)? * scale)?;
-        let scores = if q_offset + start + 1 >= t_k {
-            scores // even the chunk's first query sees every key
+        // Keys after the chunk's last query are masked for every row: leave them out entirely.
+        let visible = (q_offset + start + len).min(t_k);
+        let scores = (crate::blas::matmul(&q_chunk, &k_t.narrow(3, 0, visible)?)?.to_dtype(DType::F32)? * scale)?;
+        let scores = if q_offset + start + 1 >= visible {
+            scores // even the chunk's first query sees every visible key
         } else {
             let mask: Vec<f32> = (0..len)
                 .flat_map(|i| {
                     let last = q_offset + start + i;
-                    (0..t_k).map(move |j| if j <= last { 0.0 } else { f32::NEG_INFINITY })
+                    (0..visible).map(move |j| if j <= last { 0.0 } else { f32::NEG_INFINITY })
                 })
                 .collect();
-            let mask = Tensor::from_vec(mask, (len, t_k), q.device())?;
-            scores.reshape((b, kvh, rep, len, t_k))?.broadcast_add(&mask)?.reshape((b, kvh, rep * len, t_k))?
+            let mask = Tensor::from_vec(mask, (len, visible), q.device())?;
+            scores.reshape((b, kvh, rep, len, visible))?.broadcast_add(&mask)?.reshape((b, kvh, rep * len, visible))?
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(in_dtype)?;
-        outputs.push(crate::blas::matmul(&probs, &v)?.reshape((b, h, len, d))?);
+        outputs.push(crate::blas::matmul(&probs, &v.narrow(2, 0, visible)?)?.reshape((b, h, len, d))?);
         start += len;
     }
     if outputs.len() == 1 { Ok(outputs.pop().unwrap()) } else { Tensor::cat(&outputs, 2) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The chunked, key-skipping, grouped-query causal attention equals plain masked softmax
+    /// attention with the K/V heads repeated, over several query chunks and with a cache offset.
+    #[test]
+    fn causal_attention_matches_the_naive_formula() {
+        let dev = Device::Cpu;
+        let (h, kvh, d) = (4, 2, 8);
+        for (t_q, offset) in [(1100usize, 0usize), (1, 40), (300, 700)] {
+            let t_k = offset + t_q;
+            let q = Tensor::randn(0f32, 1.0, (1, h, t_q, d), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (1, kvh, t_k, d), &dev).unwrap();
+            let v = Tensor::randn(0f32, 1.0, (1, kvh, t_k, d), &dev).unwrap();
+            let got = causal_attention(&q, &k, &v, 0.3, offset).unwrap();
+            let rep = |t: &Tensor| t.unsqueeze(2).unwrap().expand((1, kvh, h / kvh, t_k, d)).unwrap().reshape((1, h, t_k, d)).unwrap();
+            let (k2, v2) = (rep(&k), rep(&v));
+            let mask: Vec<f32> = (0..t_q).flat_map(|i| (0..t_k).map(move |j| if j <= offset + i { 0.0 } else { f32::NEG_INFINITY })).collect();
+            let mask = Tensor::from_vec(mask, (t_q, t_k), &dev).unwrap();
+            let scores = (q.matmul(&k2.t().unwrap()).unwrap() * 0.3).unwrap().broadcast_add(&mask).unwrap();
+            let want = candle_nn::ops::softmax_last_dim(&scores).unwrap().matmul(&v2).unwrap();
+            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-4, "t_q {t_q} offset {offset}: {diff}");
+        }
+    }
 }

@@ -156,7 +156,7 @@ impl DecoderLayer {
         crate::nn::check_cancelled()?;
         let x = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, cos, sin)?)?;
         // A long prompt's MLP goes in token chunks so a cancel is noticed within a second.
-        let h = crate::nn::token_chunked_by(&x, 256, |x| self.mlp.forward(&self.post_attention_layernorm.forward(x)?))?;
+        let h = crate::nn::token_chunked_by(&x, 512, |x| self.mlp.forward(&self.post_attention_layernorm.forward(x)?))?;
         x + h
     }
 }
