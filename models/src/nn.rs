@@ -198,6 +198,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
     let (b, h, t_q, _d) = q.dims4()?;
     let t_k = k.dim(2)?;
     let in_dtype = q.dtype();
+    // Scaling the queries costs one pass over [Tq, d] instead of one over the [Tq, Tk] scores.
+    let q = &(q * scale)?;
     let k_t = k.transpose(2, 3)?.contiguous()?;
     let v = v.contiguous()?;
     let per_query = b * h * t_k;
@@ -208,7 +210,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
         check_cancelled()?;
         let len = chunk.min(t_q - start);
         let q_chunk = q.narrow(2, start, len)?.contiguous()?;
-        let scores = (crate::blas::matmul(&q_chunk, &k_t)? * scale)?;
+        let scores = crate::blas::matmul(&q_chunk, &k_t)?;
         let probs = if in_dtype == DType::F32 {
             candle_nn::ops::softmax_last_dim(&scores)?
         } else {
@@ -344,6 +346,7 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, q_offset
     }
     let rep = h / kvh;
     let in_dtype = q.dtype();
+    let q = &(q * scale)?;
     let k_t = k.transpose(2, 3)?.contiguous()?;
     let v = v.contiguous()?;
     let per_query = b * h * t_k;
@@ -357,7 +360,7 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, q_offset
         let q_chunk = q.narrow(2, start, len)?.contiguous()?.reshape((b, kvh, rep * len, d))?;
         // Keys after the chunk's last query are masked for every row: leave them out entirely.
         let visible = (q_offset + start + len).min(t_k);
-        let scores = (crate::blas::matmul(&q_chunk, &k_t.narrow(3, 0, visible)?)?.to_dtype(DType::F32)? * scale)?;
+        let scores = crate::blas::matmul(&q_chunk, &k_t.narrow(3, 0, visible)?)?.to_dtype(DType::F32)?;
         let scores = if q_offset + start + 1 >= visible {
             scores // even the chunk's first query sees every visible key
         } else {
