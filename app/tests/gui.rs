@@ -15,34 +15,51 @@ struct Xvfb {
 
 impl Drop for Xvfb {
     fn drop(&mut self) {
+        // SIGTERM lets Xvfb remove its lock file and socket; SIGKILL would leave them behind.
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        for _ in 0..50 {
+            if self.child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let n = &self.display[1..];
+        let _ = std::fs::remove_file(format!("/tmp/.X{n}-lock"));
+        let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{n}"));
     }
 }
 
 fn start_xvfb() -> Xvfb {
-    for n in 0..50 {
-        let display = format!(":{}", 140 + (std::process::id() as usize + n) % 400);
+    for n in 0..100 {
+        let display = format!(":{}", 140 + (std::process::id() as usize + n * 7) % 400);
         let lock = format!("/tmp/.X{}-lock", &display[1..]);
-        if Path::new(&lock).exists() {
+        let socket = format!("/tmp/.X11-unix/X{}", &display[1..]);
+        if Path::new(&lock).exists() || Path::new(&socket).exists() {
             continue;
         }
-        let child = Command::new("Xvfb")
+        let mut child = Command::new("Xvfb")
             .args([display.as_str(), "-screen", "0", "1280x800x24", "-nolisten", "tcp"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("Xvfb is needed for the GUI tests (apt-get install xvfb mesa-vulkan-drivers)");
-        for _ in 0..50 {
-            if Path::new(&lock).exists() {
+        for _ in 0..100 {
+            if Path::new(&lock).exists() && Path::new(&socket).exists() {
                 std::thread::sleep(std::time::Duration::from_millis(200));
                 return Xvfb { display, child };
             }
+            // Lost a race for this display number (another test run took it): try the next.
+            if child.try_wait().ok().flatten().is_some() {
+                break;
+            }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        panic!("Xvfb did not start on {display}");
+        let _ = child.kill();
+        let _ = child.wait();
     }
-    panic!("no free X display number");
+    panic!("no X display could be started with Xvfb");
 }
 
 fn tmp_dir(name: &str) -> PathBuf {
