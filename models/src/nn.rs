@@ -328,6 +328,29 @@ impl Module for RmsNorm {
     }
 }
 
+/// The SwiGLU MLP of the Qwen models: `down(silu(gate(x)) * up(x))`, with biases in the vision
+/// tower and without in the language model.
+#[derive(Debug, Clone)]
+pub struct SwiGlu {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl SwiGlu {
+    /// Loads `gate_proj`, `up_proj`, `down_proj` under `vb` (dim -> hidden -> dim).
+    pub fn new(dim: usize, hidden: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+        let make = |i: usize, o: usize, name: &str| if bias { linear(i, o, vb.pp(name)) } else { linear_no_bias(i, o, vb.pp(name)) };
+        Ok(Self { gate_proj: make(dim, hidden, "gate_proj")?, up_proj: make(dim, hidden, "up_proj")?, down_proj: make(hidden, dim, "down_proj")? })
+    }
+}
+
+impl Module for SwiGlu {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.down_proj.forward(&(self.gate_proj.forward(x)?.silu()? * self.up_proj.forward(x)?)?)
+    }
+}
+
 /// `nn.Linear(in, out, bias=False)`.
 pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
     Ok(Linear::new(vb.get((out_dim, in_dim), "weight")?, None))

@@ -132,8 +132,8 @@ pub fn run(a: AskArgs) -> Result<i32> {
                 if stage_line.as_ref().is_none_or(|(n, _)| n != name) {
                     stage_line = Some((name.to_string(), ProgressLine::new(name)));
                 }
-                if total > 1 && name != "prefill" {
-                    stage_line.as_ref().unwrap().1.update(done, total);
+                if let (true, Some((_, line))) = (total > 1 && name != "prefill", &stage_line) {
+                    line.update(done, total);
                 } else if done == 0 {
                     eprintln!("{name}...");
                 }
@@ -145,7 +145,7 @@ pub fn run(a: AskArgs) -> Result<i32> {
         }
         true
     };
-    let result = loaded.model.ask(&loaded.tokenizer, request, &mut events)?.expect("never cancelled");
+    let result = loaded.model.ask(&loaded.tokenizer, request, &mut events)?.context("the question was cancelled")?;
     println!();
     let g = &result.generation;
     eprintln!(
@@ -198,7 +198,7 @@ fn space_aware_indices(a: &AskArgs, source: &FrameSource, count: FrameCount, dev
                 progress.update(done, total);
                 true
             };
-            let out = model.forward_with_progress(&images, Some(&mut cb))?.expect("never cancelled");
+            let out = model.forward_with_progress(&images, Some(&mut cb))?.context("VGGT was cancelled")?;
             Reconstruction::from_vggt(&images, &out, picks.iter().map(|&i| i as i64).collect())?
         }
         (None, None) => bail!("--sampling space-aware needs --vggt DIR (a VGGT checkpoint) or --geometry FILE (from `reconstruct`)"),

@@ -3,7 +3,7 @@
 //! embeddings, and a KV cache for generation.
 
 use super::config::Qwen25VlConfig;
-use crate::nn::{RmsNorm, causal_attention, linear, linear_no_bias};
+use crate::nn::{RmsNorm, SwiGlu, causal_attention, linear, linear_no_bias};
 use candle_core::{D, DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -117,24 +117,11 @@ impl Attention {
 }
 
 #[derive(Debug, Clone)]
-struct Mlp {
-    gate_proj: crate::nn::Linear,
-    up_proj: crate::nn::Linear,
-    down_proj: crate::nn::Linear,
-}
-
-impl Module for Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.down_proj.forward(&(self.gate_proj.forward(x)?.silu()? * self.up_proj.forward(x)?)?)
-    }
-}
-
-#[derive(Debug, Clone)]
 struct DecoderLayer {
     input_layernorm: RmsNorm,
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
-    mlp: Mlp,
+    mlp: SwiGlu,
 }
 
 impl DecoderLayer {
@@ -144,11 +131,7 @@ impl DecoderLayer {
             input_layernorm: RmsNorm::new(c, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
             self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
             post_attention_layernorm: RmsNorm::new(c, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
-            mlp: Mlp {
-                gate_proj: linear_no_bias(c, m, vb.pp("mlp.gate_proj"))?,
-                up_proj: linear_no_bias(c, m, vb.pp("mlp.up_proj"))?,
-                down_proj: linear_no_bias(m, c, vb.pp("mlp.down_proj"))?,
-            },
+            mlp: SwiGlu::new(c, m, false, vb.pp("mlp"))?,
         })
     }
 

@@ -3,7 +3,7 @@
 //! slice), 2D rotary embedding, RMSNorm and a SwiGLU MLP with biases, then the 2x2 merger.
 
 use super::config::VisionConfig;
-use crate::nn::{RmsNorm, RotaryTables, attention, linear};
+use crate::nn::{RmsNorm, RotaryTables, SwiGlu, attention, linear};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -68,25 +68,11 @@ impl VisionAttention {
 }
 
 #[derive(Debug, Clone)]
-struct VisionMlp {
-    gate_proj: crate::nn::Linear,
-    up_proj: crate::nn::Linear,
-    down_proj: crate::nn::Linear,
-}
-
-impl Module for VisionMlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?.silu()?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
-    }
-}
-
-#[derive(Debug, Clone)]
 struct VisionBlock {
     norm1: RmsNorm,
     attn: VisionAttention,
     norm2: RmsNorm,
-    mlp: VisionMlp,
+    mlp: SwiGlu,
 }
 
 impl VisionBlock {
@@ -96,7 +82,7 @@ impl VisionBlock {
             norm1: RmsNorm::new(c, 1e-6, vb.pp("norm1"))?,
             attn: VisionAttention { qkv: linear(c, 3 * c, vb.pp("attn.qkv"))?, proj: linear(c, c, vb.pp("attn.proj"))?, num_heads: cfg.num_heads },
             norm2: RmsNorm::new(c, 1e-6, vb.pp("norm2"))?,
-            mlp: VisionMlp { gate_proj: linear(c, m, vb.pp("mlp.gate_proj"))?, up_proj: linear(c, m, vb.pp("mlp.up_proj"))?, down_proj: linear(m, c, vb.pp("mlp.down_proj"))? },
+            mlp: SwiGlu::new(c, m, true, vb.pp("mlp"))?,
         })
     }
 
