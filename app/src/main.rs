@@ -53,6 +53,7 @@ enum Command {
 }
 
 fn main() {
+    spatial_models::tune_allocator();
     let args = Args::parse();
     let result = match args.command {
         Some(Command::Weights { command }) => cli::weights::run(command),

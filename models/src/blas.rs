@@ -9,6 +9,8 @@ mod ffi {
     #[link(name = "openblas")]
     unsafe extern "C" {
         pub fn cblas_sgemv(layout: i32, trans: i32, m: i32, n: i32, alpha: f32, a: *const f32, lda: i32, x: *const f32, incx: i32, beta: f32, y: *mut f32, incy: i32);
+        pub fn openblas_set_num_threads(n: i32);
+        pub fn openblas_get_num_threads() -> i32;
         pub fn cblas_sgemm(layout: i32, transa: i32, transb: i32, m: i32, n: i32, k: i32, alpha: f32, a: *const f32, lda: i32, b: *const f32, ldb: i32, beta: f32, c: *mut f32, ldc: i32);
     }
     pub const ROW_MAJOR: i32 = 101;
@@ -105,6 +107,20 @@ fn sgemm(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
     let mut shape = ad[..ra - 2].to_vec();
     shape.extend([m, n]);
     Ok(Some(Tensor::from_vec(out, shape, a.device())?))
+}
+
+#[cfg(feature = "openblas")]
+pub(crate) use ffi::{openblas_get_num_threads, openblas_set_num_threads};
+
+/// Row-major `C = alpha op(A) op(B) + beta C` with `op(A)` [m, k], `op(B)` [k, n] on raw buffers.
+///
+/// # Safety
+/// Every element the leading dimensions address must lie inside the buffers.
+#[cfg(feature = "openblas")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm_raw(ta: bool, tb: bool, m: usize, n: usize, k: usize, alpha: f32, a: *const f32, lda: usize, b: *const f32, ldb: usize, beta: f32, c: *mut f32, ldc: usize) {
+    let t = |x: bool| if x { ffi::TRANS } else { ffi::NO_TRANS };
+    unsafe { ffi::cblas_sgemm(ffi::ROW_MAJOR, t(ta), t(tb), m as i32, n as i32, k as i32, alpha, a, lda as i32, b, ldb as i32, beta, c, ldc as i32) }
 }
 
 /// `a.matmul(b)` for a [..., M, K] and b [..., K, N] (same batch dims, or b 2D), through BLAS

@@ -11,6 +11,8 @@
 
 pub mod blas;
 pub mod checkpoint;
+#[cfg(feature = "openblas")]
+mod cpu;
 pub mod interp;
 pub mod nn;
 pub mod qwen2_5_vl;
@@ -50,5 +52,25 @@ pub fn open_device(name: &str) -> anyhow::Result<Device> {
             Ok(Device::new_metal(0)?)
         }
         other => anyhow::bail!("unknown device '{other}': expected cpu, cuda or metal"),
+    }
+}
+
+/// Keeps freed model intermediates in the process heap instead of returning them to the kernel
+/// (glibc's defaults unmap every block over ~32 MiB and trim the heap eagerly, so each layer's
+/// fresh buffers were page-faulted and zeroed again: about a fifth of a VGGT run on the CPU).
+/// Call once at start-up; a no-op outside glibc.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        const M_TRIM_THRESHOLD: i32 = -1;
+        const M_MMAP_THRESHOLD: i32 = -3;
+        // SAFETY: plain glibc tuning calls with valid parameters, made before any threads start.
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, 32 << 20); // glibc's maximum
+            mallopt(M_TRIM_THRESHOLD, 1 << 30);
+        }
     }
 }

@@ -282,6 +282,7 @@ pub struct Block {
     norm2: candle_nn::LayerNorm,
     mlp: Mlp,
     ls2: LayerScale,
+    eps: f64,
 }
 
 impl Block {
@@ -294,15 +295,79 @@ impl Block {
             norm2: layer_norm(dim, eps, vb.pp("norm2"))?,
             mlp: Mlp::new(dim, hidden, dim, vb.pp("mlp"))?,
             ls2: LayerScale::new(dim, vb.pp("ls2"))?,
+            eps,
         })
     }
 
     /// x: [B, T, C] -> [B, T, C].
     pub fn forward(&self, x: &Tensor, rope: Option<&RotaryTables>) -> Result<Tensor> {
+        #[cfg(feature = "openblas")]
+        if x.device().is_cpu() && x.dtype().is_float() {
+            if let Some(out) = self.forward_fused(x, rope)? {
+                return Ok(out);
+            }
+        }
         let h = self.attn.forward(&self.norm1.forward(x)?, rope)?;
         let x = (x + self.ls1.forward(&h)?)?;
         let h = token_chunked(&x, |x| self.ls2.forward(&self.mlp.forward(&self.norm2.forward(x)?)?))?;
         x + h
+    }
+}
+
+#[cfg(feature = "openblas")]
+impl Block {
+    /// The same block through the fused CPU kernels ([`crate::cpu::block_forward`]), in f32
+    /// whatever the weights' dtype (bf16/f16 weights are widened per call, the output is cast back
+    /// to x's dtype); None when a bias is missing, so the op-by-op path runs.
+    fn forward_fused(&self, x: &Tensor, rope: Option<&RotaryTables>) -> Result<Option<Tensor>> {
+        use crate::cpu::{BlockWeights, Rope, block_forward, f32_data, f32_view};
+        let (b, t, c) = x.dims3()?;
+        let attn = &self.attn;
+        let (Some(n1b), Some(n2b), Some(qkv_b), Some(proj_b), Some(fc1_b), Some(fc2_b)) =
+            (self.norm1.bias(), self.norm2.bias(), &attn.qkv.bias, &attn.proj.bias, &self.mlp.fc1.bias, &self.mlp.fc2.bias)
+        else {
+            return Ok(None);
+        };
+        let mut tensors = vec![
+            self.norm1.weight(), n1b, &attn.qkv.weight, qkv_b, &attn.proj.weight, proj_b, &self.ls1.gamma,
+            self.norm2.weight(), n2b, &self.mlp.fc1.weight, fc1_b, &self.mlp.fc2.weight, fc2_b, &self.ls2.gamma,
+        ];
+        if let Some((qn, kn)) = &attn.qk_norm {
+            let (Some(qb), Some(kb)) = (qn.bias(), kn.bias()) else { return Ok(None) };
+            tensors.extend([qn.weight(), qb, kn.weight(), kb]);
+        }
+        let rope_tables = match rope {
+            Some(r) if r.cos.dims2()? == (t, c / attn.num_heads) => Some((r.cos.to_dtype(DType::F32)?.contiguous()?, r.sin.to_dtype(DType::F32)?.contiguous()?, r.section)),
+            Some(_) => return Ok(None),
+            None => None,
+        };
+        let x32 = x.to_dtype(DType::F32)?.contiguous()?;
+        tensors.push(&x32);
+        let Some(views) = tensors.iter().map(|t| f32_data(t)).collect::<Option<Vec<_>>>() else { return Ok(None) };
+        let w: Vec<&[f32]> = views.iter().map(|v| v.slice()).collect();
+        let rope_views = match &rope_tables {
+            Some((cos, sin, section)) => match (f32_view(cos), f32_view(sin)) {
+                (Some(cv), Some(sv)) => Some((cv, sv, *section)),
+                _ => return Ok(None),
+            },
+            None => None,
+        };
+        let rope = rope_views.as_ref().map(|(cv, sv, section)| Rope { cos: cv.slice(), sin: sv.slice(), section: *section });
+        let eps = self.eps as f32;
+        let weights = BlockWeights {
+            norm1: (w[0], w[1], eps),
+            qkv: (w[2], w[3]),
+            qk_norm: attn.qk_norm.as_ref().map(|_| ((w[14], w[15]), (w[16], w[17]))),
+            proj: (w[4], w[5]),
+            gamma1: w[6],
+            norm2: (w[7], w[8], eps),
+            fc1: (w[9], w[10]),
+            fc2: (w[11], w[12]),
+            gamma2: w[13],
+            num_heads: attn.num_heads,
+        };
+        let out = block_forward(w[w.len() - 1], b, t, &weights, rope.as_ref())?;
+        Ok(Some(Tensor::from_vec(out, (b, t, c), x.device())?.to_dtype(x.dtype())?))
     }
 }
 

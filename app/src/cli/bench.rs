@@ -116,15 +116,19 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
             let mut times = Vec::new();
             for _ in 0..repeats.max(1) {
                 let t = std::time::Instant::now();
-                let out = model.forward(&images)?;
+                let (out, stages) = model.forward_timed(&images, None)?.context("no progress callback, so no cancellation")?;
                 out.depth.sum_all()?.to_scalar::<f32>()?;
-                times.push(t.elapsed().as_secs_f64());
+                times.push((t.elapsed().as_secs_f64(), stages));
             }
-            times.sort_by(f64::total_cmp);
-            let median = times[times.len() / 2];
+            times.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let (median, st) = times[times.len() / 2];
             let flops = estimate_flops(&cfg, s, height, width);
             println!(
-                "| {s} | {width}x{height} | {dtype:?} | {median:.2} | {:.0} | {:.0} | {:.0} | {init:.1} |",
+                "| {s} | {width}x{height} | {dtype:?} | {median:.2} | {:.1} / {:.1} / {:.1} / {:.1} | {:.0} | {:.0} | {:.0} | {init:.1} |",
+                st.aggregator,
+                st.camera,
+                st.depth,
+                st.points,
                 flops / median / 1e9,
                 weights_mib,
                 peak_rss_mib().unwrap_or(f64::NAN)
@@ -136,8 +140,8 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
         BenchCommand::Mllm { prompt_tokens, decode_tokens, vision_frames, device, dtype } => bench_mllm(prompt_tokens, decode_tokens, vision_frames, &device, &dtype),
         BenchCommand::Vggt { frames: None, device, dtype, repeats, .. } => {
             println!("VGGT-1B (constant weights, resident in memory), device {device}, dtype {dtype}, median of {repeats} run(s) (after a warm-up when more than one)");
-            println!("| frames | size | dtype | seconds | GFLOP/s | RSS after load MiB | peak RSS MiB | init s |");
-            println!("|---|---|---|---|---|---|---|---|");
+            println!("| frames | size | dtype | seconds | aggregator / camera / depth / points s | GFLOP/s | RSS after load MiB | peak RSS MiB | init s |");
+            println!("|---|---|---|---|---|---|---|---|---|");
             let exe = std::env::current_exe()?;
             for (s, h, w) in [(2usize, 224usize, 224usize), (8, 294, 518)] {
                 let status = std::process::Command::new(&exe)

@@ -79,15 +79,18 @@ impl Aggregator {
         let p = self.cfg.patch_size;
         let (grid_h, grid_w) = (h / p, w / p);
         let device = images.device();
-        let dtype = self.dtype();
+        // On the CPU the token stream stays f32 whatever the weights' dtype (the fused blocks
+        // widen bf16/f16 weights per call), like upstream's autocast keeps its residual stream in
+        // f32; on GPUs it runs in the weights' dtype.
+        let dtype = if device.is_cpu() { DType::F32 } else { self.dtype() };
         let mean = Tensor::new(&IMAGENET_MEAN, device)?.reshape((1, 3, 1, 1))?;
         let std = Tensor::new(&IMAGENET_STD, device)?.reshape((1, 3, 1, 1))?;
         let normalised = images.to_dtype(DType::F32)?.broadcast_sub(&mean)?.broadcast_div(&std)?.to_dtype(dtype)?;
         let patch_tokens = self.patch_embed.forward(&normalised)?; // [S, P, C]
         let dim = patch_tokens.dim(2)?;
 
-        let camera = Self::special_tokens(&self.camera_token, s)?;
-        let registers = Self::special_tokens(&self.register_token, s)?;
+        let camera = Self::special_tokens(&self.camera_token.to_dtype(dtype)?, s)?;
+        let registers = Self::special_tokens(&self.register_token.to_dtype(dtype)?, s)?;
         let mut tokens = Tensor::cat(&[&camera, &registers, &patch_tokens], 1)?; // [S, T, C]
         let t = tokens.dim(1)?;
         let start = self.cfg.patch_start_idx();

@@ -22,6 +22,7 @@ pub struct DinoPatchEmbed {
     num_registers: usize,
     /// Side of the square position table (37 for 518/14).
     pos_grid: usize,
+    eps: f64,
 }
 
 impl DinoPatchEmbed {
@@ -49,6 +50,7 @@ impl DinoPatchEmbed {
             patch_size: p,
             num_registers,
             pos_grid,
+            eps: 1e-6,
         })
     }
 
@@ -79,17 +81,20 @@ impl DinoPatchEmbed {
             .reshape((n, 3, grid_h, p, grid_w, p))?
             .permute((0, 2, 4, 1, 3, 5))?
             .reshape((n, grid_h * grid_w, 3 * p * p))?;
-        let x = patches.broadcast_matmul(&self.proj_weight.t()?)?.broadcast_add(&self.proj_bias)?; // [N, P, C]
+        // Activations may be wider than the weights (f32 tokens, bf16 weights on the CPU).
+        let dtype = images.dtype();
+        let x = patches.broadcast_matmul(&self.proj_weight.to_dtype(dtype)?.t()?)?.broadcast_add(&self.proj_bias.to_dtype(dtype)?)?; // [N, P, C]
         let dim = x.dim(2)?;
-        let cls = self.cls_token.broadcast_as((n, 1, dim))?;
+        let cls = self.cls_token.to_dtype(dtype)?.broadcast_as((n, 1, dim))?;
         let x = Tensor::cat(&[&cls, &x], 1)?;
-        let x = x.broadcast_add(&self.interpolated_pos_embed(grid_h, grid_w)?)?;
-        let registers = self.register_tokens.broadcast_as((n, self.num_registers, dim))?;
+        let x = x.broadcast_add(&self.interpolated_pos_embed(grid_h, grid_w)?.to_dtype(dtype)?)?;
+        let registers = self.register_tokens.to_dtype(dtype)?.broadcast_as((n, self.num_registers, dim))?;
         let mut x = Tensor::cat(&[&x.narrow(1, 0, 1)?, &registers, &x.narrow(1, 1, grid_h * grid_w)?], 1)?;
         for block in &self.blocks {
             x = block.forward(&x, None)?;
         }
-        let x = self.norm.forward(&x)?;
+        let norm = candle_nn::LayerNorm::new(self.norm.weight().to_dtype(dtype)?, self.norm.bias().expect("built with a bias").to_dtype(dtype)?, self.eps);
+        let x = norm.forward(&x)?;
         x.narrow(1, 1 + self.num_registers, grid_h * grid_w)
     }
 }

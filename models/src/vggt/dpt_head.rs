@@ -16,18 +16,43 @@ pub enum DptActivation {
     InvLog,
 }
 
-fn conv(in_c: usize, out_c: usize, k: usize, stride: usize, padding: usize, bias: bool, vb: VarBuilder) -> Result<Conv2d> {
+fn conv(in_c: usize, out_c: usize, k: usize, stride: usize, padding: usize, bias: bool, vb: VarBuilder) -> Result<Conv> {
     let weight = vb.get((out_c, in_c, k, k), "weight")?;
     let bias = if bias { Some(vb.get(out_c, "bias")?) } else { None };
-    Ok(Conv2d::new(weight, bias, Conv2dConfig { padding, stride, ..Default::default() }))
+    Ok(Conv(Conv2d::new(weight, bias, Conv2dConfig { padding, stride, ..Default::default() })))
+}
+
+/// `nn.Conv2d`; stride-1 convolutions of f32 CPU maps go through [`crate::cpu::conv2d_stride1`]
+/// (OpenBLAS products, no unfolding), which is where the heads spend their time.
+#[derive(Debug, Clone)]
+struct Conv(Conv2d);
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "openblas")]
+        if self.0.config().stride == 1 && crate::cpu::is_cpu_f32(x) {
+            let (n, c_in, h, w) = x.dims4()?;
+            let (c_out, _, k, _) = self.0.weight().dims4()?;
+            let pad = self.0.config().padding;
+            let x = x.contiguous()?;
+            let views = (crate::cpu::f32_view(&x), crate::cpu::f32_view(self.0.weight()), self.0.bias().map(crate::cpu::f32_view));
+            if let (Some(xv), Some(wv), None | Some(Some(_))) = &views {
+                let bias = views.2.as_ref().and_then(|b| b.as_ref()).map(|b| b.slice());
+                let out = crate::cpu::conv2d_stride1(xv.slice(), n, c_in, h, w, wv.slice(), c_out, k, pad, bias);
+                let (ho, wo) = (h + 2 * pad + 1 - k, w + 2 * pad + 1 - k);
+                return Tensor::from_vec(out, (n, c_out, ho, wo), x.device());
+            }
+        }
+        self.0.forward(x)
+    }
 }
 
 /// `relu -> conv3x3 -> relu -> conv3x3`, plus the input. Upstream's ReLU is in-place, so the
 /// skip connection adds the *rectified* input; we reproduce that.
 #[derive(Debug, Clone)]
 struct ResidualConvUnit {
-    conv1: Conv2d,
-    conv2: Conv2d,
+    conv1: Conv,
+    conv2: Conv,
 }
 
 impl ResidualConvUnit {
@@ -45,7 +70,7 @@ impl ResidualConvUnit {
 struct FusionBlock {
     res_conf_unit1: Option<ResidualConvUnit>,
     res_conf_unit2: ResidualConvUnit,
-    out_conv: Conv2d,
+    out_conv: Conv,
 }
 
 impl FusionBlock {
@@ -65,7 +90,7 @@ impl FusionBlock {
         let out = self.res_conf_unit2.forward(&out)?;
         let (h, w) = out.dims4().map(|(_, _, h, w)| (h, w))?;
         let (th, tw) = size.unwrap_or((2 * h, 2 * w));
-        let out = out.upsample_bilinear2d(th, tw, true)?;
+        let out = upsample(&out, th, tw)?;
         self.out_conv.forward(&out)
     }
 }
@@ -74,13 +99,26 @@ impl FusionBlock {
 enum Resize {
     Up(ConvTranspose2d),
     Identity,
-    Down(Conv2d),
+    Down(Conv),
 }
 
 impl Resize {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Resize::Up(c) => c.forward(x),
+            Resize::Up(c) => {
+                #[cfg(feature = "openblas")]
+                if crate::cpu::is_cpu_f32(x) {
+                    // stride == kernel here: the transposed conv is one product and a scatter.
+                    let (n, c_in, h, w) = x.dims4()?;
+                    let (_, c_out, k, _) = c.weight().dims4()?;
+                    let x = x.contiguous()?;
+                    if let (Some(xv), Some(wv), Some(Some(bv))) = (crate::cpu::f32_view(&x), crate::cpu::f32_view(c.weight()), c.bias().map(crate::cpu::f32_view)) {
+                        let out = crate::cpu::conv_transpose_patch(xv.slice(), n, c_in, h, w, wv.slice(), c_out, k, Some(bv.slice()));
+                        return Tensor::from_vec(out, (n, c_out, h * k, w * k), x.device());
+                    }
+                }
+                c.forward(x)
+            }
             Resize::Identity => Ok(x.clone()),
             Resize::Down(c) => c.forward(x),
         }
@@ -90,19 +128,21 @@ impl Resize {
 #[derive(Debug, Clone)]
 pub struct DptHead {
     norm: candle_nn::LayerNorm,
-    projects: Vec<Conv2d>,
+    projects: Vec<Conv>,
     resize_layers: Vec<Resize>,
-    layer_rn: Vec<Conv2d>,
+    layer_rn: Vec<Conv>,
     refinenets: Vec<FusionBlock>, // refinenet1..4
-    output_conv1: Conv2d,
-    output_conv2a: Conv2d,
-    output_conv2b: Conv2d,
+    output_conv1: Conv,
+    output_conv2a: Conv,
+    output_conv2b: Conv,
     layer_idx: [usize; 4],
     patch_size: usize,
     activation: DptActivation,
 }
 
-/// Frames processed together by a head; the heads are strictly per-frame.
+/// Frames processed together by a head on a GPU; the heads are strictly per-frame. On the CPU
+/// one frame at a time: the full-resolution maps (128 channels at the image size) of 8 frames of
+/// 518x294 were 0.6 GB each, and the products run per frame anyway.
 pub const FRAMES_CHUNK: usize = 8;
 
 impl DptHead {
@@ -151,7 +191,8 @@ impl DptHead {
         let mut confs = Vec::new();
         let mut start = 0;
         while start < s {
-            let len = FRAMES_CHUNK.min(s - start);
+            let chunk = if layers.values().next().is_some_and(|t| t.device().is_cpu()) { 1 } else { FRAMES_CHUNK };
+            let len = chunk.min(s - start);
             crate::nn::check_cancelled()?;
             let (p, c) = self.forward_chunk(layers, patch_start, image_hw, start, len)?;
             preds.push(p);
@@ -183,7 +224,7 @@ impl DptHead {
         let out = self.refinenets[1].forward(&out, Some(&rn[1]), Some(size(&rn[0])?))?;
         let out = self.refinenets[0].forward(&out, Some(&rn[0]), None)?;
         let out = self.output_conv1.forward(&out)?;
-        let out = out.upsample_bilinear2d(gh * self.patch_size, gw * self.patch_size, true)?;
+        let out = upsample(&out, gh * self.patch_size, gw * self.patch_size)?;
         let out = add_uv_embedding(&out, w, h)?;
         let out = self.output_conv2b.forward(&self.output_conv2a.forward(&out)?.relu()?)?;
         let out = out.to_dtype(DType::F32)?.permute((0, 2, 3, 1))?; // [S, H, W, C]
@@ -198,44 +239,101 @@ impl DptHead {
     }
 }
 
+/// `F.interpolate(x, (th, tw), mode="bilinear", align_corners=True)` of a [N, C, h, w] map
+/// (multithreaded on the CPU: candle's took 0.13 s per full-size head output).
+fn upsample(x: &Tensor, th: usize, tw: usize) -> Result<Tensor> {
+    #[cfg(feature = "openblas")]
+    if crate::cpu::is_cpu_f32(x) {
+        let (n, c, h, w) = x.dims4()?;
+        let x = x.contiguous()?;
+        if let Some(v) = crate::cpu::f32_view(&x) {
+            let out = crate::cpu::upsample_bilinear_align_corners(v.slice(), n * c, h, w, th, tw);
+            return Tensor::from_vec(out, (n, c, th, tw), x.device());
+        }
+    }
+    x.upsample_bilinear2d(th, tw, true)
+}
+
 /// Adds 0.1 x the sin-cos embedding of the normalised view-plane UV grid to a [N, C, h, w] map
 /// (`_apply_pos_embed`); `w`/`h` are the image's, which set the aspect ratio.
 fn add_uv_embedding(x: &Tensor, image_w: usize, image_h: usize) -> Result<Tensor> {
-    let (_, c, h, w) = x.dims4()?;
-    let emb = uv_embedding(c, h, w, image_w as f64 / image_h as f64);
-    let emb = Tensor::from_vec(emb, (c, h, w), x.device())?.to_dtype(x.dtype())?.unsqueeze(0)?;
+    let (n, c, h, w) = x.dims4()?;
+    let tables = UvTables::new(c, h, w, image_w as f64 / image_h as f64);
+    #[cfg(feature = "openblas")]
+    if crate::cpu::is_cpu_f32(x) {
+        use rayon::prelude::*;
+        // Added plane by plane from the per-row / per-column tables, without materialising the
+        // [C, h, w] embedding (0.4 s per full-size head output through candle).
+        let x = x.contiguous()?;
+        if let Some(v) = crate::cpu::f32_view(&x) {
+            let mut out = v.slice().to_vec();
+            out.par_chunks_mut(h * w).enumerate().for_each(|(plane, p)| tables.add_to_plane(plane % c, p));
+            return Tensor::from_vec(out, (n, c, h, w), x.device());
+        }
+    }
+    let emb = Tensor::from_vec(tables.materialise(c), (c, h, w), x.device())?.to_dtype(x.dtype())?.unsqueeze(0)?;
     x.broadcast_add(&emb)
 }
 
-/// Channel-first [C, h, w] embedding: [sin(u w), cos(u w), sin(v w), cos(v w)], each C/4 wide.
-fn uv_embedding(c: usize, h: usize, w: usize, aspect: f64) -> Vec<f32> {
-    let diag = (1.0 + aspect * aspect).sqrt();
-    let (span_x, span_y) = (aspect / diag, 1.0 / diag);
-    // torch.linspace in f32, as upstream builds the grid in the feature dtype.
-    let linspace = |lo: f64, n: usize| -> Vec<f64> {
-        let (lo, hi) = (lo as f32, -lo as f32);
-        if n == 1 {
-            return vec![lo as f64];
-        }
-        let step = (hi - lo) / (n - 1) as f32;
-        (0..n).map(|i| if i < n / 2 { lo + step * i as f32 } else { hi - step * (n - 1 - i) as f32 } as f64).collect()
-    };
-    let u = linspace(-span_x * (w - 1) as f64 / w as f64, w);
-    let v = linspace(-span_y * (h - 1) as f64 / h as f64, h);
-    let quarter = c / 4;
-    let omega: Vec<f64> = (0..quarter).map(|k| 1.0 / 100f64.powf(k as f64 / quarter as f64)).collect();
-    let mut out = vec![0f32; c * h * w];
-    for y in 0..h {
-        for x in 0..w {
-            for (k, om) in omega.iter().enumerate() {
-                let (a, b) = (u[x] * om, v[y] * om);
-                let at = |ch: usize| ch * h * w + y * w + x;
-                out[at(k)] = (0.1 * a.sin() as f32 as f64) as f32;
-                out[at(quarter + k)] = (0.1 * a.cos() as f32 as f64) as f32;
-                out[at(2 * quarter + k)] = (0.1 * b.sin() as f32 as f64) as f32;
-                out[at(3 * quarter + k)] = (0.1 * b.cos() as f32 as f64) as f32;
+/// The channel-first [C, h, w] embedding [sin(u w), cos(u w), sin(v w), cos(v w)], each C/4
+/// wide, kept separable: the u channels vary along x only and the v channels along y only, so
+/// the sines and cosines are taken once per column / row (not 20 M times per 518x294 map).
+struct UvTables {
+    quarter: usize,
+    h: usize,
+    w: usize,
+    /// [quarter, w]
+    sin_u: Vec<f32>,
+    cos_u: Vec<f32>,
+    /// [quarter, h]
+    sin_v: Vec<f32>,
+    cos_v: Vec<f32>,
+}
+
+impl UvTables {
+    fn new(c: usize, h: usize, w: usize, aspect: f64) -> Self {
+        let diag = (1.0 + aspect * aspect).sqrt();
+        let (span_x, span_y) = (aspect / diag, 1.0 / diag);
+        // torch.linspace in f32, as upstream builds the grid in the feature dtype.
+        let linspace = |lo: f64, n: usize| -> Vec<f64> {
+            let (lo, hi) = (lo as f32, -lo as f32);
+            if n == 1 {
+                return vec![lo as f64];
+            }
+            let step = (hi - lo) / (n - 1) as f32;
+            (0..n).map(|i| if i < n / 2 { lo + step * i as f32 } else { hi - step * (n - 1 - i) as f32 } as f64).collect()
+        };
+        let u = linspace(-span_x * (w - 1) as f64 / w as f64, w);
+        let v = linspace(-span_y * (h - 1) as f64 / h as f64, h);
+        let quarter = c / 4;
+        let omega: Vec<f64> = (0..quarter).map(|k| 1.0 / 100f64.powf(k as f64 / quarter as f64)).collect();
+        let table = |coords: &[f64], f: fn(f64) -> f64| -> Vec<f32> {
+            omega.iter().flat_map(|om| coords.iter().map(move |p| (0.1 * f(p * om) as f32 as f64) as f32)).collect()
+        };
+        Self { quarter, h, w, sin_u: table(&u, f64::sin), cos_u: table(&u, f64::cos), sin_v: table(&v, f64::sin), cos_v: table(&v, f64::cos) }
+    }
+
+    /// Adds channel `ch`'s embedding to its [h, w] plane.
+    fn add_to_plane(&self, ch: usize, plane: &mut [f32]) {
+        let (q, w) = (self.quarter, self.w);
+        let (group, k) = (ch / q.max(1), ch % q.max(1));
+        for (y, row) in plane.chunks_exact_mut(w).enumerate() {
+            match group {
+                0 => row.iter_mut().zip(&self.sin_u[k * w..(k + 1) * w]).for_each(|(v, e)| *v += e),
+                1 => row.iter_mut().zip(&self.cos_u[k * w..(k + 1) * w]).for_each(|(v, e)| *v += e),
+                2 => row.iter_mut().for_each(|v| *v += self.sin_v[k * self.h + y]),
+                3 => row.iter_mut().for_each(|v| *v += self.cos_v[k * self.h + y]),
+                _ => {} // channels past 4 * (C / 4) get no embedding
             }
         }
     }
-    out
+
+    /// The embedding of `c` channels as one [c, h, w] buffer.
+    fn materialise(&self, c: usize) -> Vec<f32> {
+        let mut out = vec![0f32; c * self.h * self.w];
+        for (ch, plane) in out.chunks_exact_mut(self.h * self.w).enumerate() {
+            self.add_to_plane(ch, plane);
+        }
+        out
+    }
 }

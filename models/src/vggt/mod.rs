@@ -111,6 +111,12 @@ impl Vggt {
 
     /// images: [S, 3, H, W] in [0, 1]. Returns None when `progress` asked to stop.
     pub fn forward_with_progress(&self, images: &Tensor, progress: Option<aggregator::Progress>) -> Result<Option<VggtOutput>> {
+        Ok(self.forward_timed(images, progress)?.map(|(out, _)| out))
+    }
+
+    /// [`Self::forward_with_progress`], also returning how long each stage took (for
+    /// `bench vggt`).
+    pub fn forward_timed(&self, images: &Tensor, progress: Option<aggregator::Progress>) -> Result<Option<(VggtOutput, StageTimes)>> {
         let (_, _, h, w) = images.dims4()?;
         let p = self.config.patch_size;
         if h % p != 0 || w % p != 0 {
@@ -120,20 +126,42 @@ impl Vggt {
             (Some(c), Some(d), Some(pt)) => (c, d, pt),
             _ => candle_core::bail!("this VGGT was loaded without its heads (aggregator only)"),
         };
+        let clock = std::time::Instant::now();
+        let lap = |since: &mut f64| {
+            let now = clock.elapsed().as_secs_f64();
+            let d = now - *since;
+            *since = now;
+            d
+        };
+        let mut at = 0.0;
         let Some(agg) = self.aggregator.forward(images, &self.needed_layers(), false, progress)? else {
             return Ok(None);
         };
+        let aggregator = lap(&mut at);
         let last = &agg.layers[&(self.config.depth - 1)];
         let pose_enc_list = camera_head.forward(last)?;
         let pose_enc = pose_enc_list.last().cloned().ok_or_else(|| candle_core::Error::Msg("camera head has 0 iterations".into()))?;
+        let camera = lap(&mut at);
         let (depth, depth_conf) = depth_head.forward(&agg.layers, agg.patch_start_idx, (h, w))?;
+        let depth_s = lap(&mut at);
         let (world_points, world_points_conf) = point_head.forward(&agg.layers, agg.patch_start_idx, (h, w))?;
-        Ok(Some(VggtOutput { pose_enc, pose_enc_list, depth, depth_conf, world_points, world_points_conf }))
+        let points = lap(&mut at);
+        let times = StageTimes { aggregator, camera, depth: depth_s, points };
+        Ok(Some((VggtOutput { pose_enc, pose_enc_list, depth, depth_conf, world_points, world_points_conf }, times)))
     }
 
     pub fn forward(&self, images: &Tensor) -> Result<VggtOutput> {
         self.forward_with_progress(images, None).map(|o| o.expect("no progress callback, so no cancellation"))
     }
+}
+
+/// Seconds spent in each stage of one forward.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageTimes {
+    pub aggregator: f64,
+    pub camera: f64,
+    pub depth: f64,
+    pub points: f64,
 }
 
 /// Every tensor (name -> shape) VGGT asks for with `cfg`, learned by building it on a recording
@@ -162,5 +190,6 @@ pub fn estimate_flops(cfg: &VggtConfig, frames: usize, h: usize, w: usize) -> f6
     (dino + agg + cam) * 1.08
 }
 
-/// Effective f32 CPU throughput assumed for ETAs before the first measured run (FLOP/s).
-pub const CPU_FLOPS_GUESS: f64 = 80e9;
+/// Effective f32 CPU throughput assumed for ETAs before the first measured run (FLOP/s): `bench
+/// vggt` measures 85 (2 frames of 224) to 100 (8 of 518x294) on a 2-core Zen 3.
+pub const CPU_FLOPS_GUESS: f64 = 90e9;

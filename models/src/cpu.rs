@@ -1,0 +1,689 @@
+//! Fused f32 kernels for the CPU: the transformer block (LayerNorm, projections, per-head q/k
+//! norm, 2D rotary, attention, LayerScale residuals, GELU MLP) and stride-1 convolutions, on raw
+//! buffers with the products in OpenBLAS and everything elementwise in one multithreaded,
+//! vectorised pass. Built op by op from candle tensors, the same block spent most of its time in
+//! single-threaded elementwise passes, scalar `exp`/`erf`, and page faults on the short-lived
+//! intermediates; here each intermediate is written once.
+//!
+//! Only compiled with the `openblas` feature; callers fall back to the candle ops elsewhere
+//! (other dtypes, GPUs).
+
+use crate::blas::sgemm_raw;
+use candle_core::{Result, Storage, Tensor};
+use rayon::prelude::*;
+
+/// A raw pointer that rayon tasks may share because each writes a disjoint range.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut(pub *mut f32);
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer (a method, so closures capture the whole Sync wrapper, not the raw field).
+    pub(crate) fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// The elements of a contiguous f32 CPU tensor, borrowed in place (the storage stays read-locked
+/// while this lives).
+pub(crate) struct F32View<G> {
+    guard: G,
+    start: usize,
+    end: usize,
+}
+
+impl<G: std::ops::Deref<Target = Storage>> F32View<G> {
+    pub(crate) fn slice(&self) -> &[f32] {
+        match &*self.guard {
+            Storage::Cpu(cpu) => &cpu.as_slice::<f32>().expect("checked f32")[self.start..self.end],
+            _ => unreachable!("checked CPU"),
+        }
+    }
+}
+
+/// A view of `t` when it is a contiguous f32 CPU tensor.
+pub(crate) fn f32_view(t: &Tensor) -> Option<F32View<impl std::ops::Deref<Target = Storage> + '_>> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else { return None };
+    cpu.as_slice::<f32>().ok()?;
+    let (start, end) = layout.contiguous_offsets()?;
+    Some(F32View { guard: storage, start, end })
+}
+
+/// A CPU tensor's elements as f32: borrowed in place when it already is a contiguous f32 tensor,
+/// else converted (bf16/f16 weights, in parallel), so reduced-precision checkpoints keep half the
+/// weight memory and still compute in f32.
+pub(crate) enum F32Data<G> {
+    View(F32View<G>),
+    Owned(Vec<f32>),
+}
+
+impl<G: std::ops::Deref<Target = Storage>> F32Data<G> {
+    pub(crate) fn slice(&self) -> &[f32] {
+        match self {
+            F32Data::View(v) => v.slice(),
+            F32Data::Owned(v) => v,
+        }
+    }
+}
+
+/// [`F32Data`] of a CPU tensor of a float dtype; None on other devices or dtypes.
+pub(crate) fn f32_data(t: &Tensor) -> Option<F32Data<impl std::ops::Deref<Target = Storage> + '_>> {
+    use candle_core::DType;
+    if !t.device().is_cpu() {
+        return None;
+    }
+    if t.dtype() == DType::F32 && t.is_contiguous() {
+        return f32_view(t).map(F32Data::View);
+    }
+    let t = t.contiguous().ok()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else { return None };
+    let (start, end) = layout.contiguous_offsets()?;
+    let mut out = vec![0f32; end - start];
+    const PIECE: usize = 1 << 16;
+    match t.dtype() {
+        DType::BF16 => {
+            let src = &cpu.as_slice::<half::bf16>().ok()?[start..end];
+            out.par_chunks_mut(PIECE).zip(src.par_chunks(PIECE)).for_each(|(o, s)| o.iter_mut().zip(s).for_each(|(o, s)| *o = s.to_f32()));
+        }
+        DType::F16 => {
+            let src = &cpu.as_slice::<half::f16>().ok()?[start..end];
+            out.par_chunks_mut(PIECE).zip(src.par_chunks(PIECE)).for_each(|(o, s)| o.iter_mut().zip(s).for_each(|(o, s)| *o = s.to_f32()));
+        }
+        DType::F32 => out.copy_from_slice(&cpu.as_slice::<f32>().ok()?[start..end]),
+        _ => return None,
+    }
+    Some(F32Data::Owned(out))
+}
+
+/// Whether the tensor can take the fused path (f32 on the CPU).
+pub(crate) fn is_cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == candle_core::DType::F32
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elementwise maths, written so the compiler vectorises it; each public kernel dispatches to an
+// AVX2+FMA build of the same code when the CPU has it.
+
+/// `exp(x)` to about 2 ulp (Cephes' polynomial), branch-free so it vectorises; inputs below
+/// -87 give exp(-87), about 1.6e-38.
+#[inline(always)]
+fn exp_approx(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let z = r * r;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 5.000_000_1e-1;
+    let y = p * z + r + 1.0;
+    // SAFETY: n is finite and within [-126, 128] after the clamp; the unchecked conversion is a
+    // single vector instruction where `as` (saturating) would be scalarised.
+    let n = unsafe { n.to_int_unchecked::<i32>() };
+    y * f32::from_bits(((n + 127) << 23) as u32)
+}
+
+/// `erf(x)` to 1.5e-7 absolute (Abramowitz & Stegun 7.1.26).
+#[inline(always)]
+fn erf_approx(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = ((((1.061_405_4 * t - 1.453_152) * t + 1.421_413_8) * t - 0.284_496_72) * t + 0.254_829_6) * t;
+    let y = 1.0 - poly * exp_approx(-a * a);
+    y.copysign(x)
+}
+
+/// Exact-form GELU, `x/2 (1 + erf(x/sqrt 2))` (PyTorch's default `nn.GELU`).
+#[inline(always)]
+fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf_approx(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+macro_rules! multiversion {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$m])* $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn generic($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { generic($($arg),*) }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has the features the function was compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            generic($($arg),*)
+        }
+    };
+}
+
+multiversion! {
+    /// Each row of `x` ([rows, cols]): `exp(x - max)` in place; returns nothing, writes the
+    /// row sums into `sums` (the caller divides the product by them, cheaper than the scores).
+    fn softmax_rows_unnormalised(x: &mut [f32], cols: usize, sums: &mut [f32]) {
+        // Eight independent lanes (max and sum) so the loops vectorise without fast-math.
+        for (row, sum) in x.chunks_exact_mut(cols).zip(sums.iter_mut()) {
+            let mut lanes = [f32::NEG_INFINITY; 8];
+            let mut chunks = row.chunks_exact(8);
+            for ch in &mut chunks {
+                for i in 0..8 {
+                    lanes[i] = if ch[i] > lanes[i] { ch[i] } else { lanes[i] };
+                }
+            }
+            let mut max = lanes.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            for &v in chunks.remainder() {
+                max = max.max(v);
+            }
+            let mut acc = [0f32; 8];
+            let mut chunks = row.chunks_exact_mut(8);
+            for ch in &mut chunks {
+                for i in 0..8 {
+                    let e = exp_approx(ch[i] - max);
+                    ch[i] = e;
+                    acc[i] += e;
+                }
+            }
+            let mut total: f32 = acc.iter().sum();
+            for v in chunks.into_remainder() {
+                *v = exp_approx(*v - max);
+                total += *v;
+            }
+            *sum = total;
+        }
+    }
+}
+
+multiversion! {
+    /// `y = gelu(y + bias)` over rows of `bias.len()`.
+    fn bias_gelu(y: &mut [f32], bias: &[f32]) {
+        for row in y.chunks_exact_mut(bias.len()) {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v = gelu(*v + b);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `x += gamma * (y + bias)` over rows of `gamma.len()` (a LayerScale'd residual branch).
+    fn residual_scaled(x: &mut [f32], y: &[f32], bias: &[f32], gamma: &[f32]) {
+        let c = gamma.len();
+        for (xr, yr) in x.chunks_exact_mut(c).zip(y.chunks_exact(c)) {
+            for i in 0..c {
+                xr[i] += gamma[i] * (yr[i] + bias[i]);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// LayerNorm of each row of `x` into `out` (statistics in f32, two passes like PyTorch).
+    fn layer_norm_rows(x: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+        let c = weight.len();
+        for (xr, or) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
+            let mean = xr.iter().sum::<f32>() / c as f32;
+            let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
+            let rstd = 1.0 / (var + eps).sqrt();
+            for i in 0..c {
+                or[i] = (xr[i] - mean) * rstd * weight[i] + bias[i];
+            }
+        }
+    }
+}
+
+/// Rows per rayon task for the elementwise passes: big enough to amortise the scheduling.
+fn rows_per_task(rows: usize, cols: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let min_rows = (16 * 1024 / cols.max(1)).max(1);
+    rows.div_ceil(4 * threads).max(min_rows)
+}
+
+/// LayerNorm over rows of width `weight.len()`, in parallel.
+pub(crate) fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], eps: f32) -> Vec<f32> {
+    let c = weight.len();
+    let mut out = vec![0f32; x.len()];
+    let per = rows_per_task(x.len() / c, c) * c;
+    out.par_chunks_mut(per).zip(x.par_chunks(per)).for_each(|(o, x)| layer_norm_rows(x, o, weight, bias, eps));
+    out
+}
+
+/// `x[rows, k] · w[n, k]^T` (a Linear without its bias) into a new [rows, n] buffer.
+pub(crate) fn linear_nobias(x: &[f32], k: usize, w: &[f32]) -> Vec<f32> {
+    let rows = x.len() / k;
+    let n = w.len() / k;
+    let mut y = vec![0f32; rows * n];
+    // SAFETY: x is [rows, k], w is [n, k], y is [rows, n], all row-major and fully sized.
+    unsafe { par_sgemm(false, true, rows, n, k, x.as_ptr(), k, w.as_ptr(), k, 0.0, y.as_mut_ptr(), n) };
+    y
+}
+
+/// Single-threaded BLAS while in scope: the fused kernels split each product over rayon's
+/// threads themselves ([`par_sgemm`]), so the whole block runs on one pool and OpenBLAS's own
+/// workers are not left spinning (`sched_yield`) against it between products. The previous
+/// thread count is restored on drop. (Process-wide: another thread's BLAS calls meanwhile run
+/// single-threaded too, which costs speed, not correctness.)
+pub(crate) struct SingleThreadedBlas(i32);
+
+impl SingleThreadedBlas {
+    pub(crate) fn new() -> Self {
+        // SAFETY: OpenBLAS's thread-count getter/setter take and return plain integers.
+        let previous = unsafe { crate::blas::openblas_get_num_threads() };
+        unsafe { crate::blas::openblas_set_num_threads(1) };
+        Self(previous)
+    }
+}
+
+impl Drop for SingleThreadedBlas {
+    fn drop(&mut self) {
+        unsafe { crate::blas::openblas_set_num_threads(self.0) };
+    }
+}
+
+/// Row-major `C = op(A) op(B) + beta C` split over rayon's threads by rows of C (or by columns
+/// when C has too few rows), each piece one single-threaded OpenBLAS call (see
+/// [`SingleThreadedBlas`]).
+///
+/// # Safety
+/// As [`sgemm_raw`]: every element the leading dimensions address lies inside the buffers.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn par_sgemm(ta: bool, tb: bool, m: usize, n: usize, k: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, beta: f32, c: *mut f32, ldc: usize) {
+    let threads = rayon::current_num_threads().max(1);
+    let (a, b, c) = (a as usize, b as usize, c as usize);
+    let f = std::mem::size_of::<f32>();
+    let split = |len: usize| -> Vec<(usize, usize)> {
+        let pieces = threads.min(len.div_ceil(32)).max(1);
+        (0..pieces).map(|i| (len * i / pieces, len * (i + 1) / pieces)).filter(|(s, e)| e > s).collect()
+    };
+    if m >= n.min(32 * threads) {
+        split(m).into_par_iter().for_each(|(r0, r1)| {
+            let a = a + f * if ta { r0 } else { r0 * lda };
+            // SAFETY: rows r0..r1 of op(A) and C, inside the caller's buffers.
+            unsafe { sgemm_raw(ta, tb, r1 - r0, n, k, 1.0, a as *const f32, lda, b as *const f32, ldb, beta, (c + f * r0 * ldc) as *mut f32, ldc) };
+        });
+    } else {
+        split(n).into_par_iter().for_each(|(c0, c1)| {
+            let b = b + f * if tb { c0 * ldb } else { c0 };
+            // SAFETY: columns c0..c1 of op(B) and C, inside the caller's buffers.
+            unsafe { sgemm_raw(ta, tb, m, c1 - c0, k, 1.0, a as *const f32, lda, b as *const f32, ldb, beta, (c + f * c0) as *mut f32, ldc) };
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The transformer block.
+
+/// The weights of a pre-norm block with LayerScale, as f32 slices.
+pub(crate) struct BlockWeights<'a> {
+    pub norm1: (&'a [f32], &'a [f32], f32),
+    pub qkv: (&'a [f32], &'a [f32]),
+    pub qk_norm: Option<((&'a [f32], &'a [f32]), (&'a [f32], &'a [f32]))>,
+    pub proj: (&'a [f32], &'a [f32]),
+    pub gamma1: &'a [f32],
+    pub norm2: (&'a [f32], &'a [f32], f32),
+    pub fc1: (&'a [f32], &'a [f32]),
+    pub fc2: (&'a [f32], &'a [f32]),
+    pub gamma2: &'a [f32],
+    pub num_heads: usize,
+}
+
+/// Rotary tables as slices: cos/sin [T, head_dim] and the rotate-half section size.
+pub(crate) struct Rope<'a> {
+    pub cos: &'a [f32],
+    pub sin: &'a [f32],
+    pub section: usize,
+}
+
+/// Tokens per chunk of the token-wise stages (bounds the [chunk, 4C] MLP intermediate and
+/// lets a cancel land between chunks).
+const TOKEN_CHUNK: usize = 2048;
+
+/// `x + ls1(attn(norm1(x)))`, then `+ ls2(mlp(norm2(.)))` for x [b, t, c] row-major.
+pub(crate) fn block_forward(x: &[f32], b: usize, t: usize, w: &BlockWeights, rope: Option<&Rope>) -> Result<Vec<f32>> {
+    let c = w.gamma1.len();
+    let n = b * t;
+    let heads = w.num_heads;
+    let d = c / heads;
+    let scale = 1.0 / (d as f32).sqrt();
+    let _blas = SingleThreadedBlas::new();
+    // q, k, v in [b, heads, t, d], normed, rotated (and q scaled) on the way in.
+    let mut q = vec![0f32; n * c];
+    let mut k = vec![0f32; n * c];
+    let mut v = vec![0f32; n * c];
+    let (qp, kp, vp) = (SharedMut(q.as_mut_ptr()), SharedMut(k.as_mut_ptr()), SharedMut(v.as_mut_ptr()));
+    let mut start = 0;
+    while start < n {
+        crate::nn::check_cancelled()?;
+        let len = TOKEN_CHUNK.min(n - start);
+        let xs = &x[start * c..(start + len) * c];
+        let normed = layer_norm(xs, w.norm1.0, w.norm1.1, w.norm1.2);
+        let qkv = linear_nobias(&normed, c, w.qkv.0);
+        drop(normed);
+        let per = rows_per_task(len, 3 * c);
+        qkv.par_chunks(per * 3 * c).enumerate().for_each(|(task, rows)| {
+            let (mut tmp, mut src) = (vec![0f32; d], vec![0f32; d]);
+            for (r, row) in rows.chunks_exact(3 * c).enumerate() {
+                let token = start + task * per + r;
+                let (bi, ti) = (token / t, token % t);
+                for h in 0..heads {
+                    let dst = ((bi * heads + h) * t + ti) * d;
+                    for (which, ptr) in [(0usize, qp), (1, kp), (2, vp)] {
+                        let off = which * c + h * d;
+                        for j in 0..d {
+                            tmp[j] = row[off + j] + w.qkv.1[off + j];
+                        }
+                        if which < 2 {
+                            if let Some((qn, kn)) = &w.qk_norm {
+                                let (nw, nb) = if which == 0 { qn } else { kn };
+                                src.copy_from_slice(&tmp);
+                                layer_norm_rows(&src, &mut tmp, nw, nb, 1e-5);
+                            }
+                            if let Some(rope) = rope {
+                                rotate(&mut tmp, &rope.cos[ti * d..(ti + 1) * d], &rope.sin[ti * d..(ti + 1) * d], rope.section);
+                            }
+                            if which == 0 {
+                                tmp.iter_mut().for_each(|v| *v *= scale);
+                            }
+                        }
+                        // SAFETY: token (bi, ti) and head h own this d-element slot alone.
+                        unsafe { std::ptr::copy_nonoverlapping(tmp.as_ptr(), ptr.0.add(dst), d) };
+                    }
+                }
+            }
+        });
+        start += len;
+    }
+    let attended = attention(&q, &k, &v, b, heads, t, d)?;
+    drop((q, k, v));
+
+    let mut out = x.to_vec();
+    let mut start = 0;
+    while start < n {
+        crate::nn::check_cancelled()?;
+        let len = TOKEN_CHUNK.min(n - start);
+        let range = start * c..(start + len) * c;
+        let y = linear_nobias(&attended[range.clone()], c, w.proj.0);
+        par_rows2(&mut out[range], &y, c, |o, y| residual_scaled(o, y, w.proj.1, w.gamma1));
+        start += len;
+    }
+    drop(attended);
+
+    let hidden = w.fc1.1.len();
+    let mut start = 0;
+    while start < n {
+        crate::nn::check_cancelled()?;
+        let len = TOKEN_CHUNK.min(n - start);
+        let range = start * c..(start + len) * c;
+        let normed = layer_norm(&out[range.clone()], w.norm2.0, w.norm2.1, w.norm2.2);
+        let mut h = linear_nobias(&normed, c, w.fc1.0);
+        drop(normed);
+        let per = rows_per_task(len, hidden) * hidden;
+        h.par_chunks_mut(per).for_each(|rows| bias_gelu(rows, w.fc1.1));
+        let y = linear_nobias(&h, hidden, w.fc2.0);
+        drop(h);
+        par_rows2(&mut out[range], &y, c, |o, y| residual_scaled(o, y, w.fc2.1, w.gamma2));
+        start += len;
+    }
+    Ok(out)
+}
+
+/// Runs `f` over matching row blocks of `a` (mutable) and `b`, both with rows of `c`.
+fn par_rows2(a: &mut [f32], b: &[f32], c: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) {
+    let per = rows_per_task(a.len() / c, c) * c;
+    a.par_chunks_mut(per).zip(b.par_chunks(per)).for_each(|(a, b)| f(a, b));
+}
+
+/// Rotate-half rotary embedding within each `section` of the head: `x cos + rot(x) sin`.
+#[inline]
+fn rotate(x: &mut [f32], cos: &[f32], sin: &[f32], section: usize) {
+    let half = section / 2;
+    for s in (0..x.len()).step_by(section) {
+        for i in 0..half {
+            let (a, b) = (x[s + i], x[s + half + i]);
+            x[s + i] = a * cos[s + i] - b * sin[s + i];
+            x[s + half + i] = b * cos[s + half + i] + a * sin[s + half + i];
+        }
+    }
+}
+
+/// Queries per work item of the attention: a [64, T] score block stays in the core's cache for
+/// T up to a few thousand and bounded for any T, and even a 261-token frame splits into enough
+/// items to keep every core busy.
+const QUERY_BLOCK: usize = 64;
+
+/// Softmax attention for q (pre-scaled), k, v in [b, heads, t, d]; returns [b, t, heads*d].
+/// Work items are (batch, head, block of queries), spread over the cores, each doing its own
+/// `q k^T` product, softmax and `p v` product with at most one [QUERY_BLOCK, t] score block
+/// per core; a cancel is noticed between groups of items.
+pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], b: usize, heads: usize, t: usize, d: usize) -> Result<Vec<f32>> {
+    let c = heads * d;
+    let mut out = vec![0f32; b * t * c];
+    let block = QUERY_BLOCK.min(t.max(1));
+    let blocks = t.div_ceil(block);
+    let items = b * heads * blocks;
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    let group = 16 * rayon::current_num_threads().max(1);
+    let _blas = SingleThreadedBlas::new();
+    let mut first = 0;
+    while first < items {
+        crate::nn::check_cancelled()?;
+        let last = (first + group).min(items);
+        (first..last).into_par_iter().for_each_init(
+            || (vec![0f32; block * t], vec![0f32; block]),
+            |(scores, sums), item| {
+                let (bh, qb) = (item / blocks, item % blocks);
+                let (bi, h) = (bh / heads, bh % heads);
+                let q0 = qb * block;
+                let len = block.min(t - q0);
+                let base = bh * t * d;
+                let s = &mut scores[..len * t];
+                // SAFETY: q block [len, d], k [t, d] (transposed), scores [len, t], in bounds.
+                unsafe { sgemm_raw(false, true, len, t, d, 1.0, q.as_ptr().add(base + q0 * d), d, k.as_ptr().add(base), d, 0.0, s.as_mut_ptr(), t) };
+                softmax_rows_unnormalised(s, t, &mut sums[..len]);
+                let dst = (bi * t + q0) * c + h * d;
+                // SAFETY: probabilities [len, t] times v [t, d] into rows q0.. of this batch and
+                // the columns of head h, which no other item writes.
+                unsafe {
+                    sgemm_raw(false, false, len, d, t, 1.0, s.as_ptr(), t, v.as_ptr().add(base), d, 0.0, out_ptr.ptr().add(dst), c);
+                    for (r, sum) in sums[..len].iter().enumerate() {
+                        let row = std::slice::from_raw_parts_mut(out_ptr.ptr().add(dst + r * c), d);
+                        let inv = 1.0 / sum;
+                        row.iter_mut().for_each(|v| *v *= inv);
+                    }
+                }
+            },
+        );
+        first = last;
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Convolution.
+
+/// Stride-1 2D convolution with zero padding `pad` and a square kernel, as one matrix product
+/// per kernel tap on a padded copy of the input: each tap reads the padded image shifted by
+/// (dy, dx) as a [C_in, H_out x W_pad] matrix, so nothing is unfolded (no im2col buffer); the
+/// W_pad - W_out extra columns per row are computed and dropped.
+/// x: [n, c_in, h, w], weight: [c_out, c_in, k, k] -> [n, c_out, h_out, w_out].
+pub(crate) fn conv2d_stride1(x: &[f32], n: usize, c_in: usize, h: usize, w: usize, weight: &[f32], c_out: usize, k: usize, pad: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+    let (ho, wo) = (hp + 1 - k, wp + 1 - k);
+    // The last tap reads up to (k-1) elements past the last padded row: one spare row each.
+    let plane = (hp + 1) * wp;
+    // Per-tap weights [c_out, c_in] (contiguous for BLAS).
+    let taps: Vec<Vec<f32>> = (0..k * k)
+        .map(|tap| (0..c_out * c_in).map(|i| weight[i * k * k + tap]).collect())
+        .collect();
+    let _blas = SingleThreadedBlas::new();
+    let mut out = vec![0f32; n * c_out * ho * wo];
+    let mut padded = vec![0f32; c_in * plane];
+    let mut wide = vec![0f32; c_out * ho * wp];
+    for img in 0..n {
+        let src = &x[img * c_in * h * w..(img + 1) * c_in * h * w];
+        padded.par_chunks_mut(plane).zip(src.par_chunks(h * w)).for_each(|(p, s)| {
+            for y in 0..h {
+                p[(y + pad) * wp + pad..(y + pad) * wp + pad + w].copy_from_slice(&s[y * w..(y + 1) * w]);
+            }
+        });
+        for (tap, wt) in taps.iter().enumerate() {
+            let (dy, dx) = (tap / k, tap % k);
+            // SAFETY: tap weights [c_out, c_in]; the shifted view reads ho*wp elements of each
+            // channel plane starting at dy*wp + dx, which stays inside the plane's spare row.
+            unsafe {
+                par_sgemm(false, false, c_out, ho * wp, c_in, wt.as_ptr(), c_in, padded.as_ptr().add(dy * wp + dx), plane, if tap == 0 { 0.0 } else { 1.0 }, wide.as_mut_ptr(), ho * wp)
+            };
+        }
+        let dst = &mut out[img * c_out * ho * wo..(img + 1) * c_out * ho * wo];
+        dst.par_chunks_mut(ho * wo).zip(wide.par_chunks(ho * wp)).enumerate().for_each(|(co, (o, src))| {
+            let b = bias.map_or(0.0, |b| b[co]);
+            for y in 0..ho {
+                for xx in 0..wo {
+                    o[y * wo + xx] = src[y * wp + xx] + b;
+                }
+            }
+        });
+    }
+    out
+}
+
+/// Transposed convolution whose stride equals its kernel (each input pixel paints its own k x k
+/// output patch, no overlap): one product [C_out k k, C_in] x [C_in, h w] per image, then a
+/// scatter. x: [n, c_in, h, w], weight: [c_in, c_out, k, k] -> [n, c_out, h k, w k].
+pub(crate) fn conv_transpose_patch(x: &[f32], n: usize, c_in: usize, h: usize, w: usize, weight: &[f32], c_out: usize, k: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    let (ho, wo) = (h * k, w * k);
+    let mut out = vec![0f32; n * c_out * ho * wo];
+    let mut cols = vec![0f32; c_out * k * k * h * w];
+    let _blas = SingleThreadedBlas::new();
+    for img in 0..n {
+        // SAFETY: weight read as [c_in, c_out k k] transposed, x as [c_in, h w], cols [c_out k k, h w].
+        unsafe { par_sgemm(true, false, c_out * k * k, h * w, c_in, weight.as_ptr(), c_out * k * k, x.as_ptr().add(img * c_in * h * w), h * w, 0.0, cols.as_mut_ptr(), h * w) };
+        let dst = &mut out[img * c_out * ho * wo..(img + 1) * c_out * ho * wo];
+        dst.par_chunks_mut(ho * wo).enumerate().for_each(|(co, o)| {
+            let b = bias.map_or(0.0, |b| b[co]);
+            for i in 0..k {
+                for j in 0..k {
+                    let src = &cols[((co * k + i) * k + j) * h * w..][..h * w];
+                    for y in 0..h {
+                        for xx in 0..w {
+                            o[(y * k + i) * wo + xx * k + j] = src[y * w + xx] + b;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    out
+}
+
+/// Bilinear resize with `align_corners=True` (as `F.interpolate` in the DPT heads) of `planes`
+/// [h, w] planes to [ho, wo], in parallel over the planes.
+pub(crate) fn upsample_bilinear_align_corners(x: &[f32], planes: usize, h: usize, w: usize, ho: usize, wo: usize) -> Vec<f32> {
+    // Source coordinate of each output index: index * (in - 1) / (out - 1), in f32 like PyTorch.
+    let taps = |n_in: usize, n_out: usize| -> Vec<(usize, usize, f32)> {
+        let scale = if n_out > 1 { (n_in - 1) as f32 / (n_out - 1) as f32 } else { 0.0 };
+        (0..n_out)
+            .map(|o| {
+                let src = scale * o as f32;
+                let i0 = (src.floor() as usize).min(n_in - 1);
+                let i1 = (i0 + 1).min(n_in - 1);
+                (i0, i1, src - i0 as f32)
+            })
+            .collect()
+    };
+    let (ty, tx) = (taps(h, ho), taps(w, wo));
+    let mut out = vec![0f32; planes * ho * wo];
+    out.par_chunks_mut(ho * wo).zip(x.par_chunks(h * w)).for_each(|(o, p)| {
+        for (oy, &(y0, y1, fy)) in ty.iter().enumerate() {
+            let (r0, r1) = (&p[y0 * w..(y0 + 1) * w], &p[y1 * w..(y1 + 1) * w]);
+            let row = &mut o[oy * wo..(oy + 1) * wo];
+            for (v, &(x0, x1, fx)) in row.iter_mut().zip(&tx) {
+                let top = r0[x0] + (r0[x1] - r0[x0]) * fx;
+                let bottom = r1[x0] + (r1[x1] - r1[x0]) * fx;
+                *v = top + (bottom - top) * fy;
+            }
+        }
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bilinear_align_corners_equals_candle() {
+        let dev = candle_core::Device::Cpu;
+        for (h, w, ho, wo) in [(4usize, 5usize, 8usize, 10usize), (21, 37, 294, 518), (3, 3, 7, 5), (1, 4, 3, 9)] {
+            let x = Tensor::randn(0f32, 1.0, (2, 3, h, w), &dev).unwrap();
+            let want = x.upsample_bilinear2d(ho, wo, true).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let got = upsample_bilinear_align_corners(&x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), 6, h, w, ho, wo);
+            let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-4, "{h}x{w} -> {ho}x{wo}: {diff}");
+        }
+    }
+
+    #[test]
+    fn exp_and_erf_approximations_are_accurate() {
+        for i in -8000..8000 {
+            let x = i as f32 * 0.01;
+            let e = exp_approx(x);
+            assert!((e - x.exp()).abs() <= 4e-7 * x.exp().max(1e-30), "exp({x}) = {e} vs {}", x.exp());
+            let g = gelu(x);
+            let want = 0.5 * x as f64 * (1.0 + libm_erf(x as f64 / std::f64::consts::SQRT_2));
+            assert!((g as f64 - want).abs() < 2e-6 * (1.0 + x.abs() as f64), "gelu({x})");
+        }
+        assert!(exp_approx(-1000.0) < 2e-38, "masked scores must vanish");
+    }
+
+    /// erf by its series/continued fraction in f64, for the test only.
+    fn libm_erf(x: f64) -> f64 {
+        // erf(x) = 2/sqrt(pi) * sum_n (-1)^n x^(2n+1) / (n! (2n+1)), converges fast for |x| < 3.
+        if x.abs() > 5.0 {
+            return x.signum();
+        }
+        let mut sum = 0.0;
+        let mut term = x;
+        for n in 0..200 {
+            sum += term / (2 * n + 1) as f64;
+            term *= -x * x / (n + 1) as f64;
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn conv_by_shifted_products_equals_candle() {
+        let dev = candle_core::Device::Cpu;
+        for (n, ci, co, h, w, k, pad) in [(2usize, 3usize, 5usize, 7usize, 9usize, 3usize, 1usize), (1, 4, 2, 5, 4, 1, 0), (1, 2, 3, 6, 6, 3, 0)] {
+            let x = Tensor::randn(0f32, 1.0, (n, ci, h, w), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 1.0, (co, ci, k, k), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, co, &dev).unwrap();
+            let want = x.conv2d(&wt, pad, 1, 1, 1).unwrap().broadcast_add(&b.reshape((1, co, 1, 1)).unwrap()).unwrap();
+            let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let ws = wt.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let bs = b.to_vec1::<f32>().unwrap();
+            let got = conv2d_stride1(&xs, n, ci, h, w, &ws, co, k, pad, Some(&bs));
+            let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(got.len(), want.len());
+            let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-4, "{diff}");
+        }
+    }
+
+    #[test]
+    fn patch_transposed_conv_equals_candle() {
+        let dev = candle_core::Device::Cpu;
+        for (n, ci, co, h, w, k) in [(2usize, 3usize, 4usize, 3usize, 5usize, 2usize), (1, 2, 3, 4, 2, 4)] {
+            let x = Tensor::randn(0f32, 1.0, (n, ci, h, w), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 1.0, (ci, co, k, k), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, co, &dev).unwrap();
+            let want = x.conv_transpose2d(&wt, 0, 0, k, 1).unwrap().broadcast_add(&b.reshape((1, co, 1, 1)).unwrap()).unwrap();
+            let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let ws = wt.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let got = conv_transpose_patch(&xs, n, ci, h, w, &ws, co, k, Some(&b.to_vec1::<f32>().unwrap()));
+            let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-4, "{diff}");
+        }
+    }
+}
