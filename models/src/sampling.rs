@@ -105,13 +105,37 @@ fn order_statistics(values: &[f32], ks: [usize; 2]) -> [f32; 2] {
     };
     let (b0, before0) = locate(ks[0]);
     let (b1, before1) = locate(ks[1]);
-    let gather = |bucket: u32| {
-        let mut inside: Vec<f32> = values.iter().copied().filter(|&v| order_key(v) >> 16 == bucket).collect();
-        inside.sort_unstable_by(|a, b| a.total_cmp(b));
-        inside
-    };
-    let first = gather(b0);
-    let second = if b1 == b0 { first.clone() } else { gather(b1) };
+    // Both buckets' values in one parallel pass, then sorted (buckets are small).
+    let (mut first, mut second) = std::thread::scope(|s| {
+        let parts: Vec<_> = values
+            .chunks(chunk)
+            .map(|c| {
+                s.spawn(move || {
+                    let (mut a, mut b) = (Vec::new(), Vec::new());
+                    for &v in c {
+                        let bucket = order_key(v) >> 16;
+                        if bucket == b0 {
+                            a.push(v);
+                        } else if bucket == b1 {
+                            b.push(v);
+                        }
+                    }
+                    (a, b)
+                })
+            })
+            .collect();
+        parts.into_iter().map(|p| p.join().expect("gather thread")).fold((Vec::new(), Vec::new()), |(mut a, mut b), (x, y)| {
+            a.extend(x);
+            b.extend(y);
+            (a, b)
+        })
+    });
+    first.sort_unstable_by(|a, b| a.total_cmp(b));
+    if b1 == b0 {
+        second = first.clone();
+    } else {
+        second.sort_unstable_by(|a, b| a.total_cmp(b));
+    }
     [first[ks[0] - before0], second[ks[1] - before1]]
 }
 

@@ -32,6 +32,10 @@ pub enum BenchCommand {
         /// Timed repetitions after one warm-up.
         #[arg(long, default_value_t = 1)]
         repeats: usize,
+        /// Instead of timing a run: cancel runs after each of these many seconds (comma-separated)
+        /// and report how long each took to stop (the app's Cancel button does the same).
+        #[arg(long, value_delimiter = ',')]
+        cancel_after: Vec<f64>,
     },
     /// Space-aware sampling at upstream's size: 128 candidate frames of 518x392 point maps (a
     /// synthetic room seen from a loop), voxel sets + greedy picks for K = 16.
@@ -98,7 +102,38 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
             }
             Ok(0)
         }
-        BenchCommand::Vggt { frames: Some(s), height, width, device, dtype, repeats } => {
+        BenchCommand::Vggt { frames: Some(s), height, width, device, dtype, cancel_after, .. } if !cancel_after.is_empty() => {
+            let device = spatial_models::open_device(&device)?;
+            let dtype = spatial_models::parse_dtype(&dtype)?;
+            let cfg = VggtConfig::vggt_1b();
+            let constant = super::bench_backend::ConstantWeights(1e-3);
+            let vb = candle_nn::VarBuilder::from_backend(Box::new(constant), dtype, device.clone());
+            let heads = candle_nn::VarBuilder::from_backend(Box::new(constant), candle_core::DType::F32, device.clone());
+            let model = Vggt::new(&cfg, vb, Some(heads))?;
+            let images = candle_core::Tensor::full(0.5f32, (s, 3, height, width), &device)?;
+            println!("| frames | size | cancelled after s | stopped within s |");
+            println!("|---|---|---|---|");
+            for after in cancel_after {
+                let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let setter = {
+                    let flag = flag.clone();
+                    std::thread::spawn(move || {
+                        std::thread::sleep(std::time::Duration::from_secs_f64(after));
+                        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                        std::time::Instant::now()
+                    })
+                };
+                let result = spatial_models::nn::cancellable(flag, || Ok(model.forward(&images)?))?;
+                let stopped = std::time::Instant::now();
+                let set_at = setter.join().map_err(|_| anyhow::anyhow!("cancel thread panicked"))?;
+                match result {
+                    None => println!("| {s} | {width}x{height} | {after:.1} | {:.3} |", stopped.saturating_duration_since(set_at).as_secs_f64()),
+                    Some(_) => println!("| {s} | {width}x{height} | {after:.1} | finished before the cancel |"),
+                }
+            }
+            Ok(0)
+        }
+        BenchCommand::Vggt { frames: Some(s), height, width, device, dtype, repeats, .. } => {
             let device = spatial_models::open_device(&device)?;
             let dtype = spatial_models::parse_dtype(&dtype)?;
             let cfg = VggtConfig::vggt_1b();

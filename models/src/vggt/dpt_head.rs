@@ -29,6 +29,8 @@ struct Conv(Conv2d);
 
 impl Module for Conv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // A head takes seconds per frame at full size: let a cancel land between its convs.
+        crate::nn::check_cancelled()?;
         #[cfg(feature = "openblas")]
         if self.0.config().stride == 1 && crate::cpu::is_cpu_f32(x) {
             let (n, c_in, h, w) = x.dims4()?;
