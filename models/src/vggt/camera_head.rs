@@ -22,11 +22,14 @@ pub struct CameraHead {
 }
 
 impl CameraHead {
-    pub fn new(cfg: &VggtConfig, vb: VarBuilder) -> Result<Self> {
+    /// `vb` supplies the head (f32, as upstream runs it); `trunk_vb` the trunk blocks, which may be
+    /// a narrower dtype on the CPU (the fused blocks widen them per call and compute in f32):
+    /// they are 4/5 of the head's 0.25 B parameters.
+    pub fn new(cfg: &VggtConfig, vb: VarBuilder, trunk_vb: VarBuilder) -> Result<Self> {
         let dim = cfg.head_dim_in();
         let c = &cfg.camera_head;
         let trunk = (0..c.trunk_depth)
-            .map(|i| Block::new(dim, c.num_heads, c.mlp_ratio, false, 1e-5, vb.pp("trunk").pp(i)))
+            .map(|i| Block::new(dim, c.num_heads, c.mlp_ratio, false, 1e-5, trunk_vb.pp("trunk").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             token_norm: layer_norm(dim, 1e-5, vb.pp("token_norm"))?,

@@ -74,9 +74,12 @@ impl Vggt {
         let aggregator = Aggregator::new(cfg, vb.pp("aggregator"))?;
         let (camera_head, depth_head, point_head) = match heads_vb {
             Some(h) => {
+                // On the CPU the camera trunk's blocks keep the aggregator's dtype (half the memory
+                // with bf16/f16, still computed in f32 by the fused blocks); elsewhere f32.
+                let trunk_vb = if cfg!(feature = "openblas") && vb.device().is_cpu() { vb.clone() } else { h.clone() };
                 cfg.validate_heads().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
                 (
-                Some(CameraHead::new(cfg, h.pp("camera_head"))?),
+                Some(CameraHead::new(cfg, h.pp("camera_head"), trunk_vb.pp("camera_head"))?),
                 Some(DptHead::new(cfg, 2, DptActivation::Exp, h.pp("depth_head"))?),
                 Some(DptHead::new(cfg, 4, DptActivation::InvLog, h.pp("point_head"))?),
                 )
