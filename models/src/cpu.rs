@@ -265,20 +265,33 @@ pub(crate) fn linear_nobias(x: &[f32], k: usize, w: &[f32]) -> Vec<f32> {
 /// workers are not left spinning (`sched_yield`) against it between products. The previous
 /// thread count is restored on drop. (Process-wide: another thread's BLAS calls meanwhile run
 /// single-threaded too, which costs speed, not correctness.)
-pub(crate) struct SingleThreadedBlas(i32);
+pub(crate) struct SingleThreadedBlas(());
+
+/// How many guards are alive (on any thread) and the thread count to restore when the last goes:
+/// the VGGT worker and the chat thread (Spatial-MLLM's spatial encoder) may hold guards at once,
+/// and the first one's saved count must be the one restored.
+static BLAS_GUARDS: std::sync::Mutex<(usize, i32)> = std::sync::Mutex::new((0, 1));
 
 impl SingleThreadedBlas {
     pub(crate) fn new() -> Self {
-        // SAFETY: OpenBLAS's thread-count getter/setter take and return plain integers.
-        let previous = unsafe { crate::blas::openblas_get_num_threads() };
-        unsafe { crate::blas::openblas_set_num_threads(1) };
-        Self(previous)
+        let mut guards = BLAS_GUARDS.lock().unwrap_or_else(|e| e.into_inner());
+        if guards.0 == 0 {
+            // SAFETY: OpenBLAS's thread-count getter/setter take and return plain integers.
+            guards.1 = unsafe { crate::blas::openblas_get_num_threads() };
+            unsafe { crate::blas::openblas_set_num_threads(1) };
+        }
+        guards.0 += 1;
+        Self(())
     }
 }
 
 impl Drop for SingleThreadedBlas {
     fn drop(&mut self) {
-        unsafe { crate::blas::openblas_set_num_threads(self.0) };
+        let mut guards = BLAS_GUARDS.lock().unwrap_or_else(|e| e.into_inner());
+        guards.0 -= 1;
+        if guards.0 == 0 {
+            unsafe { crate::blas::openblas_set_num_threads(guards.1) };
+        }
     }
 }
 
@@ -336,9 +349,9 @@ pub(crate) struct Rope<'a> {
     pub section: usize,
 }
 
-/// Tokens per chunk of the token-wise stages (bounds the [chunk, 4C] MLP intermediate and
-/// lets a cancel land between chunks).
-const TOKEN_CHUNK: usize = 2048;
+// Token chunks (bounding the [chunk, 4C] MLP intermediate, with a cancel check between them)
+// are the op-by-op path's.
+use crate::nn::TOKEN_CHUNK;
 
 /// `x + ls1(attn(norm1(x)))`, then `+ ls2(mlp(norm2(.)))` for x [b, t, c] row-major.
 pub(crate) fn block_forward(x: &[f32], b: usize, t: usize, w: &BlockWeights, rope: Option<&Rope>) -> Result<Vec<f32>> {

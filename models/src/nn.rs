@@ -39,7 +39,7 @@ pub fn check_cancelled() -> Result<()> {
 
 /// Tokens per chunk for the token-wise layers of large inputs, so a cancel is noticed within
 /// a fraction of a second even when one layer over all tokens takes seconds.
-const TOKEN_CHUNK: usize = 2048;
+pub(crate) const TOKEN_CHUNK: usize = 2048;
 
 /// Applies a token-wise function to x [B, T, C] in chunks of tokens (checking for cancellation
 /// between chunks); small inputs go in one piece.
@@ -56,7 +56,7 @@ pub fn token_chunked_by(x: &Tensor, chunk: usize, f: impl Fn(&Tensor) -> Result<
         return f(x);
     }
     let flat = x.reshape((n, c))?;
-    let mut parts = Vec::with_capacity(n.div_ceil(TOKEN_CHUNK));
+    let mut parts = Vec::with_capacity(n.div_ceil(chunk));
     let mut start = 0;
     while start < n {
         check_cancelled()?;
@@ -112,7 +112,8 @@ impl Module for Linear {
             y = y.broadcast_add(b)?;
         }
         let mut out_dims = dims;
-        *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
+        let last = out_dims.len() - 1; // x has at least one dim: k came from it
+        out_dims[last] = self.weight.dim(0)?;
         y.reshape(out_dims)
     }
 }

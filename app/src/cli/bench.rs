@@ -103,13 +103,7 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
             Ok(0)
         }
         BenchCommand::Vggt { frames: Some(s), height, width, device, dtype, cancel_after, .. } if !cancel_after.is_empty() => {
-            let device = spatial_models::open_device(&device)?;
-            let dtype = spatial_models::parse_dtype(&dtype)?;
-            let cfg = VggtConfig::vggt_1b();
-            let constant = super::bench_backend::ConstantWeights(1e-3);
-            let vb = candle_nn::VarBuilder::from_backend(Box::new(constant), dtype, device.clone());
-            let heads = candle_nn::VarBuilder::from_backend(Box::new(constant), candle_core::DType::F32, device.clone());
-            let model = Vggt::new(&cfg, vb, Some(heads))?;
+            let (_, model, _, device) = vggt_1b_constant(&device, &dtype)?;
             let images = candle_core::Tensor::full(0.5f32, (s, 3, height, width), &device)?;
             println!("| frames | size | cancelled after s | stopped within s |");
             println!("|---|---|---|---|");
@@ -134,14 +128,8 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
             Ok(0)
         }
         BenchCommand::Vggt { frames: Some(s), height, width, device, dtype, repeats, .. } => {
-            let device = spatial_models::open_device(&device)?;
-            let dtype = spatial_models::parse_dtype(&dtype)?;
-            let cfg = VggtConfig::vggt_1b();
             let t0 = std::time::Instant::now();
-            let constant = super::bench_backend::ConstantWeights(1e-3);
-            let vb = candle_nn::VarBuilder::from_backend(Box::new(constant), dtype, device.clone());
-            let heads = candle_nn::VarBuilder::from_backend(Box::new(constant), candle_core::DType::F32, device.clone());
-            let model = Vggt::new(&cfg, vb, Some(heads))?;
+            let (cfg, model, dtype, device) = vggt_1b_constant(&device, &dtype)?;
             let init = t0.elapsed().as_secs_f64();
             let weights_mib = peak_rss_mib().unwrap_or(0.0);
             let images = candle_core::Tensor::full(0.5f32, (s, 3, height, width), &device)?;
@@ -191,6 +179,18 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// VGGT-1B with constant weights (aggregator in `dtype`, heads in f32, as `Vggt::load` does).
+fn vggt_1b_constant(device: &str, dtype: &str) -> Result<(VggtConfig, Vggt, candle_core::DType, candle_core::Device)> {
+    let device = spatial_models::open_device(device)?;
+    let dtype = spatial_models::parse_dtype(dtype)?;
+    let cfg = VggtConfig::vggt_1b();
+    let constant = super::bench_backend::ConstantWeights(1e-3);
+    let vb = candle_nn::VarBuilder::from_backend(Box::new(constant), dtype, device.clone());
+    let heads = candle_nn::VarBuilder::from_backend(Box::new(constant), candle_core::DType::F32, device.clone());
+    let model = Vggt::new(&cfg, vb, Some(heads))?;
+    Ok((cfg, model, dtype, device))
 }
 
 fn bench_mllm(prompt_tokens: usize, decode_tokens: usize, vision_frames: usize, device: &str, dtype: &str) -> Result<i32> {

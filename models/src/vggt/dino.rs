@@ -93,7 +93,8 @@ impl DinoPatchEmbed {
         for block in &self.blocks {
             x = block.forward(&x, None)?;
         }
-        let norm = candle_nn::LayerNorm::new(self.norm.weight().to_dtype(dtype)?, self.norm.bias().expect("built with a bias").to_dtype(dtype)?, self.eps);
+        let bias = self.norm.bias().ok_or_else(|| candle_core::Error::Msg("DINO's final norm has no bias".into()))?;
+        let norm = candle_nn::LayerNorm::new(self.norm.weight().to_dtype(dtype)?, bias.to_dtype(dtype)?, self.eps);
         let x = norm.forward(&x)?;
         x.narrow(1, 1 + self.num_registers, grid_h * grid_w)
     }
