@@ -9,6 +9,8 @@
 //!   processor, prompt, tokenizer and generation.
 //! * [`checkpoint`]: reading and checking released checkpoints without loading tensor data.
 
+#[macro_use]
+mod multiversion;
 pub mod blas;
 pub mod checkpoint;
 #[cfg(feature = "openblas")]
