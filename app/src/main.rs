@@ -2,6 +2,7 @@
 
 mod cli;
 mod demo;
+mod previews;
 mod video;
 mod gui;
 mod question;

@@ -247,7 +247,7 @@ fn bench_mllm(prompt_tokens: usize, decode_tokens: usize, vision_frames: usize, 
 }
 
 fn bench_seek(video: Option<std::path::PathBuf>, seeks: usize) -> Result<i32> {
-    use crate::video::{VideoInfo, VideoStream, decode_every, thumbnail_step};
+    use crate::video::{VideoInfo, VideoStream};
     use std::time::Instant;
     let path = match video {
         Some(p) => p,
@@ -300,20 +300,40 @@ fn bench_seek(video: Option<std::path::PathBuf>, seeks: usize) -> Result<i32> {
     let t = Instant::now();
     info.decode(&[late], Some(crate::gui::tasks::DISPLAY_MAX_WIDTH))?;
     let one_pass_ms = t.elapsed().as_secs_f64() * 1e3;
-    let step = thumbnail_step(info.frames, 600);
+    // Scrub previews: the app's background pass, then the frame under a random cursor.
     let t = Instant::now();
+    let mut previews = crate::previews::ScrubPreviews::start(&info);
     let mut first = None;
-    let mut count = 0;
-    decode_every(&info, step, 160, |_, _| {
-        first.get_or_insert(t.elapsed().as_secs_f64() * 1e3);
-        count += 1;
-        true
-    })?;
+    while !previews.finished() {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        previews.receive();
+        if previews.len() > 0 {
+            first.get_or_insert(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
     let previews_s = t.elapsed().as_secs_f64();
+    let mut scrub = Vec::new();
+    let mut exact = 0;
+    for _ in 0..seeks.max(1) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let n = (state % info.frames as u64) as usize;
+        let t = Instant::now();
+        if let Some((i, _)) = previews.nearest(n) {
+            scrub.push(t.elapsed().as_secs_f64() * 1e3);
+            exact += usize::from(i == n);
+        }
+    }
+    let (scrub_med, scrub_max) = stats(&mut scrub);
     println!("{}: {} frames {}x{} {}, display decode at 640 px wide", path.display(), info.frames, info.width, info.height, info.codec);
-    println!("| open (frame timestamps) ms | random seek ms, median | max | step forward ms, median | max | last frame by one-pass decode ms | scrub previews: count, every k-th | first preview ms | all previews s |");
-    println!("|---|---|---|---|---|---|---|---|---|");
-    println!("| {open_ms:.0} | {seek_med:.0} | {seek_max:.0} | {step_med:.1} | {step_max:.1} | {one_pass_ms:.0} | {count}, k = {step} | {:.0} | {previews_s:.1} |", first.unwrap_or(f64::NAN));
+    println!("| open (frame timestamps) ms | exact frame by random seek ms, median | max | step forward ms, median | max | last frame by one-pass decode ms |");
+    println!("|---|---|---|---|---|---|");
+    println!("| {open_ms:.0} | {seek_med:.0} | {seek_max:.0} | {step_med:.1} | {step_max:.1} | {one_pass_ms:.0} |");
+    println!();
+    println!("| scrub previews ({} px JPEG) | memory | first after ms | all after s | frame under a random cursor: preview ms, median | max | the exact frame's own preview |", crate::previews::PREVIEW_WIDTH);
+    println!("|---|---|---|---|---|---|---|");
+    println!("| {}, every {} frame(s) | {:.1} MB | {:.0} | {previews_s:.1} | {scrub_med:.2} | {scrub_max:.2} | {exact} of {} |", previews.len(), previews.step(), previews.bytes() as f64 / 1e6, first.unwrap_or(f64::NAN), scrub.len());
     Ok(0)
 }
 

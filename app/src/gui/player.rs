@@ -2,6 +2,7 @@
 //! Demo frames live in memory at 320x240; folder frames are decoded on demand at display size,
 //! with a small cache, so memory stays bounded whatever the folder holds.
 
+use crate::previews::ScrubPreviews;
 use super::tasks::{FolderInfo, FolderOpened, FrameDecoded, FrameRef, Job, SceneLoaded, VideoOpened, Worker};
 use super::{OpenRequest, SeekRequest, StartupOptions, StatusLine};
 use bevy::prelude::*;
@@ -13,58 +14,6 @@ use std::sync::Arc;
 
 pub const DEMO_FPS: f32 = 10.0;
 const CACHE_FRAMES: usize = 48;
-/// Scrub previews per video (every k-th frame, 160 px wide: at most about 35 MB).
-const MAX_THUMBNAILS: usize = 600;
-const THUMBNAIL_WIDTH: usize = 160;
-
-/// Small frames of the open video for instant scrubbing, decoded in the background.
-#[derive(Default)]
-pub struct ScrubPreviews {
-    step: usize,
-    frames: std::collections::BTreeMap<usize, Arc<RgbFrame>>,
-    incoming: Option<crossbeam_channel::Receiver<(usize, RgbFrame)>>,
-    cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
-}
-
-impl ScrubPreviews {
-    fn start(info: &crate::video::VideoInfo) -> Self {
-        let step = crate::video::thumbnail_step(info.frames, MAX_THUMBNAILS);
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stop = cancel.clone();
-        let info = info.clone();
-        let _ = std::thread::Builder::new().name("scrub-previews".into()).spawn(move || {
-            let _ = crate::video::decode_every(&info, step, THUMBNAIL_WIDTH, |i, f| !stop.load(std::sync::atomic::Ordering::Relaxed) && tx.send((i, f)).is_ok());
-        });
-        Self { step, frames: Default::default(), incoming: Some(rx), cancel: Some(cancel) }
-    }
-
-    fn receive(&mut self) {
-        if let Some(rx) = &self.incoming {
-            while let Ok((i, f)) = rx.try_recv() {
-                self.frames.insert(i, Arc::new(f));
-            }
-        }
-    }
-
-    /// The preview nearest to `frame` at or before it.
-    fn nearest(&self, frame: usize) -> Option<(usize, Arc<RgbFrame>)> {
-        self.frames.range(..=frame).next_back().map(|(i, f)| (*i, f.clone())).filter(|(i, _)| frame - i < 2 * self.step.max(1))
-    }
-
-    pub fn len(&self) -> usize {
-        self.frames.len()
-    }
-}
-
-impl Drop for ScrubPreviews {
-    fn drop(&mut self) {
-        if let Some(c) = &self.cancel {
-            c.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-}
-
 pub enum FrameSource {
     Demo(Arc<Reconstruction>),
     Folder(Arc<FolderInfo>),
