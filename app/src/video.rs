@@ -102,12 +102,20 @@ impl VideoInfo {
         }
         anyhow::ensure!(indices.windows(2).all(|w| w[0] < w[1]), "frame indices must be ascending and distinct");
         let (w, h) = self.scaled_size(max_width);
-        let select: Vec<String> = indices.iter().map(|i| format!("eq(n\\,{i})")).collect();
-        let filter = format!("select='{}',scale={w}:{h}:flags=bicubic", select.join("+"));
-        let mut child = tool("ffmpeg")?
-            .args(["-v", "error", "-nostdin", "-i"])
-            .arg(&self.path)
-            .args(["-vf", &filter, "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"])
+        let filter = format!("select='{}',scale={w}:{h}:flags=bicubic", select_expression(indices));
+        // Long lists go through a file: one command-line argument holds at most 128 KiB.
+        let script = (filter.len() > 16 << 10).then(|| RemovedOnDrop(std::env::temp_dir().join(format!("spatial-viewer-select-{}-{:p}.txt", std::process::id(), indices))));
+        if let Some(RemovedOnDrop(path)) = &script {
+            std::fs::write(path, &filter).with_context(|| format!("writing {}", path.display()))?;
+        }
+        let mut cmd = tool("ffmpeg")?;
+        cmd.args(["-v", "error", "-nostdin", "-i"]).arg(&self.path);
+        match &script {
+            Some(RemovedOnDrop(path)) => cmd.arg("-filter_script:v").arg(path),
+            None => cmd.args(["-vf", &filter]),
+        };
+        let mut child = cmd
+            .args(["-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -129,6 +137,27 @@ impl VideoInfo {
         }
         Ok(frames)
     }
+}
+
+/// A temporary file, deleted when dropped.
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `select`'s expression for a list of frame indices: a sum of `eq(n,i)`, grouped in parentheses
+/// 32 at a time (and the groups likewise), since FFmpeg's expression parser refuses a sum of more
+/// than 100 terms.
+fn select_expression(indices: &[usize]) -> String {
+    const GROUP: usize = 32;
+    let mut terms: Vec<String> = indices.iter().map(|i| format!("eq(n\\,{i})")).collect();
+    while terms.len() > GROUP {
+        terms = terms.chunks(GROUP).map(|c| format!("({})", c.join("+"))).collect();
+    }
+    terms.join("+")
 }
 
 /// Presentation timestamps of every frame and where the keyframes are, from the packets alone
@@ -242,13 +271,34 @@ impl VideoStream {
         Ok(RgbFrame::new(w, h, buf))
     }
 
+    /// Displayed frame `n`, preceded (oldest first) by up to `behind` frames before it when
+    /// reaching `n` needs a restart anyway: those lie between the keyframe the decoder starts
+    /// from and `n`, so they cost their scaling, not their decoding. Stepping backwards from `n`
+    /// then finds them ready.
+    pub fn frame_with_preceding(&mut self, n: usize, behind: usize) -> Result<Vec<(usize, RgbFrame)>> {
+        if behind == 0 || n >= self.info.frames || self.reachable(n) {
+            return Ok(vec![(n, self.frame(n)?)]);
+        }
+        let keyframe = self.times.keyframes.partition_point(|&k| k <= n).checked_sub(1).map_or(0, |i| self.times.keyframes[i]);
+        self.restart(n.saturating_sub(behind).max(keyframe))?;
+        let mut frames = Vec::with_capacity(n + 1 - self.next);
+        while self.next <= n {
+            let index = self.next;
+            frames.push((index, self.read_one()?));
+        }
+        Ok(frames)
+    }
+
+    fn reachable(&self, n: usize) -> bool {
+        self.process.is_some() && n >= self.next && n - self.next <= DECODE_FORWARD_LIMIT
+    }
+
     /// Displayed frame `n`.
     pub fn frame(&mut self, n: usize) -> Result<RgbFrame> {
         if n >= self.info.frames {
             bail!("{}: frame {n} is out of range (the video has {} frames)", self.info.path.display(), self.info.frames);
         }
-        let reachable = self.process.is_some() && n >= self.next && n - self.next <= DECODE_FORWARD_LIMIT;
-        if !reachable {
+        if !self.reachable(n) {
             self.restart(n)?;
         }
         while self.next < n {
@@ -321,6 +371,25 @@ mod tests {
     /// The seeking decoder gives exactly what one-pass `select=eq(n,N)` decoding gives, in any
     /// access order (jumps back, far jumps, steps forward), with B-frames, short GOPs and a
     /// variable frame rate.
+    /// FFmpeg refuses a `select` sum of more than 100 terms, and a command-line argument holds
+    /// at most 128 KiB: lists of 101 and of 2,500 frames still decode in one pass, exactly.
+    #[test]
+    fn long_frame_lists_decode_in_one_pass() {
+        let dir = tmp("long-lists");
+        let path = dir.join("long.mp4");
+        let out = Command::new("ffmpeg").args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=32x24:rate=50", "-frames:v", "2600", "-c:v", "libx264", "-g", "60", "-pix_fmt", "yuv420p"]).arg(&path).output().expect("ffmpeg");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let info = VideoInfo::probe(&path).unwrap();
+        let mut stream = VideoStream::open(info.clone(), None).unwrap();
+        for indices in [(0..101).map(|i| i * 3).collect::<Vec<usize>>(), (0..2500).collect()] {
+            let frames = info.decode(&indices, None).unwrap();
+            assert_eq!(frames.len(), indices.len());
+            for k in [0, indices.len() / 2, indices.len() - 1] {
+                assert_eq!(frames[k].data, stream.frame(indices[k]).unwrap().data, "frame {}", indices[k]);
+            }
+        }
+    }
+
     #[test]
     fn seeking_decoder_is_frame_exact_in_any_order() {
         let dir = tmp("seek");
@@ -346,6 +415,19 @@ mod tests {
             // Stepping forward reuses the running decoder; jumps restart it.
             assert!(stream.seeks < order.len(), "{} restarts for {} requests", stream.seeks, order.len());
             assert!(stream.frame(120).is_err());
+            // A jump back with frames before it, for stepping backwards: exact, oldest first, and
+            // never from before the keyframe the decoder starts at.
+            let all = info.decode(&(0..120).collect::<Vec<_>>(), None).unwrap();
+            for (n, behind) in [(70usize, 8usize), (3, 8), (50, 0)] {
+                let got = stream.frame_with_preceding(n, behind).unwrap();
+                assert_eq!(got.last().map(|(i, _)| *i), Some(n));
+                assert!(got.len() <= behind + 1);
+                let keyframe = *stream.times.keyframes.iter().filter(|&&k| k <= n).max().unwrap_or(&0);
+                assert_eq!(got.first().map(|(i, _)| *i), Some(n.saturating_sub(behind).max(keyframe)), "{}: frames before {n}", info.path.display());
+                for (i, f) in &got {
+                    assert_eq!(f.data, all[*i].data, "{}: frame {i} before {n}", info.path.display());
+                }
+            }
         }
     }
 

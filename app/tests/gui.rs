@@ -304,7 +304,8 @@ fn a_video_plays_and_is_reconstructed() {
     let weights = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/vggt-tiny");
     let script = format!(
         r#"{{"steps": [{{"load_weights": {{"vggt": "{}"}}}}, {{"set": {{"control": "vggt_frames", "value": 4}}}}, {{"open": "clip.mp4"}}, {{"wait_idle": 120}}, {{"seek": 20}}, {{"wait_idle": 30}},
-            {{"wait_frames": 5}}, {{"dump_state": "state.json"}}, {{"screenshot": "video.png"}}, {{"quit": true}}]}}"#,
+            {{"wait_frames": 5}}, {{"dump_state": "state.json"}}, {{"screenshot": "video.png"}},
+            {{"seek": 19}}, {{"wait_idle": 30}}, {{"wait_frames": 3}}, {{"dump_state": "stepped-back.json"}}, {{"quit": true}}]}}"#,
         weights.display()
     );
     let out = run_script(&dir, &script);
@@ -318,6 +319,12 @@ fn a_video_plays_and_is_reconstructed() {
     assert_eq!(state["shown"]["preview"], false);
     assert_eq!((state["shown"]["width"].as_u64(), state["shown"]["height"].as_u64()), (Some(224), Some(168)));
     assert_eq!(state["scrub_previews"], 30, "{state}");
+    // A step back restarts the decoder at the keyframe (frame 0 in this clip) and keeps the
+    // frames decoded on the way, so the next steps back are ready.
+    let back: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("stepped-back.json")).unwrap()).unwrap();
+    assert_eq!((back["shown"]["frame"].as_u64(), back["shown"]["preview"].as_bool()), (Some(19), Some(false)), "{back}");
+    let decoded: Vec<u64> = back["decoded_frames"].as_array().unwrap().iter().filter_map(|v| v.as_u64()).collect();
+    assert!((0..=19).all(|i| decoded.contains(&i)), "decoded after stepping back: {decoded:?}");
     // The video panel shows a decoded frame (the test pattern has many colours).
     let img = load_rgb(&dir.join("video.png"));
     let colours: std::collections::HashSet<[u8; 3]> = (40..250).flat_map(|y| (10..290).map(move |x| (x, y))).map(|(x, y)| img.get_pixel(x, y).0).collect();

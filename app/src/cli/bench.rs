@@ -290,12 +290,23 @@ fn bench_seek(video: Option<std::path::PathBuf>, seeks: usize) -> Result<i32> {
         stream.frame(n)?;
         steps.push(t.elapsed().as_secs_f64() * 1e3);
     }
+    // Stepping back from the middle: the first step restarts and keeps up to 24 frames before it.
+    let mut back = Vec::new();
+    let mut kept = 0;
+    for k in 0..5 {
+        let n = info.frames / 2 + 37 * k;
+        stream.frame(n)?;
+        let t = Instant::now();
+        kept += stream.frame_with_preceding(n - 1, 24)?.len() - 1;
+        back.push(t.elapsed().as_secs_f64() * 1e3);
+    }
     let stats = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         (v[v.len() / 2], v[v.len() - 1])
     };
     let (seek_med, seek_max) = stats(&mut lat);
     let (step_med, step_max) = stats(&mut steps);
+    let (back_med, back_max) = stats(&mut back);
     let late = info.frames - 1;
     let t = Instant::now();
     info.decode(&[late], Some(crate::gui::tasks::DISPLAY_MAX_WIDTH))?;
@@ -327,9 +338,9 @@ fn bench_seek(video: Option<std::path::PathBuf>, seeks: usize) -> Result<i32> {
     }
     let (scrub_med, scrub_max) = stats(&mut scrub);
     println!("{}: {} frames {}x{} {}, display decode at 640 px wide", path.display(), info.frames, info.width, info.height, info.codec);
-    println!("| open (frame timestamps) ms | exact frame by random seek ms, median | max | step forward ms, median | max | last frame by one-pass decode ms |");
-    println!("|---|---|---|---|---|---|");
-    println!("| {open_ms:.0} | {seek_med:.0} | {seek_max:.0} | {step_med:.1} | {step_max:.1} | {one_pass_ms:.0} |");
+    println!("| open (frame timestamps) ms | exact frame by random seek ms, median | max | step forward ms, median | max | first step back ms, median | max | frames kept for the next steps back | last frame by one-pass decode ms |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| {open_ms:.0} | {seek_med:.0} | {seek_max:.0} | {step_med:.1} | {step_max:.1} | {back_med:.0} | {back_max:.0} | {:.0} | {one_pass_ms:.0} |", kept as f64 / back.len() as f64);
     println!();
     println!("| scrub previews ({} px JPEG) | memory | first after ms | all after s | frame under a random cursor: preview ms, median | max | the exact frame's own preview |", crate::previews::PREVIEW_WIDTH);
     println!("|---|---|---|---|---|---|---|");

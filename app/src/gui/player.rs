@@ -62,6 +62,13 @@ impl Player {
             self.current = frame.min(self.frame_count - 1);
         }
     }
+    /// Frames decoded at display size and kept for stepping, ascending.
+    pub fn cached_frames(&self) -> Vec<usize> {
+        let mut frames: Vec<usize> = self.cache.iter().map(|(i, _)| *i).collect();
+        frames.sort_unstable();
+        frames.dedup();
+        frames
+    }
     pub fn time_of(&self, frame: usize) -> f32 {
         frame as f32 / self.fps.max(1e-3)
     }

@@ -335,6 +335,7 @@ fn run_script(
                     "frame": player.current,
                     "frame_count": player.frame_count,
                     "scrub_previews": player.previews.len(),
+                    "decoded_frames": player.cached_frames(),
                     "shown": player.shown.as_ref().map(|(i, f)| serde_json::json!({"frame": i, "preview": player.shown_is_preview, "width": f.width, "height": f.height})),
                     "geometry": geometry.scene.as_ref().map(|s| serde_json::json!({"label": s.label, "frames": s.rec.frames, "points": s.cloud.points.len(), "frame_indices": s.rec.frame_indices})),
                     "sampled": sampled.frames,

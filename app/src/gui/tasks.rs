@@ -81,7 +81,7 @@ pub struct Worker {
     jobs: Sender<Job>,
     results: Receiver<JobOutput>,
     decode_requests: Sender<(usize, FrameRef)>,
-    decoded: Receiver<(usize, Result<RgbFrame, String>)>,
+    decoded: Receiver<Decoded>,
     /// Jobs sent and not yet answered.
     pub in_flight: usize,
     pub decodes_in_flight: usize,
@@ -248,30 +248,46 @@ fn spawn_threads() -> Worker {
         .spawn(move || {
             // One long-lived decoder for the open video (frame-exact seeks, cheap steps forward).
             let mut stream: Option<crate::video::VideoStream> = None;
+            // The video frame asked for last: a request just before it means stepping or
+            // scrubbing backwards.
+            let mut last_video_frame: Option<usize> = None;
             while let Ok(mut req) = dec_rx.recv() {
                 // Scrubbing sends many requests: answer the skipped ones empty, decode the newest.
                 while let Ok(newer) = dec_rx.try_recv() {
-                    let _ = frame_tx.send((req.0, Err(String::new())));
+                    let _ = frame_tx.send(Decoded { index: req.0, frame: Err(String::new()), answers_request: true });
                     req = newer;
                 }
                 let frame = req.1.clone();
                 let stream = &mut stream;
+                let backwards = match &frame {
+                    FrameRef::Video(_, n) => last_video_frame.replace(*n).is_some_and(|last| *n < last && last - n <= 2 * DECODE_BEHIND),
+                    FrameRef::Image(_) => false,
+                };
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || match &frame {
-                    FrameRef::Image(path) => decode_for_display(path),
+                    FrameRef::Image(path) => decode_for_display(path).map(|f| vec![(0, f)]),
                     FrameRef::Video(info, n) => {
                         if stream.as_ref().is_none_or(|s| s.info.path != info.path) {
                             // Streams without per-frame timestamps fall back to one-pass decoding.
                             *stream = crate::video::VideoStream::open((**info).clone(), Some(DISPLAY_MAX_WIDTH)).ok();
                         }
                         match stream.as_mut() {
-                            Some(s) => s.frame(*n),
-                            None => info.decode(&[*n], Some(DISPLAY_MAX_WIDTH)).map(|mut v| v.remove(0)),
+                            Some(s) => s.frame_with_preceding(*n, if backwards { DECODE_BEHIND } else { 0 }),
+                            None => info.decode(&[*n], Some(DISPLAY_MAX_WIDTH)).map(|mut v| vec![(*n, v.remove(0))]),
                         }
                     }
                 }))
-                    .map_err(panic_message)
-                    .and_then(|r| r.map_err(|e| format!("{e:#}")));
-                if frame_tx.send((req.0, result)).is_err() {
+                .map_err(panic_message)
+                .and_then(|r| r.map_err(|e| format!("{e:#}")));
+                // The frames before the one asked for first, then the answer (last).
+                let sent = match result {
+                    Ok(mut frames) => {
+                        let answer = frames.pop().map(|(_, f)| f).ok_or_else(|| "the decoder returned no frame".to_string());
+                        frames.into_iter().all(|(index, f)| frame_tx.send(Decoded { index, frame: Ok(f), answers_request: false }).is_ok())
+                            && frame_tx.send(Decoded { index: req.0, frame: answer, answers_request: true }).is_ok()
+                    }
+                    Err(e) => frame_tx.send(Decoded { index: req.0, frame: Err(e), answers_request: true }).is_ok(),
+                };
+                if !sent {
                     break;
                 }
             }
@@ -279,6 +295,17 @@ fn spawn_threads() -> Worker {
         .expect("spawn decoder thread");
     Worker { jobs: job_tx, results: out_rx, decode_requests: dec_tx, decoded: frame_rx, in_flight: 0, decodes_in_flight: 0 }
 }
+
+/// What the decoder thread hands back: the frame asked for (or why not), or a frame decoded on the
+/// way to it (for stepping backwards), which answers no request.
+struct Decoded {
+    index: usize,
+    frame: Result<RgbFrame, String>,
+    answers_request: bool,
+}
+
+/// Frames kept before a frame that needed a restart, once the user steps or scrubs backwards.
+const DECODE_BEHIND: usize = 24;
 
 /// A decoded frame for the player.
 #[derive(Message, Clone)]
@@ -316,8 +343,10 @@ fn receive(
             JobOutput::Failed(e) => status.error(e),
         }
     }
-    while let Ok((index, result)) = worker.decoded.try_recv() {
-        worker.decodes_in_flight = worker.decodes_in_flight.saturating_sub(1);
+    while let Ok(Decoded { index, frame: result, answers_request }) = worker.decoded.try_recv() {
+        if answers_request {
+            worker.decodes_in_flight = worker.decodes_in_flight.saturating_sub(1);
+        }
         match result {
             Ok(frame) => {
                 frames.write(FrameDecoded(index, Arc::new(frame)));
