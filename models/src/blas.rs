@@ -2,7 +2,9 @@
 //! own CPU gemm reaches about 55-60 GFLOP/s on the 2-core machines here, OpenBLAS about 2.3x that.
 //! Anything else (other dtypes, GPUs, layouts BLAS cannot take) goes to candle's `matmul`.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
+#[cfg(feature = "openblas")]
+use candle_core::DType;
 
 #[cfg(feature = "openblas")]
 mod ffi {

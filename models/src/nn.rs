@@ -283,6 +283,8 @@ pub struct Block {
     norm2: candle_nn::LayerNorm,
     mlp: Mlp,
     ls2: LayerScale,
+    /// The LayerNorms' epsilon, for the fused CPU path.
+    #[cfg_attr(not(feature = "openblas"), allow(dead_code))]
     eps: f64,
 }
 

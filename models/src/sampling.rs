@@ -240,12 +240,12 @@ struct ClassifiedChunk {
     boundary: Vec<f32>,
     /// Points below the bracket.
     below: usize,
-    /// Those points, to settle without going back to the maps; `None` past `BOUNDARY_RECORDS`
+    /// The points inside the bracket, to settle without going back to the maps; `None` past `BOUNDARY_RECORDS`
     /// (nearly constant confidences), where settling scans the boundary bits instead.
     records: Option<Vec<BoundaryPoint>>,
 }
 
-/// A point in the percentile's buckets, recorded during the classification pass.
+/// A point inside the percentile's bracket, recorded during the classification pass.
 #[derive(Clone, Copy)]
 struct BoundaryPoint {
     conf: f32,
@@ -258,10 +258,10 @@ struct BoundaryPoint {
 const BOUNDARY_RECORDS: usize = if cfg!(test) { 1 << 10 } else { 1 << 20 };
 
 impl ConfidentPoints {
-    /// One pass over the confidences for their histogram, then one fused pass over confidences and
-    /// points that keeps every point certainly above the percentile (a bit in the mask, its
-    /// coordinates in the box) and marks the few in the percentile's own buckets, which are
-    /// settled once the exact percentile is known.
+    /// A bracket around the percentile from a sample, then one fused pass over confidences and
+    /// points that keeps every point certainly above it (a bit in the mask, its coordinates in
+    /// the box) and records the few inside it, which are settled once the exact percentile is
+    /// known.
     fn find(points: &[f32], conf: &[f32], params: &SamplingParams) -> Self {
         let n = conf.len();
         let ranks = percentile_ranks(n, params.conf_percentile);

@@ -43,7 +43,7 @@ fn always(_: AskEvent) -> bool {
 fn check_run(use_spatial: bool) {
     let expected = load_expected("spatial-mllm-tiny/expected.safetensors");
     let dir = CheckpointDir::open(&fixture("spatial-mllm-tiny")).unwrap();
-    let mut model = SpatialMllm::load(&dir, use_spatial, DType::F32, &Device::Cpu).unwrap();
+    let mut model = SpatialMllm::load(&dir, use_spatial, DType::F32, &device()).unwrap();
     assert_eq!(model.has_spatial(), use_spatial);
     let tok = tokenizer();
 
@@ -108,7 +108,7 @@ fn tokenizer_round_trips_the_chat_prompt() {
 fn cancelling_stops_generation_between_tokens() {
     let expected = load_expected("spatial-mllm-tiny/expected.safetensors");
     let dir = CheckpointDir::open(&fixture("spatial-mllm-tiny")).unwrap();
-    let mut model = SpatialMllm::load(&dir, true, DType::F32, &Device::Cpu).unwrap();
+    let mut model = SpatialMllm::load(&dir, true, DType::F32, &device()).unwrap();
     let tok = tokenizer();
     let video = model.prepare_video(frames(&expected), PixelLimits::video(4), false).unwrap();
     let input_ids = tok.prompt_ids(meta()["prompt"].as_str().unwrap(), model.config.video_token_id, video.grid.merged_tokens(2)).unwrap();
@@ -138,7 +138,7 @@ fn bf16_weights_stay_close_to_f32() {
     // The released checkpoint is bf16; on a GPU it runs as is.
     let expected = load_expected("spatial-mllm-tiny/expected.safetensors");
     let dir = CheckpointDir::open(&fixture("spatial-mllm-tiny")).unwrap();
-    let mut model = SpatialMllm::load(&dir, true, DType::BF16, &Device::Cpu).unwrap();
+    let mut model = SpatialMllm::load(&dir, true, DType::BF16, &device()).unwrap();
     let tok = tokenizer();
     let video = model.prepare_video(frames(&expected), PixelLimits::video(4), false).unwrap();
     let input_ids = tok.prompt_ids(meta()["prompt"].as_str().unwrap(), model.config.video_token_id, video.grid.merged_tokens(2)).unwrap();

@@ -8,7 +8,7 @@ use spatial_models::vggt::{Camera, Vggt, VggtConfig, VggtParts};
 
 fn load_model(dtype: DType) -> Vggt {
     let cfg = VggtConfig::from_json(&std::fs::read_to_string(fixture("vggt-tiny/config.json")).unwrap()).unwrap();
-    Vggt::load(&cfg, &[fixture("vggt-tiny/model.safetensors")], "", VggtParts::Full, dtype, &Device::Cpu).unwrap()
+    Vggt::load(&cfg, &[fixture("vggt-tiny/model.safetensors")], "", VggtParts::Full, dtype, &device()).unwrap()
 }
 
 #[test]
@@ -102,7 +102,7 @@ fn spatial_mllm_checkpoint_provides_the_same_aggregator() {
     let prefix = "spatial_encoder.vggt_model.";
     let shapes = dir.tensors().unwrap().into_iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.shape))).collect();
     cfg.infer_from_shapes(&shapes);
-    let model = Vggt::load(&cfg, &dir.safetensors, "spatial_encoder.vggt_model", VggtParts::AggregatorOnly, DType::F32, &Device::Cpu).unwrap();
+    let model = Vggt::load(&cfg, &dir.safetensors, "spatial_encoder.vggt_model", VggtParts::AggregatorOnly, DType::F32, &device()).unwrap();
     let expected = load_expected("vggt-tiny/expected.safetensors");
     let last = cfg.depth - 1;
     let out = model.aggregator.forward(&expected["images"], &[last], false, None).unwrap().unwrap();

@@ -259,7 +259,7 @@ fn upsample(x: &Tensor, th: usize, tw: usize) -> Result<Tensor> {
 /// Adds 0.1 x the sin-cos embedding of the normalised view-plane UV grid to a [N, C, h, w] map
 /// (`_apply_pos_embed`); `w`/`h` are the image's, which set the aspect ratio.
 fn add_uv_embedding(x: &Tensor, image_w: usize, image_h: usize) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
+    let (_, c, h, w) = x.dims4()?;
     let tables = UvTables::new(c, h, w, image_w as f64 / image_h as f64);
     #[cfg(feature = "openblas")]
     if crate::cpu::is_cpu_f32(x) {
@@ -270,7 +270,7 @@ fn add_uv_embedding(x: &Tensor, image_w: usize, image_h: usize) -> Result<Tensor
         if let Some(v) = crate::cpu::f32_view(&x) {
             let mut out = v.slice().to_vec();
             out.par_chunks_mut(h * w).enumerate().for_each(|(plane, p)| tables.add_to_plane(plane % c, p));
-            return Tensor::from_vec(out, (n, c, h, w), x.device());
+            return Tensor::from_vec(out, x.dims(), x.device());
         }
     }
     let emb = Tensor::from_vec(tables.materialise(c), (c, h, w), x.device())?.to_dtype(x.dtype())?.unsqueeze(0)?;

@@ -9,8 +9,22 @@ pub fn fixture(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)
 }
 
+/// Where the parity tests run: the CPU, or the device `SPATIAL_TEST_DEVICE` names (`cuda`,
+/// `metal`: a build with that feature). One device for the whole test binary, since tensors of
+/// two CUDA devices opened separately do not mix.
+pub fn device() -> Device {
+    static DEVICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+    DEVICE
+        .get_or_init(|| {
+            let name = std::env::var("SPATIAL_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+            spatial_models::open_device(&name).unwrap_or_else(|e| panic!("SPATIAL_TEST_DEVICE={name}: {e:#}"))
+        })
+        .clone()
+}
+
+/// The expected outputs (and inputs) of a fixture, on the test device.
 pub fn load_expected(path: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(path), &Device::Cpu).expect("fixture loads")
+    candle_core::safetensors::load(fixture(path), &device()).expect("fixture loads")
 }
 
 /// Largest |a - b| / max(1, |b|) over all elements (absolute below 1, relative above).
