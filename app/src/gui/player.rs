@@ -162,7 +162,16 @@ fn demo_frame(rec: &Reconstruction, f: usize) -> RgbFrame {
 /// Makes `shown` follow `current`: demo frames directly, folder frames via the decoder.
 fn update_shown(mut player: ResMut<Player>, mut worker: ResMut<Worker>, mut decoded: MessageReader<FrameDecoded>) {
     let player = &mut *player;
-    for FrameDecoded(index, frame) in decoded.read() {
+    for FrameDecoded(index, frame, source) in decoded.read() {
+        // A frame of what was open before (decoded while the user opened something else).
+        let current_file = match &player.source {
+            Some(FrameSource::Video(info)) => Some(&info.path),
+            Some(FrameSource::Folder(info)) => info.files.get(*index),
+            _ => None,
+        };
+        if current_file != Some(source) {
+            continue;
+        }
         player.cache.push_back((*index, frame.clone()));
         while player.cache.len() > CACHE_FRAMES {
             player.cache.pop_front();

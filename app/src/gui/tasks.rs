@@ -254,10 +254,14 @@ fn spawn_threads() -> Worker {
             while let Ok(mut req) = dec_rx.recv() {
                 // Scrubbing sends many requests: answer the skipped ones empty, decode the newest.
                 while let Ok(newer) = dec_rx.try_recv() {
-                    let _ = frame_tx.send(Decoded { index: req.0, frame: Err(String::new()), answers_request: true });
+                    let _ = frame_tx.send(Decoded { index: req.0, source: PathBuf::new(), frame: Err(String::new()), answers_request: true });
                     req = newer;
                 }
                 let frame = req.1.clone();
+                let source = match &frame {
+                    FrameRef::Image(path) => path.clone(),
+                    FrameRef::Video(info, _) => info.path.clone(),
+                };
                 let stream = &mut stream;
                 let backwards = match &frame {
                     FrameRef::Video(_, n) => last_video_frame.replace(*n).is_some_and(|last| *n < last && last - n <= 2 * DECODE_BEHIND),
@@ -282,10 +286,10 @@ fn spawn_threads() -> Worker {
                 let sent = match result {
                     Ok(mut frames) => {
                         let answer = frames.pop().map(|(_, f)| f).ok_or_else(|| "the decoder returned no frame".to_string());
-                        frames.into_iter().all(|(index, f)| frame_tx.send(Decoded { index, frame: Ok(f), answers_request: false }).is_ok())
-                            && frame_tx.send(Decoded { index: req.0, frame: answer, answers_request: true }).is_ok()
+                        frames.into_iter().all(|(index, f)| frame_tx.send(Decoded { index, source: source.clone(), frame: Ok(f), answers_request: false }).is_ok())
+                            && frame_tx.send(Decoded { index: req.0, source, frame: answer, answers_request: true }).is_ok()
                     }
-                    Err(e) => frame_tx.send(Decoded { index: req.0, frame: Err(e), answers_request: true }).is_ok(),
+                    Err(e) => frame_tx.send(Decoded { index: req.0, source, frame: Err(e), answers_request: true }).is_ok(),
                 };
                 if !sent {
                     break;
@@ -300,6 +304,8 @@ fn spawn_threads() -> Worker {
 /// way to it (for stepping backwards), which answers no request.
 struct Decoded {
     index: usize,
+    /// The file it came from (the video, or the folder's image).
+    source: PathBuf,
     frame: Result<RgbFrame, String>,
     answers_request: bool,
 }
@@ -307,9 +313,10 @@ struct Decoded {
 /// Frames kept before a frame that needed a restart, once the user steps or scrubs backwards.
 const DECODE_BEHIND: usize = 24;
 
-/// A decoded frame for the player.
+/// A decoded frame for the player: index, frame, and the file it came from (so frames of a video
+/// closed meanwhile are not taken for the new one's).
 #[derive(Message, Clone)]
-pub struct FrameDecoded(pub usize, pub Arc<RgbFrame>);
+pub struct FrameDecoded(pub usize, pub Arc<RgbFrame>, pub PathBuf);
 
 fn receive(
     mut worker: ResMut<Worker>,
@@ -343,13 +350,13 @@ fn receive(
             JobOutput::Failed(e) => status.error(e),
         }
     }
-    while let Ok(Decoded { index, frame: result, answers_request }) = worker.decoded.try_recv() {
+    while let Ok(Decoded { index, source, frame: result, answers_request }) = worker.decoded.try_recv() {
         if answers_request {
             worker.decodes_in_flight = worker.decodes_in_flight.saturating_sub(1);
         }
         match result {
             Ok(frame) => {
-                frames.write(FrameDecoded(index, Arc::new(frame)));
+                frames.write(FrameDecoded(index, Arc::new(frame), source));
             }
             Err(e) if e.is_empty() => {}
             Err(e) => status.error(e),
