@@ -280,3 +280,37 @@ impl Plugin for PlayerPlugin {
             .add_systems(Update, (handle_open, on_scene_loaded, on_folder_opened, on_video_opened, keyboard, handle_seek, playback, update_shown).chain());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::video::VideoInfo;
+
+    fn video(path: &str) -> Arc<VideoInfo> {
+        Arc::new(VideoInfo { path: path.into(), frames: 10, fps: 10.0, duration_s: 1.0, width: 4, height: 2, codec: "h264".into(), rotation: 0 })
+    }
+
+    #[test]
+    fn frames_decoded_for_a_file_no_longer_open_are_dropped() {
+        let mut app = App::new();
+        app.add_message::<FrameDecoded>();
+        app.insert_resource(super::super::tasks::spawn_threads());
+        // "new.mp4" is open at frame 3, whose decode is already asked for.
+        let player = Player { source: Some(FrameSource::Video(video("/videos/new.mp4"))), frame_count: 10, current: 3, requested: Some(3), ..default() };
+        app.insert_resource(player);
+        app.add_systems(Update, update_shown);
+        let frame = |v: u8| Arc::new(RgbFrame::new(4, 2, vec![v; 24]));
+        // A late frame 3 of the video open before.
+        app.world_mut().write_message(FrameDecoded(3, frame(1), "/videos/old.mp4".into()));
+        app.update();
+        let player = app.world().resource::<Player>();
+        assert!(player.cached_frames().is_empty());
+        assert!(player.shown.is_none());
+        // The open video's own frame 3.
+        app.world_mut().write_message(FrameDecoded(3, frame(2), "/videos/new.mp4".into()));
+        app.update();
+        let player = app.world().resource::<Player>();
+        assert_eq!(player.cached_frames(), vec![3]);
+        assert_eq!(player.shown.as_ref().map(|(i, f)| (*i, f.data[0])), Some((3, 2)));
+    }
+}

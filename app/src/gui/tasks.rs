@@ -226,7 +226,7 @@ pub fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into())
 }
 
-fn spawn_threads() -> Worker {
+pub(super) fn spawn_threads() -> Worker {
     let (job_tx, job_rx) = unbounded::<Job>();
     let (out_tx, out_rx) = unbounded::<JobOutput>();
     std::thread::Builder::new()
