@@ -6,8 +6,16 @@
 
 const MAX_FRAMES: u32 = 256u;
 
+// Colour modes: the discriminants of `ColorMode` in app/src/gui/state.rs (a test keeps them in step).
+const COLOR_MODE_IMAGE: u32 = 0u;
+const COLOR_MODE_CONFIDENCE: u32 = 1u;
+const COLOR_MODE_DEPTH: u32 = 2u;
+const COLOR_MODE_FRAME_INDEX: u32 = 3u;
+// Recoloured on the CPU (each point in its first covering pick's colour): drawn as image colours.
+const COLOR_MODE_FIRST_COVERING_PICK: u32 = 4u;
+
 struct PointUniform {
-    // x: point size in pixels, y: colour mode (0 image, 1 confidence, 2 depth, 3 frame),
+    // x: point size in pixels, y: colour mode (COLOR_MODE_*),
     // z: frame count, w: unused
     params: vec4<f32>,
     // x, y: distance range for the depth colouring
@@ -88,14 +96,14 @@ fn vertex(v: Vertex, @builtin(instance_index) instance: u32) -> VertexOutput {
     out.uv = corner;
     let mode = u32(cloud.params.y + 0.5);
     var color = srgb_to_linear(v.color_rank.rgb);
-    if (mode == 1u) {
+    if (mode == COLOR_MODE_CONFIDENCE) {
         color = srgb_to_linear(turbo(v.color_rank.a));
-    } else if (mode == 2u) {
+    } else if (mode == COLOR_MODE_DEPTH) {
         let f = frame_of(instance);
         let d = distance(v.point, cloud.centers[f].xyz);
         let t = (d - cloud.depth_range.x) / max(cloud.depth_range.y - cloud.depth_range.x, 1e-6);
         color = srgb_to_linear(turbo(1.0 - t));
-    } else if (mode == 3u) {
+    } else if (mode == COLOR_MODE_FRAME_INDEX) {
         let f = frame_of(instance);
         color = srgb_to_linear(hue(f32(f) / max(cloud.params.z, 1.0) * 0.8));
     }

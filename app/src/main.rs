@@ -1,11 +1,8 @@
 //! `spatial-viewer`: the Bevy GUI when run without a subcommand, headless tools otherwise.
 
 mod cli;
-mod demo;
-mod previews;
-mod video;
 mod gui;
-mod question;
+mod pipeline;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -20,12 +17,15 @@ struct Args {
     /// Run the scripted steps of this JSON file in the live window (see README).
     #[arg(long)]
     script: Option<PathBuf>,
-    /// VGGT checkpoint folder to load at start-up (opened videos and folders are reconstructed).
+    /// VGGT checkpoint (a folder or a Hugging Face repo id such as facebook/VGGT-1B) to load at
+    /// start-up (opened videos and folders are reconstructed).
     #[arg(long)]
-    vggt: Option<PathBuf>,
-    /// Spatial-MLLM (or Qwen2.5-VL) folder to load at start-up for the chat panel.
+    vggt: Option<String>,
+    /// Spatial-MLLM or Qwen2.5-VL (a folder or repo id) to load at start-up for the chat panel.
     #[arg(long)]
-    mllm: Option<PathBuf>,
+    mllm: Option<String>,
+    #[command(flatten)]
+    compute: cli::ComputeArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -56,20 +56,29 @@ enum Command {
 fn main() {
     spatial_models::tune_allocator();
     let args = Args::parse();
+    let gui = |input, script, bench_points| {
+        gui::run(gui::GuiOptions { input, script, bench_points, vggt: args.vggt.clone(), mllm: args.mllm.clone(), device: args.compute.device, dtype: args.compute.dtype })
+    };
     let result = match args.command {
         Some(Command::Weights { command }) => cli::weights::run(command),
         Some(Command::Reconstruct(a)) => cli::reconstruct::run(a),
         Some(Command::Sample(a)) => cli::sample::run(a),
         Some(Command::Video { command }) => cli::video::run(command),
         Some(Command::Ask(a)) => cli::ask::run(a),
+        // The render benchmark is the GUI, timed.
+        Some(Command::Bench { command: cli::bench::BenchCommand::Render { points: Some(n), frames } }) => {
+            gui::bench::set_samples(frames);
+            gui(None, None, Some(n))
+        }
+        Some(Command::Bench { command: cli::bench::BenchCommand::Render { points: None, frames } }) => gui::bench::run_all(frames),
         Some(Command::Bench { command }) => cli::bench::run(command),
-        None => gui::run(gui::GuiOptions { input: args.input, script: args.script, bench_points: None, vggt: args.vggt, mllm: args.mllm }),
+        None => gui(args.input.clone(), args.script.clone(), None),
     };
     match result {
-        Ok(code) => std::process::exit(code),
+        Ok(code) => pipeline::threads::exit_process(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::exit(1);
+            pipeline::threads::exit_process(1);
         }
     }
 }

@@ -79,6 +79,7 @@ fn run_script_with(dir: &Path, script: &str, during: impl FnOnce(&str)) -> Outpu
         .arg(&path)
         .env("DISPLAY", &xvfb.display)
         .env("XDG_CACHE_HOME", dir.join("cache"))
+        .env("XDG_CONFIG_HOME", dir.join("config"))
         .current_dir(dir)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -259,7 +260,7 @@ fn vggt_reconstructs_an_opened_folder_in_the_background() {
     }
     let weights = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/vggt-tiny");
     let script = format!(
-        r#"{{"steps": [{{"load_weights": {{"vggt": "{}"}}}}, {{"set": {{"control": "sampler", "value": "space-aware"}}}}, {{"open": "frames"}}, {{"wait_idle": 120}},
+        r#"{{"steps": [{{"load_weights": {{"vggt": "{}"}}}}, {{"set": {{"control": "sampler", "value": "space-aware"}}}}, {{"set": {{"control": "vggt_width", "value": 518}}}}, {{"open": "frames"}}, {{"wait_idle": 120}},
             {{"wait_frames": 10}}, {{"dump_state": "state.json"}}, {{"select_camera": 4}}, {{"screenshot": "vggt.png"}},
             {{"export": "geometry.safetensors"}}, {{"export": "points.ply"}}, {{"quit": true}}]}}"#,
         weights.display()

@@ -98,6 +98,20 @@ impl CheckpointDir {
 
 /// Reads a safetensors header (8-byte length + JSON) without reading tensor data.
 pub fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, (String, Vec<usize>)>> {
+    Ok(read_header_entries(path)?.into_iter().map(|(name, e)| (name, (e.dtype, e.shape))).collect())
+}
+
+/// One tensor's header entry with where its bytes lie in the file.
+#[derive(Debug, Clone)]
+struct HeaderEntry {
+    dtype: String,
+    shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    start: u64,
+    end: u64,
+}
+
+fn read_header_entries(path: &Path) -> Result<BTreeMap<String, HeaderEntry>> {
     use std::io::Read;
     let mut file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let file_len = file.metadata()?.len();
@@ -123,15 +137,129 @@ pub fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, (String, 
             .and_then(|s| s.as_array())
             .map(|a| a.iter().filter_map(|x| x.as_u64().map(|x| x as usize)).collect())
             .unwrap_or_default();
-        if let Some(offsets) = v.get("data_offsets").and_then(|o| o.as_array()) {
-            let end = offsets.get(1).and_then(|x| x.as_u64()).unwrap_or(0);
-            if end > data_len {
-                bail!("{}: tensor {name} extends past the end of the file (truncated download?)", path.display());
-            }
+        let offsets = v.get("data_offsets").and_then(|o| o.as_array()).with_context(|| format!("{}: tensor {name} has no data_offsets", path.display()))?;
+        let (begin, end) = (offsets.first().and_then(|x| x.as_u64()).unwrap_or(0), offsets.get(1).and_then(|x| x.as_u64()).unwrap_or(0));
+        if end > data_len || begin > end {
+            bail!("{}: tensor {name} extends past the end of the file (truncated download?)", path.display());
         }
-        out.insert(name.clone(), (dtype, shape));
+        out.insert(name.clone(), HeaderEntry { dtype, shape, start: 8 + header_len + begin, end: 8 + header_len + end });
     }
     Ok(out)
+}
+
+/// The size and modification time of a file, to notice it changing under a load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl FileStamp {
+    fn of(file: &std::fs::File) -> std::io::Result<Self> {
+        let m = file.metadata()?;
+        Ok(Self { len: m.len(), modified: m.modified().ok() })
+    }
+}
+
+/// Checkpoint tensors read from their files on demand with positioned reads: no memory map, so a
+/// file that is truncated or rewritten while a model loads ends in an error naming it (a memory
+/// map would take the process down with SIGBUS). Peak memory is the same as a map's: each tensor
+/// is copied into its own storage either way.
+pub struct CheckpointReader {
+    entries: BTreeMap<String, (usize, HeaderEntry)>,
+    files: Vec<(PathBuf, std::fs::File, FileStamp)>,
+}
+
+impl CheckpointReader {
+    pub fn open(paths: &[PathBuf]) -> Result<Self> {
+        let mut entries = BTreeMap::new();
+        let mut files = Vec::with_capacity(paths.len());
+        for (i, path) in paths.iter().enumerate() {
+            let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+            let stamp = FileStamp::of(&file).with_context(|| format!("{}: cannot read its size", path.display()))?;
+            for (name, e) in read_header_entries(path)? {
+                entries.insert(name, (i, e));
+            }
+            files.push((path.clone(), file, stamp));
+        }
+        Ok(Self { entries, files })
+    }
+
+    /// A VarBuilder over these files that converts to `dtype` on `device`.
+    pub fn var_builder(self: &Arc<Self>, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(ReaderBackend(self.clone())), dtype, device.clone())
+    }
+
+    /// Fails when a file changed (size or modification time) since it was opened: a model built
+    /// from it may mix old and new bytes.
+    pub fn verify_unchanged(&self) -> Result<()> {
+        for (path, _, stamp) in &self.files {
+            let now = std::fs::metadata(path).map(|m| FileStamp { len: m.len(), modified: m.modified().ok() });
+            match now {
+                Ok(now) if now == *stamp => {}
+                Ok(now) => bail!(
+                    "{}: the file changed while the model was loading ({} bytes then, {} now); load it again once it is complete",
+                    path.display(),
+                    stamp.len,
+                    now.len
+                ),
+                Err(e) => bail!("{}: the file disappeared while the model was loading ({e})", path.display()),
+            }
+        }
+        Ok(())
+    }
+
+    fn read(&self, name: &str, device: &Device) -> candle_core::Result<Tensor> {
+        use std::os::unix::fs::FileExt;
+        let Some((i, e)) = self.entries.get(name) else {
+            return Err(candle_core::Error::CannotFindTensor { path: name.to_string() }.bt());
+        };
+        let (path, file, _) = &self.files[*i];
+        let dtype = safetensors_dtype(&e.dtype).ok_or_else(|| candle_core::Error::Msg(format!("{}: tensor {name} has dtype {}, which this app cannot read", path.display(), e.dtype)))?;
+        let mut bytes = vec![0u8; (e.end - e.start) as usize];
+        file.read_exact_at(&mut bytes, e.start).map_err(|err| {
+            candle_core::Error::Msg(format!(
+                "{}: cannot read tensor {name} at bytes {}..{} ({err}); the file was truncated or changed while loading",
+                path.display(),
+                e.start,
+                e.end
+            ))
+        })?;
+        Tensor::from_raw_buffer(&bytes, dtype, &e.shape, device)
+    }
+}
+
+fn safetensors_dtype(name: &str) -> Option<DType> {
+    Some(match name {
+        "F32" => DType::F32,
+        "F16" => DType::F16,
+        "BF16" => DType::BF16,
+        "F64" => DType::F64,
+        "I64" => DType::I64,
+        "I32" => DType::I32,
+        "I16" => DType::I16,
+        "U32" => DType::U32,
+        "U8" => DType::U8,
+        _ => return None,
+    })
+}
+
+struct ReaderBackend(Arc<CheckpointReader>);
+
+impl candle_nn::var_builder::SimpleBackend for ReaderBackend {
+    fn get(&self, s: Shape, name: &str, _h: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let t = self.0.read(name, dev)?.to_dtype(dtype)?;
+        if t.shape() != &s {
+            return Err(candle_core::Error::UnexpectedShape { msg: format!("shape mismatch for {name}"), expected: s, got: t.shape().clone() }.bt());
+        }
+        Ok(t)
+    }
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.0.read(name, dev)?.to_dtype(dtype)
+    }
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.entries.contains_key(name)
+    }
 }
 
 /// What a checkpoint holds.
@@ -240,4 +368,56 @@ pub fn compare(requested: &BTreeMap<String, Vec<usize>>, present: &BTreeMap<Stri
         }
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_checkpoint(path: &Path) -> BTreeMap<String, Tensor> {
+        let dev = Device::Cpu;
+        let mut map = BTreeMap::new();
+        map.insert("a.weight".to_string(), Tensor::arange(0f32, 12.0, &dev).unwrap().reshape((3, 4)).unwrap());
+        map.insert("b.weight".to_string(), Tensor::arange(0f32, 4096.0, &dev).unwrap().to_dtype(DType::BF16).unwrap());
+        candle_core::safetensors::save(&map.clone().into_iter().collect(), path).unwrap();
+        map
+    }
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sv-unit-ckpt-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d.join("model.safetensors")
+    }
+
+    #[test]
+    fn reader_gives_the_tensors_converted_to_the_asked_dtype() {
+        let path = tmp("read");
+        let want = write_checkpoint(&path);
+        let reader = Arc::new(CheckpointReader::open(std::slice::from_ref(&path)).unwrap());
+        let vb = reader.var_builder(DType::F32, &Device::Cpu);
+        let a = vb.get((3, 4), "a.weight").unwrap();
+        assert_eq!(a.to_vec2::<f32>().unwrap(), want["a.weight"].to_vec2::<f32>().unwrap());
+        let b = vb.get(4096, "b.weight").unwrap();
+        assert_eq!(b.dtype(), DType::F32);
+        assert_eq!(b.to_vec1::<f32>().unwrap()[4095], 4096.0); // bf16 rounds 4095 up
+        assert!(vb.get((4, 3), "a.weight").is_err());
+        assert!(vb.get(1, "missing").is_err());
+        reader.verify_unchanged().unwrap();
+    }
+
+    /// A file cut short while a model loads: an error naming it, never a signal.
+    #[test]
+    fn a_file_truncated_while_loading_is_an_error_naming_it() {
+        let path = tmp("truncated");
+        write_checkpoint(&path);
+        let reader = Arc::new(CheckpointReader::open(std::slice::from_ref(&path)).unwrap());
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 100).unwrap();
+        let vb = reader.var_builder(DType::F32, &Device::Cpu);
+        let err = vb.get(4096, "b.weight").unwrap_err().to_string();
+        assert!(err.contains("model.safetensors") && err.contains("truncated or changed"), "{err}");
+        let err = format!("{:#}", reader.verify_unchanged().unwrap_err());
+        assert!(err.contains("changed while the model was loading"), "{err}");
+    }
 }

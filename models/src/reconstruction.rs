@@ -5,7 +5,6 @@
 use crate::vggt::{Camera, VggtOutput};
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
-use std::collections::HashMap;
 use std::path::Path;
 
 #[derive(Debug, Clone)]
@@ -66,32 +65,47 @@ impl Reconstruction {
             .collect()
     }
 
-    /// Writes the upstream-named tensors (`images` [S,3,H,W] in [0,1], `depth` [S,H,W,1], ...).
-    pub fn save(&self, path: &Path) -> Result<()> {
+    /// Writes the upstream-named tensors (`images` [S,3,H,W] in [0,1], `depth` [S,H,W,1], ...) as
+    /// safetensors to `out`, with a CRC-32 of every tensor's bytes in the header's metadata
+    /// (`crc32.NAME`) so [`Reconstruction::load`] notices a corrupted file.
+    pub fn write_safetensors(&self, out: &mut dyn std::io::Write) -> Result<()> {
         let (s, h, w) = (self.frames, self.height, self.width);
-        let dev = Device::Cpu;
-        let images = Tensor::from_vec(self.images.clone(), (s, h, w, 3), &dev)?.permute((0, 3, 1, 2))?.to_dtype(DType::F32)? / 255.0;
-        let mut map: HashMap<String, Tensor> = HashMap::new();
-        map.insert("images".into(), images?.contiguous()?);
-        map.insert("depth".into(), Tensor::from_vec(self.depth.clone(), (s, h, w, 1), &dev)?);
-        map.insert("depth_conf".into(), Tensor::from_vec(self.depth_conf.clone(), (s, h, w), &dev)?);
-        map.insert("world_points".into(), Tensor::from_vec(self.world_points.clone(), (s, h, w, 3), &dev)?);
-        map.insert("world_points_conf".into(), Tensor::from_vec(self.world_points_conf.clone(), (s, h, w), &dev)?);
-        if let Some(p) = &self.pose_enc {
-            map.insert("pose_enc".into(), Tensor::from_vec(p.clone(), (s, 9), &dev)?);
+        let mut images = vec![0f32; s * 3 * h * w];
+        for f in 0..s {
+            for c in 0..3 {
+                let plane = &mut images[(f * 3 + c) * h * w..][..h * w];
+                for (i, v) in plane.iter_mut().enumerate() {
+                    *v = self.images[(f * h * w + i) * 3 + c] as f32 / 255.0;
+                }
+            }
         }
         let extr: Vec<f32> = self.cameras.iter().flat_map(|c| c.extrinsic.iter().flatten().copied().collect::<Vec<_>>()).collect();
         let intr: Vec<f32> = self.cameras.iter().flat_map(|c| c.intrinsic.iter().flatten().copied().collect::<Vec<_>>()).collect();
-        map.insert("extrinsic".into(), Tensor::from_vec(extr, (s, 3, 4), &dev)?);
-        map.insert("intrinsic".into(), Tensor::from_vec(intr, (s, 3, 3), &dev)?);
-        map.insert("frame_indices".into(), Tensor::from_vec(self.frame_indices.clone(), s, &dev)?);
-        candle_core::safetensors::save(&map, path).with_context(|| format!("{}: cannot write", path.display()))
+        let mut tensors = vec![
+            OutTensor::f32("images", vec![s, 3, h, w], &images),
+            OutTensor::f32("depth", vec![s, h, w, 1], &self.depth),
+            OutTensor::f32("depth_conf", vec![s, h, w], &self.depth_conf),
+            OutTensor::f32("world_points", vec![s, h, w, 3], &self.world_points),
+            OutTensor::f32("world_points_conf", vec![s, h, w], &self.world_points_conf),
+            OutTensor::f32("extrinsic", vec![s, 3, 4], &extr),
+            OutTensor::f32("intrinsic", vec![s, 3, 3], &intr),
+            OutTensor { name: "frame_indices", dtype: "I64", shape: vec![s], bytes: self.frame_indices.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into() },
+        ];
+        if let Some(p) = &self.pose_enc {
+            tensors.push(OutTensor::f32("pose_enc", vec![s, 9], p));
+        }
+        write_safetensors(out, &tensors)
     }
 
     /// Reads a file written by [`Reconstruction::save`] (or upstream tensors with the same names).
     /// Only `world_points` and `world_points_conf` are required.
+    /// A file carrying CRC-32s (every file this app writes) is verified first: a corrupted one is
+    /// an error, never geometry full of garbage.
     pub fn load(path: &Path) -> Result<Self> {
-        let map = candle_core::safetensors::load(path, &Device::Cpu).with_context(|| format!("{}: not a readable safetensors file", path.display()))?;
+        let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        verify_checksums(&bytes).with_context(|| format!("{}: corrupted", path.display()))?;
+        let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).with_context(|| format!("{}: not a readable safetensors file", path.display()))?;
+        drop(bytes);
         let get = |k: &str| map.get(k).with_context(|| format!("{}: has no `{k}` tensor", path.display()));
         let wp = get("world_points")?;
         let dims = wp.dims().to_vec();
@@ -154,23 +168,132 @@ impl Reconstruction {
             frame_indices,
         })
     }
+}
 
-    /// Writes a binary little-endian PLY of the points whose confidence reaches the given
-    /// percentile, coloured by their pixel. Returns the number of points written.
-    pub fn write_ply(&self, path: &Path, points: &[f32], conf: &[f32], percentile: f64) -> Result<usize> {
-        use std::io::Write;
-        let threshold = crate::sampling::percentile_linear(conf, percentile);
-        let keep: Vec<usize> = (0..conf.len()).filter(|&i| conf[i] as f64 >= threshold && conf[i] > 1e-5 && points[i * 3..i * 3 + 3].iter().all(|v| v.is_finite())).collect();
-        let file = std::fs::File::create(path).with_context(|| format!("{}: cannot create", path.display()))?;
-        let mut out = std::io::BufWriter::new(file);
-        write!(out, "ply\nformat binary_little_endian 1.0\nelement vertex {}\nproperty float x\nproperty float y\nproperty float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n", keep.len())?;
-        for &i in &keep {
-            for a in 0..3 {
-                out.write_all(&points[i * 3 + a].to_le_bytes())?;
-            }
-            out.write_all(&self.images[i * 3..i * 3 + 3])?;
+/// A tensor to write: safetensors dtype name, shape and little-endian bytes.
+struct OutTensor<'a> {
+    name: &'static str,
+    dtype: &'static str,
+    shape: Vec<usize>,
+    bytes: std::borrow::Cow<'a, [u8]>,
+}
+
+impl<'a> OutTensor<'a> {
+    fn f32(name: &'static str, shape: Vec<usize>, data: &'a [f32]) -> Self {
+        Self { name, dtype: "F32", shape, bytes: f32_bytes(data).into() }
+    }
+}
+
+/// The bytes of an f32 slice (the file format is little-endian, as is every target this builds for).
+fn f32_bytes(data: &[f32]) -> &[u8] {
+    const _: () = assert!(cfg!(target_endian = "little"), "safetensors are little-endian");
+    // SAFETY: any f32 is 4 initialised bytes; the slice covers exactly the same memory.
+    unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data)) }
+}
+
+const CRC_PREFIX: &str = "crc32.";
+
+/// Streams tensors as safetensors (header, padded to 8 bytes, then the data in order), with each
+/// tensor's CRC-32 in the metadata.
+fn write_safetensors(out: &mut dyn std::io::Write, tensors: &[OutTensor]) -> Result<()> {
+    let mut header = serde_json::Map::new();
+    let mut metadata = serde_json::Map::new();
+    let mut offset = 0usize;
+    for t in tensors {
+        let end = offset + t.bytes.len();
+        header.insert(t.name.to_string(), serde_json::json!({"dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, end]}));
+        metadata.insert(format!("{CRC_PREFIX}{}", t.name), serde_json::Value::String(format!("{:08x}", crc32fast::hash(&t.bytes))));
+        offset = end;
+    }
+    header.insert("__metadata__".into(), serde_json::Value::Object(metadata));
+    let mut json = serde_json::to_vec(&serde_json::Value::Object(header))?;
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    out.write_all(&(json.len() as u64).to_le_bytes())?;
+    out.write_all(&json)?;
+    for t in tensors {
+        out.write_all(&t.bytes)?;
+    }
+    Ok(())
+}
+
+/// Checks the `crc32.NAME` entries of a safetensors file's metadata against the tensors' bytes.
+fn verify_checksums(bytes: &[u8]) -> Result<()> {
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| anyhow::anyhow!("not a readable safetensors file ({e})"))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| anyhow::anyhow!("not a readable safetensors file ({e})"))?;
+    let Some(meta) = meta.metadata() else { return Ok(()) };
+    for (key, want) in meta {
+        let Some(name) = key.strip_prefix(CRC_PREFIX) else { continue };
+        let view = st.tensor(name).map_err(|_| anyhow::anyhow!("its checksums name tensor `{name}`, which is missing"))?;
+        let got = format!("{:08x}", crc32fast::hash(view.data()));
+        if &got != want {
+            bail!("tensor `{name}` fails its checksum (CRC-32 {got}, written as {want}): the file was damaged after it was written");
         }
-        out.flush()?;
-        Ok(keep.len())
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> Reconstruction {
+        let (s, h, w) = (2, 3, 4);
+        let n = s * h * w;
+        Reconstruction {
+            frames: s,
+            height: h,
+            width: w,
+            images: (0..n * 3).map(|i| (i * 7 % 256) as u8).collect(),
+            depth: (0..n).map(|i| 1.0 + i as f32 * 0.1).collect(),
+            depth_conf: (0..n).map(|i| 2.0 + i as f32).collect(),
+            world_points: (0..n * 3).map(|i| i as f32 * 0.01 - 0.3).collect(),
+            world_points_conf: (0..n).map(|i| 1.5 + i as f32).collect(),
+            pose_enc: Some((0..s * 9).map(|i| i as f32).collect()),
+            cameras: (0..s).map(|f| Camera { extrinsic: [[1.0, 0.0, 0.0, f as f32], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]], intrinsic: [[5.0, 0.0, 2.0], [0.0, 5.0, 1.5], [0.0, 0.0, 1.0]] }).collect(),
+            frame_indices: vec![3, 17],
+        }
+    }
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("sv-unit-rec-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d.join(name)
+    }
+
+    #[test]
+    fn round_trip_keeps_everything_and_reads_back_in_candle() {
+        let rec = small();
+        let path = tmp("rt.safetensors");
+        let mut bytes = Vec::new();
+        rec.write_safetensors(&mut bytes).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+        // Other readers see upstream's names and shapes.
+        let map = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+        assert_eq!(map["images"].dims(), &[2, 3, 3, 4]);
+        assert_eq!(map["frame_indices"].to_vec1::<i64>().unwrap(), vec![3, 17]);
+        let back = Reconstruction::load(&path).unwrap();
+        assert_eq!(back.images, rec.images);
+        assert_eq!(back.depth, rec.depth);
+        assert_eq!(back.world_points, rec.world_points);
+        assert_eq!(back.world_points_conf, rec.world_points_conf);
+        assert_eq!(back.pose_enc, rec.pose_enc);
+        assert_eq!(back.frame_indices, rec.frame_indices);
+        assert_eq!(back.cameras[1].extrinsic, rec.cameras[1].extrinsic);
+    }
+
+    #[test]
+    fn a_damaged_file_fails_its_checksum() {
+        let rec = small();
+        let mut bytes = Vec::new();
+        rec.write_safetensors(&mut bytes).unwrap();
+        // Flip a byte inside the data (past the header), as a bad sector or a stray write would.
+        let n = bytes.len();
+        bytes[n - 40] ^= 0x55;
+        let path = tmp("bad.safetensors");
+        std::fs::write(&path, &bytes).unwrap();
+        let err = format!("{:#}", Reconstruction::load(&path).unwrap_err());
+        assert!(err.contains("bad.safetensors") && err.contains("corrupted") && err.contains("checksum"), "{err}");
     }
 }

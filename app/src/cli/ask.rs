@@ -1,23 +1,30 @@
 //! `ask`: a question about a video (or folder of frames) answered by Spatial-MLLM, streamed to
 //! stdout; `--base-model` runs plain Qwen2.5-VL on the same frames.
 
-use super::ProgressLine;
-use crate::question::{FrameCount, FrameSource, load_mllm, uniform_question_indices};
+use super::{ComputeArgs, ProgressLine};
+use crate::pipeline::ask::{AnswerEvent, Question, ask};
+use crate::pipeline::fsio;
+use crate::pipeline::models::load_mllm;
+use crate::pipeline::reconstruct::{LoadedVggt, ReconstructPlan, reconstruct};
+use crate::pipeline::sample::space_aware;
+use crate::pipeline::source::{FrameCount, Source, SourceSpec, question_frames};
+use crate::pipeline::threads::Cancel;
+use crate::pipeline::weights::WeightsKind;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use spatial_models::reconstruction::Reconstruction;
-use spatial_models::sampling::{SamplingParams, space_aware_sampling, uniform_indices};
-use spatial_models::spatial_mllm::processor::{DEFAULT_SYSTEM, QuestionFormat, format_question};
-use spatial_models::spatial_mllm::{AskEvent, AskRequest, GenerationParams, StopReason};
-use spatial_models::vggt::preprocess::{ResizeMode, preprocess_frames};
+use spatial_models::sampling::SamplingParams;
+use spatial_models::spatial_mllm::processor::QuestionFormat;
+use spatial_models::spatial_mllm::{GenerationParams, StopReason};
 use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct AskArgs {
-    /// Spatial-MLLM or Qwen2.5-VL folder: config.json, safetensors (single or sharded), tokenizer.json.
+    /// Spatial-MLLM or Qwen2.5-VL: a folder (config.json, safetensors single or sharded,
+    /// tokenizer.json) or a Hugging Face repo id from the hub cache.
     #[arg(long)]
-    pub weights: PathBuf,
+    pub weights: String,
     /// Video file or folder of frames (sorted by name).
     #[arg(long)]
     pub input: PathBuf,
@@ -35,9 +42,10 @@ pub struct AskArgs {
     /// uniform (qwen_vl_utils' linspace) or space-aware (needs --vggt or --geometry).
     #[arg(long, default_value = "uniform")]
     pub sampling: String,
-    /// VGGT checkpoint for space-aware sampling (run on up to --candidates frames at 518 px).
+    /// VGGT checkpoint (folder or repo id) for space-aware sampling (run on up to --candidates
+    /// frames at 518 px).
     #[arg(long)]
-    pub vggt: Option<PathBuf>,
+    pub vggt: Option<String>,
     /// Geometry written by `reconstruct` to pick space-aware frames from, instead of running VGGT.
     #[arg(long)]
     pub geometry: Option<PathBuf>,
@@ -61,12 +69,8 @@ pub struct AskArgs {
     pub seed: u64,
     #[arg(long, default_value = "You are a helpful assistant.")]
     pub system: String,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// auto: f32 on CPU (the fastest there: candle's bf16 matmuls are slower on CPU; costs twice
-    /// the memory of the bf16 checkpoint), bf16 on CUDA/Metal (the released weights as they are).
-    #[arg(long, default_value = "auto")]
-    pub dtype: String,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     /// Write input_ids, position_ids, video_embeds, fused_embeds, logits_last, generated_ids.
     #[arg(long)]
     pub dump: Option<PathBuf>,
@@ -93,88 +97,72 @@ pub fn run(a: AskArgs) -> Result<i32> {
         other => bail!("--resize '{other}': expected qwen or none"),
     };
     let count: FrameCount = a.frames.parse()?;
-    let device = spatial_models::open_device(&a.device)?;
-    let dtype = match a.dtype.as_str() {
-        "auto" if device.is_cpu() => candle_core::DType::F32,
-        "auto" => candle_core::DType::BF16,
-        other => spatial_models::parse_dtype(other)?,
-    };
-    let mut loaded = load_mllm(&a.weights, a.base_model, dtype, &device).with_context(|| format!("{}: cannot load the question-answering model", a.weights.display()))?;
-    eprintln!("{}: {} loaded ({dtype:?} on {})", a.weights.display(), if loaded.model.has_spatial() { "Spatial-MLLM" } else { "Qwen2.5-VL" }, a.device);
-    let source = FrameSource::open(&a.input)?;
-    if source.len() == 0 {
+    let sampling = a.sampling.as_str();
+    if !matches!(sampling, "uniform" | "space-aware" | "sa") {
+        bail!("--sampling '{sampling}': expected uniform or space-aware");
+    }
+    if sampling != "uniform" && a.geometry.is_none() && a.vggt.is_none() {
+        bail!("--sampling space-aware needs --vggt DIR (a VGGT checkpoint) or --geometry FILE (from `reconstruct`)");
+    }
+    if let Some(dump) = &a.dump {
+        fsio::check_writable(dump)?;
+    }
+    let source = Source::open(&SourceSpec::Path(a.input.clone()))?;
+    if source.is_empty() {
         bail!("{}: has no frames to ask about", a.input.display());
     }
+    let compute = a.compute.resolve();
+    let weights = super::resolve_weights(&a.weights, WeightsKind::Mllm)?;
+    let mut loaded = load_mllm(&weights, a.base_model, &compute).with_context(|| format!("{}: cannot load the question-answering model", weights.display()))?;
+    eprintln!("{}: {} loaded on {}", weights.display(), loaded.describe(), compute.label());
 
-    let indices = match a.sampling.as_str() {
-        "uniform" => uniform_question_indices(source.len(), count)?,
-        "space-aware" | "sa" => space_aware_indices(&a, &source, count, &device)?,
-        other => bail!("--sampling '{other}': expected uniform or space-aware"),
-    };
+    let indices = if sampling == "uniform" { question_frames(source.len(), count)? } else { space_aware_indices(&a, &source, count, &compute)? };
     eprintln!("{}: {} frames, asking about {} of them: {:?}", a.input.display(), source.len(), indices.len(), indices);
-    let frames = source.frames(&indices)?;
-    let limits = source.limits(indices.len());
-
-    let request = AskRequest {
-        frames,
-        limits,
-        resize,
-        user_text: format_question(&a.question, &format),
-        system: if a.system.is_empty() { DEFAULT_SYSTEM.to_string() } else { a.system.clone() },
+    let question = Question {
+        text: a.question.clone(),
+        format,
+        system: Some(a.system.clone()),
         use_spatial: !a.base_model,
         params: GenerationParams { max_new_tokens: a.max_new_tokens, temperature: a.temperature, top_p: a.top_p, seed: a.seed },
+        resize,
     };
     let mut stage_line: Option<(String, ProgressLine)> = None;
     let mut stdout = std::io::stdout();
-    let mut events = |e: AskEvent| {
-        match e {
-            AskEvent::Stage(name, done, total) => {
-                if stage_line.as_ref().is_none_or(|(n, _)| n != name) {
-                    stage_line = Some((name.to_string(), ProgressLine::new(name)));
-                }
-                if let (true, Some((_, line))) = (total > 1 && name != "prefill", &stage_line) {
-                    line.update(done, total);
-                } else if done == 0 {
-                    eprintln!("{name}...");
-                }
+    let mut events = |e: AnswerEvent| match e {
+        AnswerEvent::Stage { name, done, total } => {
+            if stage_line.as_ref().is_none_or(|(n, _)| *n != name) {
+                stage_line = Some((name.clone(), ProgressLine::new(&name)));
             }
-            AskEvent::Token { text, .. } => {
-                let _ = write!(stdout, "{text}");
-                let _ = stdout.flush();
+            if let (true, Some((_, line))) = (total > 1 && name != "prefill" && !name.starts_with("decoding"), &stage_line) {
+                line.update(done, total);
+            } else if done == 0 {
+                eprintln!("{name}...");
             }
         }
-        true
+        AnswerEvent::Token(text) => {
+            let _ = write!(stdout, "{text}");
+            let _ = stdout.flush();
+        }
     };
-    let result = loaded.model.ask(&loaded.tokenizer, request, &mut events)?.context("the question was cancelled")?;
+    let answer = ask(&mut loaded, &source, &indices, &question, &Cancel::new(), &mut events)?.context("the question was cancelled")?;
     println!();
-    let g = &result.generation;
     eprintln!(
-        "{} frames at {}x{} -> {} video tokens; encoders {:.2} s; prefill {} tokens in {:.2} s ({:.1} tok/s); decode {} tokens in {:.2} s ({:.2} tok/s){}",
-        result.grid.t * 2,
-        result.frame_size.0,
-        result.frame_size.1,
-        result.grid.merged_tokens(loaded.model.config.vision_config.spatial_merge_size),
-        result.encode_secs,
-        g.prompt_tokens,
-        g.prefill_secs,
-        g.prefill_tokens_per_sec(),
-        g.generated_ids.len(),
-        g.decode_secs,
-        g.decode_tokens_per_sec(),
-        match g.stop {
+        "{}{}",
+        answer.summary,
+        match answer.stop {
             StopReason::EndOfText => "",
             StopReason::MaxTokens => " (stopped at --max-new-tokens)",
             StopReason::Cancelled => " (cancelled)",
         }
     );
     if let Some(path) = &a.dump {
-        dump(path, &result, &indices)?;
+        dump(path, &answer.result, &indices)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(0)
 }
 
-fn space_aware_indices(a: &AskArgs, source: &FrameSource, count: FrameCount, device: &candle_core::Device) -> Result<Vec<usize>> {
+fn space_aware_indices(a: &AskArgs, source: &Source, count: FrameCount, compute: &crate::pipeline::device::Compute) -> Result<Vec<usize>> {
     let k = match count {
         FrameCount::Count(n) => n,
         FrameCount::All => bail!("--sampling space-aware picks a number of frames; --frames all means no sampling"),
@@ -182,36 +170,22 @@ fn space_aware_indices(a: &AskArgs, source: &FrameSource, count: FrameCount, dev
     let rec = match (&a.geometry, &a.vggt) {
         (Some(g), _) => Reconstruction::load(g)?,
         (None, Some(vggt_dir)) => {
-            let picks = uniform_indices(source.len(), a.candidates.min(source.len()));
-            eprintln!("space-aware sampling: VGGT on {} candidate frames", picks.len());
-            let frames = match source {
-                // The candidates only feed VGGT at 518 px: decode them small.
-                FrameSource::Video(v) => v.decode(&picks, Some(518))?,
-                FrameSource::Folder(_) | FrameSource::Geometry(_) => source.frames(&picks)?,
-            };
-            let names: Vec<String> = picks.iter().map(|i| format!("{} frame {i}", a.input.display())).collect();
-            let images = preprocess_frames(&frames, &names, ResizeMode::Crop, device)?;
-            drop(frames);
-            let model = super::reconstruct::load_vggt(vggt_dir, candle_core::DType::F32, device)?;
-            let progress = ProgressLine::new("VGGT");
-            let mut cb = |done: usize, total: usize| {
-                progress.update(done, total);
-                true
-            };
-            let out = model.forward_with_progress(&images, Some(&mut cb))?.context("VGGT was cancelled")?;
-            Reconstruction::from_vggt(&images, &out, picks.iter().map(|&i| i as i64).collect())?
+            let vggt = LoadedVggt::load(&super::resolve_weights(vggt_dir, WeightsKind::Vggt)?, compute)?;
+            let plan = ReconstructPlan::candidates(source, a.candidates);
+            eprintln!("space-aware sampling: VGGT on {}", plan.describe(source));
+            let line = ProgressLine::new("VGGT");
+            let mut progress = |p: crate::pipeline::reconstruct::Progress| line.stage(&p.stage, p.fraction, p.eta_s);
+            let done = reconstruct(&vggt, source, &plan, None, &Cancel::new(), &mut progress)?.context("VGGT was cancelled")?;
+            line.finish();
+            done.rec
         }
         (None, None) => bail!("--sampling space-aware needs --vggt DIR (a VGGT checkpoint) or --geometry FILE (from `reconstruct`)"),
     };
     let params = SamplingParams { k, ..Default::default() };
-    let r = space_aware_sampling(&rec.world_points, &rec.world_points_conf, rec.frames, &params)?;
-    let mut picks: Vec<usize> = r.selected.iter().map(|&i| rec.frame_indices[i] as usize).collect();
-    if let Some(&bad) = picks.iter().find(|&&i| i >= source.len()) {
-        bail!("the geometry names frame {bad}, but {} has {} frames (was it made from another input?)", a.input.display(), source.len());
-    }
-    picks.sort_unstable();
-    eprintln!("space-aware sampling picked {:?} (voxel {:.4}, {} of {} voxels covered)", picks, r.voxel_size, r.covered_voxels, r.total_voxels);
-    Ok(picks)
+    let picks = space_aware(source, &rec, &params).with_context(|| format!("space-aware sampling for {}", a.input.display()))?;
+    let r = &picks.result;
+    eprintln!("space-aware sampling picked {:?} (voxel {:.4}, {} of {} voxels covered)", picks.source_frames, r.voxel_size, r.covered_voxels, r.total_voxels);
+    Ok(picks.source_frames)
 }
 
 fn dump(path: &std::path::Path, r: &spatial_models::spatial_mllm::AskResult, frames: &[usize]) -> Result<()> {
@@ -232,5 +206,6 @@ fn dump(path: &std::path::Path, r: &spatial_models::spatial_mllm::AskResult, fra
     map.insert("generated_ids".to_string(), ids(&r.generation.generated_ids)?);
     map.insert("video_grid_thw".to_string(), Tensor::new(&[[r.grid.t as i64, r.grid.h as i64, r.grid.w as i64]], &dev)?);
     map.insert("frame_indices".to_string(), Tensor::from_vec(frames.iter().map(|&i| i as i64).collect::<Vec<_>>(), frames.len(), &dev)?);
-    candle_core::safetensors::save(&map, path).with_context(|| format!("{}: cannot write", path.display()))
+    let bytes = safetensors::serialize(&map, None).with_context(|| format!("{}: cannot serialise the dump", path.display()))?;
+    fsio::write_atomic(path, |w| Ok(w.write_all(&bytes)?))
 }

@@ -86,23 +86,7 @@ pub fn peak_rss_mib() -> Option<f64> {
 
 pub fn run(cmd: BenchCommand) -> Result<i32> {
     match cmd {
-        BenchCommand::Render { points: Some(n), frames } => {
-            crate::gui::bench::set_samples(frames);
-            crate::gui::run(crate::gui::GuiOptions { input: None, script: None, bench_points: Some(n), vggt: None, mllm: None })
-        }
-        BenchCommand::Render { points: None, frames } => {
-            println!("Point-cloud rendering, 1280x800 window, median over {frames} frames after warm-up");
-            println!("| points | app CPU ms/frame, median (main world) | max | frame wall ms, median (incl. rasterising) | GPU bytes/point | upload ms |");
-            println!("|---|---|---|---|---|---|");
-            let exe = std::env::current_exe()?;
-            for n in [0usize, 10_000, 1_000_000, 5_000_000] {
-                let status = std::process::Command::new(&exe).args(["bench", "render", "--points", &n.to_string(), "--frames", &frames.to_string()]).stderr(std::process::Stdio::null()).status()?;
-                if !status.success() {
-                    anyhow::bail!("render benchmark with {n} points failed");
-                }
-            }
-            Ok(0)
-        }
+        BenchCommand::Render { .. } => anyhow::bail!("`bench render` runs the GUI (see main)"),
         BenchCommand::Vggt { frames: Some(s), height, width, device, dtype, cancel_after, .. } if !cancel_after.is_empty() => {
             let (_, model, _, device) = vggt_1b_constant(&device, &dtype)?;
             let images = candle_core::Tensor::full(0.5f32, (s, 3, height, width), &device)?;
@@ -247,7 +231,7 @@ fn bench_mllm(prompt_tokens: usize, decode_tokens: usize, vision_frames: usize, 
 }
 
 fn bench_seek(video: Option<std::path::PathBuf>, seeks: usize) -> Result<i32> {
-    use crate::video::{VideoInfo, VideoStream};
+    use crate::pipeline::video::{DISPLAY_MAX_WIDTH, VideoInfo, VideoStream};
     use std::time::Instant;
     let path = match video {
         Some(p) => p,
@@ -267,7 +251,7 @@ fn bench_seek(video: Option<std::path::PathBuf>, seeks: usize) -> Result<i32> {
     };
     let info = VideoInfo::probe(&path)?;
     let t = Instant::now();
-    let mut stream = VideoStream::open(info.clone(), Some(crate::gui::tasks::DISPLAY_MAX_WIDTH))?;
+    let mut stream = VideoStream::open(info.clone(), Some(DISPLAY_MAX_WIDTH))?;
     let open_ms = t.elapsed().as_secs_f64() * 1e3;
     // A fixed pseudo-random sequence of seeks over the whole clip.
     let mut state = 0x9E3779B97F4A7C15u64;
@@ -309,11 +293,11 @@ fn bench_seek(video: Option<std::path::PathBuf>, seeks: usize) -> Result<i32> {
     let (back_med, back_max) = stats(&mut back);
     let late = info.frames - 1;
     let t = Instant::now();
-    info.decode(&[late], Some(crate::gui::tasks::DISPLAY_MAX_WIDTH))?;
+    info.decode(&[late], Some(DISPLAY_MAX_WIDTH))?;
     let one_pass_ms = t.elapsed().as_secs_f64() * 1e3;
     // Scrub previews: the app's background pass, then the frame under a random cursor.
     let t = Instant::now();
-    let mut previews = crate::previews::ScrubPreviews::start(&info);
+    let mut previews = crate::pipeline::previews::ScrubPreviews::start(&info);
     let mut first = None;
     while !previews.finished() {
         std::thread::sleep(std::time::Duration::from_millis(2));
@@ -342,7 +326,7 @@ fn bench_seek(video: Option<std::path::PathBuf>, seeks: usize) -> Result<i32> {
     println!("|---|---|---|---|---|---|---|---|---|");
     println!("| {open_ms:.0} | {seek_med:.0} | {seek_max:.0} | {step_med:.1} | {step_max:.1} | {back_med:.0} | {back_max:.0} | {:.0} | {one_pass_ms:.0} |", kept as f64 / back.len() as f64);
     println!();
-    println!("| scrub previews ({} px JPEG) | memory | first after ms | all after s | frame under a random cursor: preview ms, median | max | the exact frame's own preview |", crate::previews::PREVIEW_WIDTH);
+    println!("| scrub previews ({} px JPEG) | memory | first after ms | all after s | frame under a random cursor: preview ms, median | max | the exact frame's own preview |", crate::pipeline::previews::PREVIEW_WIDTH);
     println!("|---|---|---|---|---|---|---|");
     println!("| {}, every {} frame(s) | {:.1} MB | {:.0} | {previews_s:.1} | {scrub_med:.2} | {scrub_max:.2} | {exact} of {} |", previews.len(), previews.step(), previews.bytes() as f64 / 1e6, first.unwrap_or(f64::NAN), scrub.len());
     Ok(0)

@@ -1,37 +1,52 @@
 //! `weights check DIR`: what a checkpoint folder holds and whether the model would load from it,
 //! from config.json and the safetensors headers alone (no tensor data is read).
 
+use crate::pipeline::models::check_vggt;
+use crate::pipeline::weights::{WeightsKind, WeightsSpec, cached_repos, hub_cache_dir};
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use spatial_models::checkpoint::{CheckReport, CheckpointDir, ModelKind, compare, detect_kind};
+use spatial_models::checkpoint::{CheckReport, CheckpointDir, ModelKind, detect_kind};
 use spatial_models::qwen2_5_vl::Qwen25VlConfig;
 use spatial_models::spatial_mllm::expected_tensors_for_checkpoint;
-use spatial_models::vggt::{VggtConfig, VggtParts, expected_tensors};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[derive(Subcommand, Debug)]
 pub enum WeightsCommand {
     /// Report every missing, mis-shaped and unexpected tensor; exit 0 only if the model would load.
-    Check { dir: PathBuf },
+    /// Takes a folder or a Hugging Face repo id (resolved from the hub cache).
+    Check { weights: String },
+    /// Download a repo's weights into the Hugging Face cache (what `hf download` does), resuming
+    /// partial files; prints the snapshot folder.
+    Download {
+        /// ORG/NAME or ORG/NAME@REVISION.
+        repo: String,
+    },
+    /// The model repos in the Hugging Face cache.
+    List,
 }
 
 pub fn run(cmd: WeightsCommand) -> Result<i32> {
     match cmd {
-        WeightsCommand::Check { dir } => check(&dir),
+        WeightsCommand::Check { weights } => check(&super::resolve_weights(&weights, WeightsKind::Any)?),
+        WeightsCommand::Download { repo } => {
+            let spec = WeightsSpec::parse(&repo);
+            if !matches!(spec, WeightsSpec::Repo { .. }) {
+                anyhow::bail!("{repo}: not a repo id (ORG/NAME or ORG/NAME@REVISION)");
+            }
+            // The kind is unknown before the download: fetch what either model needs.
+            let dir = super::resolve_weights(&repo, WeightsKind::Mllm).or_else(|_| super::resolve_weights(&repo, WeightsKind::Vggt))?;
+            println!("{}", dir.display());
+            Ok(0)
+        }
+        WeightsCommand::List => {
+            println!("Hugging Face cache: {}", hub_cache_dir().display());
+            for r in cached_repos() {
+                println!("{}  {}", r.id, r.snapshot.display());
+            }
+            Ok(0)
+        }
     }
-}
-
-/// Parses the VGGT part of a config, naming the file on error.
-pub fn vggt_config(dir: &CheckpointDir, json: &serde_json::Value, key: Option<&str>) -> Result<VggtConfig> {
-    let section = match key {
-        Some(k) => json.get(k).cloned().unwrap_or(serde_json::Value::Object(Default::default())),
-        None => json.clone(),
-    };
-    let name = dir.config.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_else(|| "(no config.json: VGGT-1B defaults)".into());
-    let cfg: VggtConfig = serde_json::from_value(section).with_context(|| format!("{name}: fields do not fit the VGGT config"))?;
-    cfg.validate().with_context(|| format!("{name}: inconsistent VGGT config"))?;
-    Ok(cfg)
 }
 
 fn print_report(what: &str, report: &CheckReport) {
@@ -66,8 +81,10 @@ fn check(dir: &Path) -> Result<i32> {
     };
     let ok = match kind {
         ModelKind::Vggt => {
-            let cfg = vggt_config(&ckpt, &json, None)?;
-            let report = compare(&expected_tensors(&cfg, VggtParts::Full)?, &shapes(""), &["track_head."]);
+            if ckpt.config.is_none() {
+                println!("  no config.json: VGGT-1B's sizes were assumed");
+            }
+            let (_, report) = check_vggt(&ckpt)?;
             print_report("VGGT", &report);
             report.loads()
         }
@@ -80,7 +97,7 @@ fn check(dir: &Path) -> Result<i32> {
             let spatial = kind == ModelKind::SpatialMllm;
             let requested = expected_tensors_for_checkpoint(&cfg, &all, spatial)?;
             let heads = ["spatial_encoder.vggt_model.camera_head.", "spatial_encoder.vggt_model.depth_head.", "spatial_encoder.vggt_model.point_head.", "spatial_encoder.vggt_model.track_head."];
-            let report = compare(&requested, &all, &heads);
+            let report = spatial_models::checkpoint::compare(&requested, &all, &heads);
             print_report(if spatial { "Spatial-MLLM (Qwen2.5-VL + VGGT aggregator + connector)" } else { "Qwen2.5-VL" }, &report);
             let tokenizer = dir.join("tokenizer.json");
             let has_tokenizer = tokenizer.is_file();

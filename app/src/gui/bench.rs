@@ -3,9 +3,8 @@
 //! grow with the point count. Under a software rasteriser the full frame also includes drawing,
 //! which is reported separately.
 
-use super::StartupOptions;
 use super::renderer::{LAST_UPLOAD_BYTES, LAST_UPLOAD_NS};
-use super::scene::Geometry;
+use super::state::{Activity, Geometry, OpenRequest, StartupOptions};
 use super::tasks::{Job, Worker};
 use bevy::prelude::*;
 use std::sync::atomic::Ordering::Relaxed;
@@ -29,13 +28,13 @@ struct RenderBench {
     wall_ms: Vec<f64>,
 }
 
-fn start(opts: Res<StartupOptions>, mut commands: Commands, mut worker: ResMut<Worker>, settings: Res<super::scene::ViewSettings>) {
+fn start(opts: Res<StartupOptions>, mut commands: Commands, mut worker: ResMut<Worker>, mut activity: ResMut<Activity>, mut open: MessageWriter<OpenRequest>) {
     if let Some(n) = opts.bench_points {
         // 0 points means the demo scene as it opens by default.
         if n == 0 {
-            worker.submit(Job::BuildDemo { frames: crate::demo::DEMO_FRAMES, budget: settings.point_budget, source: settings.source });
+            open.write(OpenRequest(crate::pipeline::source::SourceSpec::Demo));
         } else {
-            worker.submit(Job::Synthetic(n));
+            worker.submit(&mut activity, Job::Synthetic(n));
         }
         commands.insert_resource(RenderBench { points: n, frame_start: None, last_frame_end: None, warmup: 0, cpu_ms: Vec::new(), wall_ms: Vec::new() });
     }
@@ -52,10 +51,10 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn frame_end(bench: Option<ResMut<RenderBench>>, geometry: Res<Geometry>, worker: Res<Worker>, mut exit: MessageWriter<AppExit>) {
+fn frame_end(bench: Option<ResMut<RenderBench>>, geometry: Res<Geometry>, activity: Res<Activity>, mut exit: MessageWriter<AppExit>) {
     let Some(mut b) = bench else { return };
     let now = Instant::now();
-    let ready = geometry.scene.is_some() && worker.is_idle();
+    let ready = geometry.scene.is_some() && activity.is_idle();
     if ready && b.warmup >= WARMUP_FRAMES {
         let cpu = now.duration_since(b.frame_start.unwrap_or(now)).as_secs_f64() * 1e3;
         b.cpu_ms.push(cpu);
@@ -85,4 +84,20 @@ impl Plugin for RenderBenchPlugin {
     fn build(&self, app: &mut App) {
         app.add_systems(Startup, start).add_systems(First, frame_begin).add_systems(Last, frame_end);
     }
+}
+
+/// `bench render` without `--points`: each case in its own process (the demo scene, 10k, 1M, 5M
+/// points), one table.
+pub fn run_all(frames: usize) -> anyhow::Result<i32> {
+    println!("Point-cloud rendering, 1280x800 window, median over {frames} frames after warm-up");
+    println!("| points | app CPU ms/frame, median (main world) | max | frame wall ms, median (incl. rasterising) | GPU bytes/point | upload ms |");
+    println!("|---|---|---|---|---|---|");
+    let exe = std::env::current_exe()?;
+    for n in [0usize, 10_000, 1_000_000, 5_000_000] {
+        let status = std::process::Command::new(&exe).args(["bench", "render", "--points", &n.to_string(), "--frames", &frames.to_string()]).stderr(std::process::Stdio::null()).status()?;
+        if !status.success() {
+            anyhow::bail!("render benchmark with {n} points failed");
+        }
+    }
+    Ok(0)
 }

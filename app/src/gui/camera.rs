@@ -3,7 +3,7 @@
 //! into the area the egui panels leave free.
 
 use super::player::Player;
-use super::scene::Geometry;
+use super::state::{CameraCommand, Geometry, ViewSettings, ViewportRect};
 use bevy::camera::Viewport;
 use bevy::core_pipeline::tonemapping::Tonemapping;
 use bevy::input::mouse::{AccumulatedMouseMotion, AccumulatedMouseScroll};
@@ -36,13 +36,6 @@ impl OrbitCamera {
         let rot = self.rotation();
         Transform { translation: self.focus + rot * Vec3::new(0.0, 0.0, self.distance), rotation: rot, ..default() }
     }
-}
-
-/// Requests from the UI and scripts.
-#[derive(Message, Clone, Copy, Debug)]
-pub enum CameraCommand {
-    Reset,
-    LookThrough(usize),
 }
 
 fn setup(mut commands: Commands) {
@@ -101,7 +94,7 @@ fn controls(
     geometry: Res<Geometry>,
     player: Res<Player>,
     mut commands: MessageReader<CameraCommand>,
-    mut settings: ResMut<super::scene::ViewSettings>,
+    mut settings: ResMut<ViewSettings>,
 ) {
     let (pointer_on_ui, keyboard_on_ui) = contexts.ctx_mut().map(|c| (c.is_pointer_over_egui() || c.egui_is_using_pointer(), c.egui_wants_keyboard_input())).unwrap_or((false, false));
     let scale = geometry.scene.as_ref().map(|s| s.index.scene_scale).unwrap_or(4.0);
@@ -173,14 +166,22 @@ fn apply(orbit: Res<OrbitCamera>, mut cameras: Query<(&mut Transform, &mut Proje
     }
 }
 
-/// The 3D viewport's rectangle in physical pixels, set by the UI after laying out the panels.
-#[derive(Resource, Default, Clone, Copy, PartialEq)]
-pub struct ViewportRect(pub Option<(UVec2, UVec2)>);
+/// The viewport rectangle kept inside a render target of `target` physical pixels: the panels are
+/// laid out for the previous frame's window size, and a viewport reaching past a window that just
+/// shrank is a validation error that ends the app.
+pub fn clamp_viewport(pos: UVec2, size: UVec2, target: UVec2) -> (UVec2, UVec2) {
+    let target = target.max(UVec2::ONE);
+    let pos = pos.min(target - UVec2::ONE);
+    let size = size.max(UVec2::ONE).min(target - pos);
+    (pos, size)
+}
 
-fn apply_viewport(rect: Res<ViewportRect>, mut cameras: Query<&mut Camera, With<Camera3d>>) {
+fn apply_viewport(rect: Res<ViewportRect>, windows: Query<&Window, With<bevy::window::PrimaryWindow>>, mut cameras: Query<&mut Camera, With<Camera3d>>) {
     let Some((pos, size)) = rect.0 else { return };
+    let Ok(window) = windows.single() else { return };
+    let (pos, size) = clamp_viewport(pos, size, window.physical_size());
     for mut camera in &mut cameras {
-        let want = Viewport { physical_position: pos, physical_size: size.max(UVec2::ONE), ..default() };
+        let want = Viewport { physical_position: pos, physical_size: size, ..default() };
         if camera.viewport.as_ref().is_none_or(|v| v.physical_position != want.physical_position || v.physical_size != want.physical_size) {
             camera.viewport = Some(want);
         }
@@ -192,8 +193,6 @@ pub struct CameraControlPlugin;
 impl Plugin for CameraControlPlugin {
     fn build(&self, app: &mut App) {
         app.init_resource::<OrbitCamera>()
-            .init_resource::<ViewportRect>()
-            .add_message::<CameraCommand>()
             .add_systems(Startup, setup)
             .add_systems(Update, (controls, apply, apply_viewport).chain());
     }

@@ -1,24 +1,52 @@
-//! CPU side of the point cloud: turning a reconstruction into GPU points (once, on a worker
-//! thread) and turning view settings into draw ranges and the uniform (cheap, per change).
+//! The CPU side of the point cloud: turning a reconstruction into GPU points (once, on a worker
+//! thread) and view settings into draw ranges and the uniform (cheap, per change). The layouts
+//! here are the shader's (`shaders/points.wgsl`); the renderer uploads them as they are.
 
-use super::renderer::{MAX_FRAMES, PointCloudBuffers, PointInstance, PointUniform};
+use crate::pipeline::points::{ConfidenceQuantiles, PointSource, points_of, usable};
+use bytemuck::{Pod, Zeroable};
 use spatial_models::reconstruction::Reconstruction;
 
-/// Which world points to show.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PointSource {
-    /// Depth unprojected with the cameras (upstream demos' default, usually more accurate).
-    DepthAndCamera,
-    /// The point head's world points.
-    PointMap,
+/// Frames the uniform has room for (camera centres and frame starts).
+pub const MAX_FRAMES: usize = 256;
+
+/// One point on the GPU: 16 bytes.
+#[derive(Clone, Copy, Pod, Zeroable, Debug, PartialEq)]
+#[repr(C)]
+pub struct PointInstance {
+    pub position: [f32; 3],
+    /// sRGB colour and the confidence percentile rank (0-255).
+    pub color_rank: [u8; 4],
+}
+
+/// Points grouped by frame (frame f owns `frame_starts[f]..frame_starts[f+1]`), each group
+/// sorted by decreasing confidence so a confidence threshold is a prefix of every group.
+#[derive(Debug, Default)]
+pub struct PointCloudBuffers {
+    pub points: Vec<PointInstance>,
+    pub frame_starts: Vec<u32>,
+    pub centers: Vec<[f32; 3]>,
+}
+
+/// Uniform block, laid out as `PointUniform` in the WGSL.
+#[derive(Clone, Copy, Pod, Zeroable)]
+#[repr(C)]
+pub struct PointUniform {
+    pub params: [f32; 4],
+    pub depth_range: [f32; 4],
+    pub frame_starts: [[u32; 4]; MAX_FRAMES / 4],
+    pub centers: [[f32; 4]; MAX_FRAMES],
+}
+
+impl Default for PointUniform {
+    fn default() -> Self {
+        Zeroable::zeroed()
+    }
 }
 
 /// Per-frame confidences, sorted descending to match the GPU order.
 #[derive(Debug, Default, Clone)]
 pub struct CloudIndex {
     pub frame_conf: Vec<Vec<f32>>,
-    /// All kept confidences ascending, for the percentile threshold.
-    pub all_conf_sorted: Vec<f32>,
     /// 5th..95th percentile extent of the points (scene scale, for frustum sizes).
     pub scene_scale: f32,
     pub depth_range: (f32, f32),
@@ -30,20 +58,15 @@ pub fn to_view(p: [f32; 3]) -> [f32; 3] {
     [p[0], -p[1], -p[2]]
 }
 
-/// Builds the GPU points: at most `budget` points, subsampled on a regular pixel grid.
-pub fn build_cloud(rec: &Reconstruction, source: PointSource, budget: usize) -> (PointCloudBuffers, CloudIndex) {
+/// Builds the GPU points (at most `budget`, subsampled on a regular pixel grid) and the quantiles
+/// of all the geometry's confidences for the filter.
+pub fn build_cloud(rec: &Reconstruction, source: PointSource, budget: usize) -> (PointCloudBuffers, CloudIndex, ConfidenceQuantiles) {
     let frames = rec.frames.min(MAX_FRAMES);
     let (h, w) = (rec.height, rec.width);
     let total = frames * h * w;
     let stride = ((total as f64 / budget.max(1) as f64).sqrt().ceil() as usize).max(1);
-    let from_depth;
-    let (points, conf) = match source {
-        PointSource::DepthAndCamera => {
-            from_depth = rec.points_from_depth();
-            (&from_depth[..], &rec.depth_conf[..])
-        }
-        PointSource::PointMap => (&rec.world_points[..], &rec.world_points_conf[..]),
-    };
+    let (points, conf) = points_of(rec, source);
+    let quantiles = ConfidenceQuantiles::build(&conf[..total.min(conf.len())]);
     let mut buffers = PointCloudBuffers::default();
     let mut index = CloudIndex::default();
     let mut conf_all = Vec::new();
@@ -53,10 +76,8 @@ pub fn build_cloud(rec: &Reconstruction, source: PointSource, budget: usize) -> 
         for y in (stride / 2..h).step_by(stride) {
             for x in (stride / 2..w).step_by(stride) {
                 let i = f * h * w + y * w + x;
-                let c = conf[i];
-                let p = &points[i * 3..i * 3 + 3];
-                if c > 1e-5 && p.iter().all(|v| v.is_finite()) {
-                    chosen.push((c, i));
+                if usable(&points[i * 3..i * 3 + 3], conf[i]) {
+                    chosen.push((conf[i], i));
                 }
             }
         }
@@ -81,7 +102,6 @@ pub fn build_cloud(rec: &Reconstruction, source: PointSource, budget: usize) -> 
         let rank = sorted.partition_point(|v| v < c);
         pt.color_rank[3] = (rank * 255 / n) as u8;
     }
-    index.all_conf_sorted = sorted;
     let pct = |v: &mut Vec<f32>, q: f32| -> f32 {
         if v.is_empty() {
             return 0.0;
@@ -107,37 +127,28 @@ pub fn build_cloud(rec: &Reconstruction, source: PointSource, budget: usize) -> 
         }
     }
     index.depth_range = (pct(&mut dists, 0.02), pct(&mut dists, 0.98));
-    (buffers, index)
+    (buffers, index, quantiles)
 }
 
 /// View settings that shape the draws.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DrawSettings {
     pub point_size: f32,
+    /// The shader's colour mode constant.
     pub color_mode: u32,
-    /// Drop points below this confidence percentile (0-100).
-    pub conf_percentile: f32,
+    /// Drop points below this confidence (from the geometry's quantiles).
+    pub threshold: f32,
     /// Only this frame's points, or all.
     pub frame: Option<usize>,
 }
 
 /// Draw ranges and uniform for the settings: O(frames · log points) work.
 pub fn draws_for(buffers: &PointCloudBuffers, index: &CloudIndex, s: &DrawSettings) -> (Vec<(u32, u32)>, PointUniform) {
-    let sorted = &index.all_conf_sorted;
-    let threshold = if sorted.is_empty() {
-        0.0
-    } else {
-        let q = (s.conf_percentile / 100.0).clamp(0.0, 1.0);
-        let pos = q * (sorted.len() - 1) as f32;
-        let lo = pos.floor() as usize;
-        let hi = (lo + 1).min(sorted.len() - 1);
-        sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f32)
-    };
     let frames = index.frame_conf.len();
     let draws = (0..frames)
         .filter(|&f| s.frame.is_none_or(|only| only == f))
         .map(|f| {
-            let kept = index.frame_conf[f].partition_point(|&c| c >= threshold) as u32;
+            let kept = index.frame_conf[f].partition_point(|&c| c >= s.threshold) as u32;
             (buffers.frame_starts[f], kept)
         })
         .collect();
@@ -156,16 +167,17 @@ pub fn draws_for(buffers: &PointCloudBuffers, index: &CloudIndex, s: &DrawSettin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::points::{PointFilter, confidence_threshold, filtered};
 
     #[test]
     fn percentile_filter_is_a_prefix_of_each_frame() {
-        let rec = crate::demo::build_demo(4);
-        let (buffers, index) = build_cloud(&rec, PointSource::DepthAndCamera, 20_000);
+        let rec = crate::pipeline::demo::build_demo(4);
+        let (buffers, index, quantiles) = build_cloud(&rec, PointSource::DepthAndCamera, 20_000);
         assert!(buffers.points.len() <= 20_000 && buffers.points.len() > 10_000);
-        let all = DrawSettings { point_size: 2.0, color_mode: 0, conf_percentile: 0.0, frame: None };
+        let all = DrawSettings { point_size: 2.0, color_mode: 0, threshold: quantiles.threshold(0.0), frame: None };
         let (draws, _) = draws_for(&buffers, &index, &all);
         assert_eq!(draws.iter().map(|d| d.1 as usize).sum::<usize>(), buffers.points.len());
-        let half = DrawSettings { conf_percentile: 50.0, ..all };
+        let half = DrawSettings { threshold: quantiles.threshold(50.0), ..all };
         let (draws, _) = draws_for(&buffers, &index, &half);
         let kept: usize = draws.iter().map(|d| d.1 as usize).sum();
         assert!((kept as f32 / buffers.points.len() as f32 - 0.5).abs() < 0.05, "{kept}");
@@ -174,5 +186,26 @@ mod tests {
         assert_eq!(draws.len(), 1);
         assert_eq!(draws[0].0, buffers.frame_starts[2]);
         assert_eq!(std::mem::size_of::<PointInstance>(), 16);
+    }
+
+    /// The view's filter, the PLY export and the sampler mean the same thing by a percentile: the
+    /// numpy percentile of all the geometry's confidences. (The export once used a fixed 50 % and
+    /// the view a percentile of its subsampled points.)
+    #[test]
+    fn one_confidence_percentile_for_view_and_exports() {
+        let rec = crate::pipeline::demo::build_demo(3);
+        for source in [PointSource::DepthAndCamera, PointSource::PointMap] {
+            // A budget that keeps every point: the view then shows exactly what the export writes.
+            let (buffers, index, quantiles) = build_cloud(&rec, source, usize::MAX);
+            let (points, conf) = points_of(&rec, source);
+            for p in [0.0, 25.0, 50.0, 90.0] {
+                let threshold = quantiles.threshold(p);
+                assert_eq!(threshold, confidence_threshold(conf, p), "{source:?} at {p} %");
+                let (draws, _) = draws_for(&buffers, &index, &DrawSettings { point_size: 1.0, color_mode: 0, threshold, frame: None });
+                let shown: usize = draws.iter().map(|d| d.1 as usize).sum();
+                let exported = filtered(&rec, &points, conf, &PointFilter { source, threshold, frame: None }).len();
+                assert_eq!(shown, exported, "{source:?} at {p} %");
+            }
+        }
     }
 }

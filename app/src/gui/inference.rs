@@ -1,289 +1,240 @@
-//! VGGT inside the app: a dedicated inference thread (crossbeam channels in and out) loads the
-//! weights and reconstructs the open folder's frames, reporting progress with an ETA; a run can be
-//! cancelled (checked after every aggregator stage), and a new folder or new weights cancel the
-//! old run. A panic in a job is caught and reported, and the thread carries on.
+//! VGGT inside the app: its own thread (the pipeline's service thread) loads the weights on the
+//! chosen device and reconstructs the open source through the pipeline, reporting named stages and
+//! an ETA; a run can be cancelled (noticed inside the layers), a new source or new weights cancel
+//! the old run, and a panic in a job is reported while the thread carries on.
 
-use super::StatusLine;
-use super::cloud::{PointSource, build_cloud};
-use super::scene::ViewSettings;
-use super::tasks::{FolderInfo, FolderOpened, LoadedScene, SceneLoaded, VideoOpened, panic_message};
+use super::state::*;
+use super::tasks::make_scene;
+use crate::pipeline::cache::ReconstructionCache;
+use crate::pipeline::device::{self, Compute, DTypeRequest, DeviceRequest};
+use crate::pipeline::points::PointSource;
+use crate::pipeline::reconstruct::{self as rc, LoadedVggt, ReconstructPlan, reconstruct};
+use crate::pipeline::source::Source;
+use crate::pipeline::threads::{Ctx, ServiceThread};
+use crate::pipeline::weights::{WeightsKind, WeightsSpec};
 use bevy::prelude::*;
-use crossbeam_channel::{Receiver, Sender, unbounded};
-use spatial_models::reconstruction::Reconstruction;
-use spatial_models::sampling::uniform_indices;
-use spatial_models::vggt::preprocess::{ResizeMode, RgbFrame, preprocess_frames};
-use spatial_models::vggt::{CPU_FLOPS_GUESS, Vggt, estimate_flops};
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-/// Frames VGGT sees by default: CPU-sized (a 16-frame run at 518 px is minutes on a CPU with
-/// VGGT-1B, upstream's 128 would be hours).
-pub const DEFAULT_MAX_FRAMES: usize = 16;
-
-/// Frames to reconstruct: a folder's images or a video's frames.
-#[derive(Clone)]
-pub enum FrameSet {
-    Folder(Arc<FolderInfo>),
-    Video(Arc<crate::video::VideoInfo>),
-}
-
-impl FrameSet {
-    fn len(&self) -> usize {
-        match self {
-            FrameSet::Folder(f) => f.files.len(),
-            FrameSet::Video(v) => v.frames,
-        }
-    }
-    fn name(&self) -> String {
-        let p = match self {
-            FrameSet::Folder(f) => &f.path,
-            FrameSet::Video(v) => &v.path,
-        };
-        p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
-    }
-    /// Files whose contents and picks identify the input, for the cache key.
-    fn stamp_files(&self, picks: &[usize]) -> (Vec<PathBuf>, String) {
-        match self {
-            FrameSet::Folder(f) => (picks.iter().map(|&i| f.files[i].clone()).collect(), String::new()),
-            FrameSet::Video(v) => (vec![v.path.clone()], format!("{picks:?}")),
-        }
-    }
-    fn load(&self, picks: &[usize]) -> anyhow::Result<(Vec<RgbFrame>, Vec<String>)> {
-        match self {
-            FrameSet::Folder(f) => Ok((
-                picks.iter().map(|&i| RgbFrame::open(&f.files[i])).collect::<anyhow::Result<Vec<_>>>()?,
-                picks.iter().map(|&i| f.files[i].display().to_string()).collect(),
-            )),
-            // At most 1920 wide: the model input is 518 wide.
-            FrameSet::Video(v) => Ok((v.decode(picks, Some(1920))?, picks.iter().map(|i| format!("{} frame {i}", v.path.display())).collect())),
-        }
-    }
-}
 
 enum Request {
-    Load(PathBuf),
-    Reconstruct { folder: FrameSet, max_frames: usize, budget: usize, source: PointSource, cancel: Arc<AtomicBool> },
+    Load { spec: String, device: DeviceRequest, dtype: DTypeRequest },
+    Reconstruct { source: Source, plan: ReconstructPlan, budget: usize, point_source: PointSource },
 }
 
 enum Event {
-    Loaded(String),
-    Progress { stage: String, done: usize, total: usize, eta_s: f64 },
-    Done(Arc<LoadedScene>),
+    Loaded { desc: String, compute: Compute },
+    Progress(rc::Progress),
+    Done { scene: Arc<LoadedScene>, note: Option<String>, summary: String },
     Cancelled,
-    Failed(String),
+    LoadFailed(String),
+    RunFailed(String),
 }
 
-#[derive(Resource)]
-pub struct Inference {
-    requests: Sender<Request>,
-    events: Receiver<Event>,
-    cancel: Option<Arc<AtomicBool>>,
-    pub weights: Option<String>,
-    pub in_flight: usize,
-    pub progress: Option<(String, usize, usize, f64)>,
-    pub max_frames: usize,
-    folder: Option<FrameSet>,
+struct ThreadState {
+    model: Option<LoadedVggt>,
+    cache: Option<ReconstructionCache>,
 }
 
-impl Inference {
-    pub fn is_idle(&self) -> bool {
-        self.in_flight == 0
-    }
-    pub fn load(&mut self, dir: PathBuf) {
-        self.cancel_run();
-        self.in_flight += 1;
-        let _ = self.requests.send(Request::Load(dir));
-    }
-    pub fn cancel_run(&mut self) {
-        if let Some(c) = self.cancel.take() {
-            c.store(true, Ordering::Relaxed);
-        }
-    }
-    fn start_run(&mut self, settings: &ViewSettings) {
-        let Some(folder) = self.folder.clone() else { return };
-        if self.weights.is_none() {
-            return;
-        }
-        self.cancel_run();
-        let cancel = Arc::new(AtomicBool::new(false));
-        self.cancel = Some(cancel.clone());
-        self.in_flight += 1;
-        let _ = self.requests.send(Request::Reconstruct { folder, max_frames: self.max_frames, budget: settings.point_budget, source: settings.source, cancel });
-    }
-}
-
-
-/// Where a reconstruction of (frames, weights, settings) is cached, so reopening is instant.
-fn cache_path(files: &[PathBuf], extra: &str, weights: &std::path::Path) -> Option<PathBuf> {
-    use std::hash::{Hash, Hasher};
-    let base = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    // Bump when the output format or the preprocessing changes.
-    "v1 crop f32".hash(&mut h);
-    extra.hash(&mut h);
-    let stamp = |p: &std::path::Path, h: &mut std::collections::hash_map::DefaultHasher| {
-        std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).hash(h);
-        if let Ok(m) = std::fs::metadata(p) {
-            m.len().hash(h);
-            m.modified().ok().hash(h);
-        }
-    };
-    for f in files {
-        stamp(f, &mut h);
-    }
-    if let Ok(ckpt) = spatial_models::checkpoint::CheckpointDir::open(weights) {
-        for f in &ckpt.safetensors {
-            stamp(f, &mut h);
-        }
-        if let Some(c) = &ckpt.config {
-            stamp(c, &mut h);
-        }
-    }
-    Some(base.join("spatial-viewer").join("reconstructions").join(format!("{:016x}.safetensors", h.finish())))
-}
-
-fn reconstruct(model: &Vggt, weights: &std::path::Path, folder: &FrameSet, max_frames: usize, budget: usize, source: PointSource, cancel: &Arc<AtomicBool>, events: &Sender<Event>) -> anyhow::Result<Option<LoadedScene>> {
-    let total = folder.len();
-    let picks = if total > max_frames { uniform_indices(total, max_frames) } else { (0..total).collect() };
-    let name = folder.name();
-    let (stamped, extra) = folder.stamp_files(&picks);
-    let cache = cache_path(&stamped, &extra, weights);
-    if let Some(rec) = cache.as_ref().filter(|p| p.is_file()).and_then(|p| Reconstruction::load(p).ok()) {
-        let rec = Arc::new(rec);
-        let (cloud, index) = build_cloud(&rec, source, budget);
-        return Ok(Some(LoadedScene { label: format!("VGGT: {name} ({} of {total} frames, cached)", rec.frames), rec, cloud: Arc::new(cloud), index }));
-    }
-    let (frames, names) = folder.load(&picks)?;
-    let images = preprocess_frames(&frames, &names, ResizeMode::Crop, &candle_core::Device::Cpu)?;
-    drop(frames);
-    let (s, _, h, w) = images.dims4()?;
-    let total_flops = estimate_flops(&model.config, s, h, w);
-    let _ = events.send(Event::Progress { stage: format!("VGGT on {s} frames at {w}x{h}"), done: 0, total: model.config.depth, eta_s: total_flops / CPU_FLOPS_GUESS });
-    let start = std::time::Instant::now();
-    let mut cb = |done: usize, total: usize| {
-        let elapsed = start.elapsed().as_secs_f64();
-        let eta_s = elapsed / done.max(1) as f64 * (total - done) as f64;
-        let _ = events.send(Event::Progress { stage: format!("VGGT on {s} frames at {w}x{h}"), done, total, eta_s });
-        !cancel.load(Ordering::Relaxed)
-    };
-    // Cancelling is noticed inside the layers too (attention and token chunks), within a second.
-    let out = spatial_models::nn::cancellable(cancel.clone(), || Ok(model.forward_with_progress(&images, Some(&mut cb))?))?;
-    let Some(Some(out)) = out else { return Ok(None) };
-    let rec = Arc::new(Reconstruction::from_vggt(&images, &out, picks.iter().map(|&i| i as i64).collect())?);
-    if let Some(path) = &cache {
-        // A failed cache write only costs the next open a re-run.
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let _ = rec.save(path);
-    }
-    let (cloud, index) = build_cloud(&rec, source, budget);
-    Ok(Some(LoadedScene { label: format!("VGGT: {name} ({s} of {total} frames)"), rec, cloud: Arc::new(cloud), index }))
-}
-
-fn spawn() -> Inference {
-    let (req_tx, req_rx) = unbounded::<Request>();
-    let (ev_tx, ev_rx) = unbounded::<Event>();
-    std::thread::Builder::new()
-        .name("inference".into())
-        .spawn(move || {
-            let mut model: Option<(Arc<Vggt>, PathBuf)> = None;
-            for req in req_rx {
-                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match req {
-                    Request::Load(dir) => match crate::cli::reconstruct::load_vggt(&dir, candle_core::DType::F32, &candle_core::Device::Cpu) {
-                        Ok(m) => {
-                            let desc = format!("VGGT from {} (embed {}, {} block pairs)", dir.display(), m.config.embed_dim, m.config.depth);
-                            model = Some((Arc::new(m), dir.clone()));
-                            Event::Loaded(desc)
-                        }
-                        Err(e) => Event::Failed(format!("{e:#}")),
-                    },
-                    Request::Reconstruct { folder, max_frames, budget, source, cancel } => match &model {
-                        None => Event::Failed("no VGGT weights are loaded (File > Load VGGT weights...)".into()),
-                        Some((m, dir)) => match reconstruct(m, dir, &folder, max_frames, budget, source, &cancel, &ev_tx) {
-                            Ok(Some(scene)) => Event::Done(Arc::new(scene)),
-                            Ok(None) => Event::Cancelled,
-                            Err(e) => Event::Failed(format!("reconstruction failed: {e:#}")),
-                        },
-                    },
-                }))
-                .unwrap_or_else(|p| Event::Failed(format!("the inference thread caught a crash: {}", panic_message(p))));
-                if ev_tx.send(result).is_err() {
-                    break;
+fn serve(state: &mut ThreadState, req: Request, ctx: &Ctx<Event>) {
+    match req {
+        Request::Load { spec, device, dtype } => {
+            // The old model goes first so two never sit in memory together.
+            state.model = None;
+            let compute = device::resolve(device, dtype);
+            let mut progress = |file: &str, done: u64, total: u64| {
+                ctx.send(Event::Progress(rc::Progress { stage: format!("downloading {file}"), fraction: if total > 0 { done as f64 / total as f64 } else { 0.0 }, elapsed_s: 0.0, eta_s: f64::NAN }))
+            };
+            let loaded = crate::pipeline::weights::resolve(&WeightsSpec::parse(&spec), WeightsKind::Vggt, &mut progress, ctx.cancel).and_then(|dir| LoadedVggt::load(&dir, &compute));
+            match loaded {
+                Ok(m) => {
+                    let desc = m.describe();
+                    state.model = Some(m);
+                    ctx.send(Event::Loaded { desc, compute });
                 }
+                Err(e) => ctx.send(Event::LoadFailed(format!("{e:#}"))),
             }
-        })
-        .expect("spawn inference thread");
-    Inference { requests: req_tx, events: ev_rx, cancel: None, weights: None, in_flight: 0, progress: None, max_frames: DEFAULT_MAX_FRAMES, folder: None }
-}
-
-/// Weights chosen in the UI or by a script.
-#[derive(Message, Clone, Debug)]
-pub struct LoadVggt(pub PathBuf);
-
-fn startup_weights(opts: Res<super::StartupOptions>, mut loads: MessageWriter<LoadVggt>) {
-    if let Some(dir) = &opts.vggt {
-        loads.write(LoadVggt(dir.clone()));
+        }
+        Request::Reconstruct { source, plan, budget, point_source } => {
+            let Some(model) = &state.model else {
+                return ctx.send(Event::RunFailed("no VGGT weights are loaded (File > Load VGGT weights...)".into()));
+            };
+            let mut progress = |p: rc::Progress| ctx.send(Event::Progress(p));
+            match reconstruct(model, &source, &plan, state.cache.as_ref(), ctx.cancel, &mut progress) {
+                Ok(Some(done)) => {
+                    let frames = match source.frames_of(&done.rec) {
+                        Ok(f) => f,
+                        Err(e) => return ctx.send(Event::RunFailed(format!("{e:#}"))),
+                    };
+                    let name = source.name();
+                    let cached = if done.from_cache { ", cached" } else { "" };
+                    let label = format!("VGGT: {name} ({} of {} frames{cached})", done.rec.frames, source.len());
+                    let summary = format!("{} reconstructed{cached}", plan.describe(&source));
+                    let scene = make_scene(label, Arc::new(done.rec), source.id(), frames, budget, point_source);
+                    ctx.send(Event::Done { scene: Arc::new(scene), note: done.cache_note, summary });
+                }
+                Ok(None) => ctx.send(Event::Cancelled),
+                Err(e) => ctx.send(Event::RunFailed(format!("reconstruction failed: {e:#}"))),
+            }
+        }
     }
 }
 
+/// The VGGT thread and what it is doing.
+#[derive(Resource)]
+struct VggtThread {
+    thread: ServiceThread<Request, Event>,
+    /// The weights last asked for (reloaded when the device changes).
+    spec: Option<String>,
+    /// Loads and runs sent and not answered yet.
+    loads: usize,
+    runs: usize,
+    started: Option<std::time::Instant>,
+}
+
+fn spawn(cache: Option<ReconstructionCache>) -> VggtThread {
+    let thread = ServiceThread::spawn("vggt-inference", ThreadState { model: None, cache }, serve, |m| Event::RunFailed(format!("the VGGT thread caught a crash: {m}")));
+    VggtThread { thread, spec: None, loads: 0, runs: 0, started: None }
+}
+
+fn startup_weights(opts: Res<StartupOptions>, mut loads: MessageWriter<LoadVggt>, mut computes: MessageWriter<SetCompute>) {
+    computes.write(SetCompute(opts.device, opts.dtype));
+    if let Some(spec) = &opts.vggt {
+        loads.write(LoadVggt(spec.clone()));
+    }
+}
+
+/// The plan for `source` with the panel's settings.
+fn plan_for(source: &Source, state: &VggtState) -> ReconstructPlan {
+    ReconstructPlan { width: state.width, ..ReconstructPlan::candidates(source, state.frames) }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn handle(
-    mut inference: ResMut<Inference>,
+    mut vggt: ResMut<VggtThread>,
+    mut state: ResMut<VggtState>,
+    mut activity: ResMut<Activity>,
+    opened: Res<Opened>,
     mut loads: MessageReader<LoadVggt>,
-    mut folders: MessageReader<FolderOpened>,
-    mut videos: MessageReader<VideoOpened>,
+    mut sources: MessageReader<SourceOpened>,
+    mut again: MessageReader<Reconstruct>,
+    mut cancels: MessageReader<CancelReconstruction>,
+    mut computes: MessageReader<SetCompute>,
     mut scenes: MessageWriter<SceneLoaded>,
     mut status: ResMut<StatusLine>,
     settings: Res<ViewSettings>,
+    mut app_settings: ResMut<Settings>,
+    mut requested: Local<(DeviceRequest, DTypeRequest)>,
 ) {
-    for LoadVggt(dir) in loads.read() {
-        status.info(format!("loading VGGT from {}...", dir.display()));
-        inference.load(dir.clone());
+    let mut start = false;
+    // The source just opened (the message carries it: `Opened` may be updated later this frame).
+    let mut newest: Option<Source> = None;
+    for SetCompute(d, t) in computes.read() {
+        *requested = (*d, *t);
+        let c = device::resolve(*d, *t);
+        state.compute = c.label();
+        state.compute_note = c.fallback.clone();
+        if let Some(why) = &c.fallback {
+            status.error(why.clone());
+        }
+        // Candidate defaults follow the device: upstream's 128 at 518 px on a GPU.
+        let (frames, width) = if c.device.is_cpu() { (rc::CPU_CANDIDATES, rc::CPU_CANDIDATE_WIDTH) } else { (rc::GPU_CANDIDATES, 518) };
+        state.frames = frames;
+        state.width = width;
+        if let Some(spec) = vggt.spec.clone() {
+            vggt.thread.cancel_current();
+            vggt.loads += 1;
+            vggt.thread.send(Request::Load { spec, device: *d, dtype: *t });
+            start = true;
+        }
     }
-    for FolderOpened(info) in folders.read() {
-        inference.folder = Some(FrameSet::Folder(info.clone()));
-        inference.start_run(&settings);
+    for LoadVggt(spec) in loads.read() {
+        status.info(format!("loading VGGT from {spec}..."));
+        app_settings.0.remember_weights(spec);
+        vggt.thread.cancel_current();
+        vggt.spec = Some(spec.clone());
+        vggt.loads += 1;
+        state.weights = None;
+        vggt.thread.send(Request::Load { spec: spec.clone(), device: requested.0, dtype: requested.1 });
+        start = true;
     }
-    for VideoOpened(info) in videos.read() {
-        inference.folder = Some(FrameSet::Video(info.clone()));
-        inference.start_run(&settings);
+    for SourceOpened(source) in sources.read() {
+        // The run of the previous source is of no use any more.
+        if vggt.runs > 0 {
+            vggt.thread.cancel_current();
+        }
+        state.last_run = None;
+        state.last_error = None;
+        newest = Some(source.clone());
+        start = true;
     }
-    while let Ok(ev) = inference.events.try_recv() {
+    for _ in cancels.read() {
+        vggt.thread.cancel_current();
+    }
+    let explicit = again.read().count() > 0;
+    if (start || explicit) && (state.weights.is_some() || vggt.loads > 0) {
+        // Opened videos and folders are reconstructed by themselves; geometry sources (the demo, a
+        // saved reconstruction) only when asked.
+        if let Some(source) = newest.or_else(|| opened.source.clone()).filter(|s| explicit || !matches!(s, Source::Geometry(_))) {
+            let plan = plan_for(&source, &state);
+            vggt.thread.send(Request::Reconstruct { source, plan, budget: settings.point_budget, point_source: settings.source });
+            vggt.runs += 1;
+            vggt.started = Some(std::time::Instant::now());
+            state.last_error = None;
+        }
+    } else if explicit {
+        status.error("no VGGT weights are loaded: File > Load VGGT weights... first");
+    }
+    while let Ok(ev) = vggt.thread.events.try_recv() {
         match ev {
-            Event::Loaded(desc) => {
-                inference.in_flight = inference.in_flight.saturating_sub(1);
+            Event::Loaded { desc, compute } => {
+                vggt.loads = vggt.loads.saturating_sub(1);
                 status.info(desc.clone());
-                inference.weights = Some(desc);
-                inference.start_run(&settings);
+                state.weights = Some(desc);
+                state.compute = compute.label();
+                state.compute_note = compute.fallback;
+                state.progress = None;
             }
-            Event::Progress { stage, done, total, eta_s } => {
-                inference.progress = Some((stage, done, total, eta_s));
+            Event::LoadFailed(e) => {
+                vggt.loads = vggt.loads.saturating_sub(1);
+                state.progress = None;
+                state.last_error = Some(e.clone());
+                status.error(e);
             }
-            Event::Done(scene) => {
-                inference.in_flight = inference.in_flight.saturating_sub(1);
-                inference.progress = None;
-                inference.cancel = None;
+            Event::Progress(p) => state.progress = Some(p),
+            Event::Done { scene, note, summary } => {
+                vggt.runs = vggt.runs.saturating_sub(1);
+                state.progress = None;
+                let secs = vggt.started.take().map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+                state.last_run = Some(format!("{summary} in {secs:.0} s"));
+                if let Some(n) = note {
+                    status.error(n);
+                }
                 scenes.write(SceneLoaded(scene));
             }
             Event::Cancelled => {
-                inference.in_flight = inference.in_flight.saturating_sub(1);
-                inference.progress = None;
-                status.info("reconstruction cancelled");
+                vggt.runs = vggt.runs.saturating_sub(1);
+                if vggt.runs == 0 {
+                    state.progress = None;
+                    state.last_error = Some("cancelled".into());
+                    status.info("reconstruction cancelled");
+                }
             }
-            Event::Failed(e) => {
-                inference.in_flight = inference.in_flight.saturating_sub(1);
-                inference.progress = None;
+            Event::RunFailed(e) => {
+                vggt.runs = vggt.runs.saturating_sub(1);
+                state.progress = None;
+                state.last_error = Some(e.clone());
                 status.error(e);
             }
         }
     }
+    // Loads and runs still queued or in flight.
+    activity.vggt = vggt.loads + vggt.runs;
 }
 
 pub struct InferencePlugin;
 
 impl Plugin for InferencePlugin {
     fn build(&self, app: &mut App) {
-        app.insert_resource(spawn()).add_message::<LoadVggt>().add_systems(Startup, startup_weights).add_systems(Update, handle.before(super::scene::SceneSystems));
+        let cache = app.world().get_resource::<SharedCache>().and_then(|c| c.0.clone());
+        app.insert_resource(spawn(cache)).add_systems(Startup, startup_weights).add_systems(Update, handle.before(super::scene::SceneSystems));
     }
 }

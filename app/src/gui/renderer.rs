@@ -1,6 +1,6 @@
 //! The point-cloud renderer: a custom instanced pipeline (WGSL in `shaders/points.wgsl`).
-//! The CPU side builds 16-byte points once per geometry; the render world uploads them once per
-//! version. Per frame only a small uniform (size, colour mode, camera centres) and the list of
+//! The CPU side ([`super::cloud`]) builds 16-byte points once per geometry; the render world
+//! uploads them once per version. Per frame only a small uniform (size, colour mode, camera centres) and the list of
 //! draw ranges (confidence and frame filters) change, so CPU time does not grow with the points.
 
 use bevy::core_pipeline::core_3d::{Transparent3d, TransparentSortingInfo3d};
@@ -25,48 +25,12 @@ use bevy::render::{
     renderer::{RenderDevice, RenderQueue},
     view::ExtractedView,
 };
-use bytemuck::{Pod, Zeroable};
+use super::cloud::{PointCloudBuffers, PointInstance, PointUniform};
 use std::sync::Arc;
-
-pub const MAX_FRAMES: usize = 256;
 
 /// Duration of the last instance upload in nanoseconds, and its size in bytes (for `bench render`).
 pub static LAST_UPLOAD_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 pub static LAST_UPLOAD_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// One point on the GPU: 16 bytes.
-#[derive(Clone, Copy, Pod, Zeroable, Debug, PartialEq)]
-#[repr(C)]
-pub struct PointInstance {
-    pub position: [f32; 3],
-    /// sRGB colour and the confidence percentile rank (0-255).
-    pub color_rank: [u8; 4],
-}
-
-/// Points grouped by frame (frame f owns `frame_starts[f]..frame_starts[f+1]`), each group
-/// sorted by decreasing confidence so a confidence threshold is a prefix of every group.
-#[derive(Debug, Default)]
-pub struct PointCloudBuffers {
-    pub points: Vec<PointInstance>,
-    pub frame_starts: Vec<u32>,
-    pub centers: Vec<[f32; 3]>,
-}
-
-/// Uniform block, laid out as `PointUniform` in the WGSL.
-#[derive(Clone, Copy, Pod, Zeroable)]
-#[repr(C)]
-pub struct PointUniform {
-    pub params: [f32; 4],
-    pub depth_range: [f32; 4],
-    pub frame_starts: [[u32; 4]; MAX_FRAMES / 4],
-    pub centers: [[f32; 4]; MAX_FRAMES],
-}
-
-impl Default for PointUniform {
-    fn default() -> Self {
-        Zeroable::zeroed()
-    }
-}
 
 /// What the render world needs, extracted when it changes.
 #[derive(Resource, Clone, Default, ExtractResource)]

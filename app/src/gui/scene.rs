@@ -1,11 +1,12 @@
-//! Geometry in 3D: the point cloud's settings and draws, one frustum per frame textured with its
-//! image (current frame and sampled frames highlighted), and picking a frustum to seek.
+//! Geometry in 3D: the point cloud's draws, one frustum per frame textured with its image (current
+//! frame and sampled frames highlighted), and picking a frustum (its image plane or its lines) to
+//! seek. Geometry belongs to the open source: opening another clears it.
 
-use super::cloud::{DrawSettings, PointSource, draws_for, to_view};
+use super::cloud::{DrawSettings, draws_for, to_view};
 use super::player::Player;
 use super::renderer::{PointCloudEntity, PointCloudRender};
-use super::tasks::{Job, LoadedScene, SceneLoaded, Worker};
-use super::{SeekRequest, StatusLine};
+use super::state::*;
+use super::tasks::{Job, Worker};
 use bevy::asset::RenderAssetUsages;
 use bevy::camera::visibility::NoFrustumCulling;
 use bevy::image::Image;
@@ -14,60 +15,10 @@ use bevy::prelude::*;
 use bevy::render::render_resource::{Extent3d, TextureDimension, TextureFormat};
 use bevy::window::PrimaryWindow;
 use bevy_egui::EguiContexts;
-use spatial_models::sampling::uniform_indices;
-use std::sync::Arc;
-
-/// Colour modes of the point cloud (index = shader mode).
-pub const COLOR_MODES: [&str; 5] = ["image colour", "confidence", "depth", "frame index", "first covering pick"];
-/// The colour mode that shows which space-aware pick first covered each point's voxel.
-pub const COVERAGE_MODE: u32 = 4;
-
-#[derive(Resource, Clone, PartialEq)]
-pub struct ViewSettings {
-    pub point_size: f32,
-    pub color_mode: u32,
-    pub conf_percentile: f32,
-    pub frame_filter: Option<usize>,
-    pub show_cameras: bool,
-    pub point_budget: usize,
-    pub source: PointSource,
-}
-
-impl Default for ViewSettings {
-    fn default() -> Self {
-        Self { point_size: 3.0, color_mode: 0, conf_percentile: 25.0, frame_filter: None, show_cameras: true, point_budget: 300_000, source: PointSource::DepthAndCamera }
-    }
-}
-
-/// The geometry on screen.
-#[derive(Resource, Default)]
-pub struct Geometry {
-    pub scene: Option<Arc<LoadedScene>>,
-}
-
-/// Frames chosen by a sampler (source-frame indices), drawn on the timeline and as highlighted
-/// frustums.
-#[derive(Resource, Default, Clone)]
-pub struct SampledFrames {
-    pub frames: Vec<usize>,
-    pub label: String,
-    /// A second set shown for comparison (the uniform picks), empty when off.
-    pub compare: Vec<usize>,
-}
 
 /// The scene plugin's systems, for ordering.
 #[derive(SystemSet, Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SceneSystems;
-
-/// Frames Spatial-MLLM feeds the model without space-aware sampling: 16, linspace, both ends,
-/// rounded (qwen_vl_utils).
-pub fn spatial_mllm_uniform(n: usize) -> Vec<usize> {
-    let k = 16.min(n);
-    if k <= 1 {
-        return uniform_indices(n, k);
-    }
-    (0..k).map(|i| ((i as f64) * (n - 1) as f64 / (k - 1) as f64).round() as usize).collect()
-}
 
 #[derive(Component)]
 pub struct Frustum {
@@ -90,10 +41,6 @@ struct FrustumMaterials {
     sampled: Handle<StandardMaterial>,
 }
 
-/// The frustum under the mouse, if any.
-#[derive(Resource, Default)]
-pub struct HoveredCamera(pub Option<usize>);
-
 fn setup(mut commands: Commands, mut meshes: ResMut<Assets<Mesh>>, mut materials: ResMut<Assets<StandardMaterial>>) {
     // The point cloud draws through this entity (a unit quad, instanced per point).
     commands.spawn((Mesh3d(meshes.add(Rectangle::new(1.0, 1.0))), PointCloudEntity, NoFrustumCulling, Transform::default(), Visibility::default()));
@@ -105,8 +52,30 @@ fn setup(mut commands: Commands, mut meshes: ResMut<Assets<Mesh>>, mut materials
     });
 }
 
+/// Opening another source clears the geometry of the previous one (and its frustums and points),
+/// so nothing derived from it can be taken for the new source's.
+fn on_source_opened(mut opened: MessageReader<SourceOpened>, mut geometry: ResMut<Geometry>, mut render: ResMut<PointCloudRender>, mut commands: Commands, old: Query<Entity, With<Frustum>>, mut windows: Query<&mut Window, With<PrimaryWindow>>) {
+    let Some(SourceOpened(source)) = opened.read().last() else { return };
+    let id = source.id();
+    if geometry.scene.as_ref().is_some_and(|s| s.source_id == id) {
+        return;
+    }
+    geometry.scene = None;
+    render.data = None;
+    render.draws.clear();
+    render.version += 1;
+    for e in &old {
+        commands.entity(e).despawn();
+    }
+    if let Ok(mut w) = windows.single_mut() {
+        w.title = format!("Spatial viewer: {}", source.name());
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn on_scene_loaded(
     mut loaded: MessageReader<SceneLoaded>,
+    opened: Res<Opened>,
     mut geometry: ResMut<Geometry>,
     mut render: ResMut<PointCloudRender>,
     mut commands: Commands,
@@ -115,12 +84,13 @@ fn on_scene_loaded(
     mut images: ResMut<Assets<Image>>,
     mut materials: ResMut<Assets<StandardMaterial>>,
     frustum_materials: Res<FrustumMaterials>,
-    mut sampled: ResMut<SampledFrames>,
     mut status: ResMut<StatusLine>,
     mut windows: Query<&mut Window, With<PrimaryWindow>>,
     mut settings: ResMut<ViewSettings>,
+    bench: Res<StartupOptions>,
 ) {
-    let Some(SceneLoaded(scene)) = loaded.read().last() else { return };
+    // Geometry of a source that is no longer open (a late reconstruction) is dropped.
+    let Some(SceneLoaded(scene)) = loaded.read().filter(|s| s.0.source_id == opened.id || bench.bench_points.is_some()).last() else { return };
     for e in &old {
         commands.entity(e).despawn();
     }
@@ -130,7 +100,6 @@ fn on_scene_loaded(
     if settings.frame_filter.is_some_and(|f| f >= scene.rec.frames) {
         settings.frame_filter = None;
     }
-    *sampled = SampledFrames { frames: spatial_mllm_uniform(scene.rec.frames), label: "uniform (Spatial-MLLM default: 16 frames, linspace)".into(), compare: Vec::new() };
     spawn_frustums(&mut commands, scene, &mut meshes, &mut images, &mut materials, &frustum_materials);
     status.info(format!("{}: {} frames, {} points on the GPU", scene.label, scene.rec.frames, scene.cloud.points.len()));
     if let Ok(mut w) = windows.single_mut() {
@@ -197,12 +166,11 @@ fn spawn_frustums(
         );
         let texture = images.add(image);
         let material = materials.add(StandardMaterial { base_color_texture: Some(texture), unlit: true, cull_mode: None, double_sided: true, ..default() });
-        commands
-            .spawn((Frustum { frame: f, source_frame: rec.frame_indices.get(f).map(|&i| i as usize).unwrap_or(f), corners, center }, Transform::default(), Visibility::default()))
-            .with_children(|p| {
-                p.spawn((Mesh3d(meshes.add(lines)), MeshMaterial3d(frustum_materials.normal.clone()), FrustumLines));
-                p.spawn((Mesh3d(meshes.add(quad)), MeshMaterial3d(material)));
-            });
+        let source_frame = scene.source_frames.get(f).copied().unwrap_or(f);
+        commands.spawn((Frustum { frame: f, source_frame, corners, center }, Transform::default(), Visibility::default())).with_children(|p| {
+            p.spawn((Mesh3d(meshes.add(lines)), MeshMaterial3d(frustum_materials.normal.clone()), FrustumLines));
+            p.spawn((Mesh3d(meshes.add(quad)), MeshMaterial3d(material)));
+        });
     }
 }
 
@@ -218,14 +186,14 @@ fn update_draws(settings: Res<ViewSettings>, geometry: Res<Geometry>, mut render
     let (draws, uniform) = draws_for(
         &scene.cloud,
         &scene.index,
-        &DrawSettings { point_size: settings.point_size, color_mode: settings.color_mode, conf_percentile: settings.conf_percentile, frame: settings.frame_filter },
+        &DrawSettings { point_size: settings.point_size, color_mode: settings.color_mode as u32, threshold: scene.quantiles.threshold(settings.conf_percentile as f64), frame: settings.frame_filter },
     );
     render.draws = draws;
     render.uniform = uniform;
 }
 
 /// Rebuilds the cloud on the worker when the point budget or source changes.
-fn rebuild_on_budget_change(settings: Res<ViewSettings>, geometry: Res<Geometry>, mut worker: ResMut<Worker>, mut last: Local<Option<(usize, PointSource)>>) {
+fn rebuild_on_budget_change(settings: Res<ViewSettings>, geometry: Res<Geometry>, mut worker: ResMut<Worker>, mut activity: ResMut<Activity>, mut last: Local<Option<(usize, crate::pipeline::points::PointSource)>>) {
     let key = (settings.point_budget, settings.source);
     if last.is_none() {
         *last = Some(key);
@@ -236,7 +204,17 @@ fn rebuild_on_budget_change(settings: Res<ViewSettings>, geometry: Res<Geometry>
     }
     *last = Some(key);
     if let Some(scene) = &geometry.scene {
-        worker.submit(Job::BuildCloud { label: scene.label.clone(), rec: scene.rec.clone(), budget: settings.point_budget, source: settings.source });
+        worker.submit(
+            &mut activity,
+            Job::BuildScene {
+                label: scene.label.clone(),
+                rec: scene.rec.clone(),
+                source_id: scene.source_id.clone(),
+                source_frames: scene.source_frames.clone(),
+                budget: settings.point_budget,
+                point_source: settings.source,
+            },
+        );
     }
 }
 
@@ -303,6 +281,7 @@ pub fn pick_frustum(camera: &Camera, transform: &GlobalTransform, viewport_pos: 
         .map(|(_, f)| f)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn pick(
     windows: Query<&Window, With<PrimaryWindow>>,
     cameras: Query<(&Camera, &GlobalTransform), With<Camera3d>>,
@@ -345,11 +324,7 @@ pub struct ScenePlugin;
 
 impl Plugin for ScenePlugin {
     fn build(&self, app: &mut App) {
-        app.init_resource::<ViewSettings>()
-            .init_resource::<Geometry>()
-            .init_resource::<SampledFrames>()
-            .init_resource::<HoveredCamera>()
-            .add_systems(Startup, setup)
-            .add_systems(Update, (on_scene_loaded, rebuild_on_budget_change, update_draws, highlight_frustums, pick).chain().in_set(SceneSystems));
+        app.add_systems(Startup, setup)
+            .add_systems(Update, (on_source_opened, on_scene_loaded, rebuild_on_budget_change, update_draws, highlight_frustums, pick).chain().in_set(SceneSystems));
     }
 }

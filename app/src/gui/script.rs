@@ -3,14 +3,10 @@
 //! {"wait_idle": 30}, {"screenshot": "shot.png"}, {"quit": true}]}`. A failing step ends the run
 //! with exit code 1 and a message naming the step.
 
-use super::camera::CameraCommand;
-use super::cloud::PointSource;
 use super::player::Player;
-use super::scene::{COLOR_MODES, Geometry, ViewSettings};
-use super::tasks::Worker;
-use super::sampling::{SamplerMode, SamplerSettings};
-use super::chat::{AnswerState, Chat, FrameChoice};
-use super::{OpenRequest, ScreenshotRequest, SeekRequest, StartupOptions, StatusLine};
+use super::state::*;
+use crate::pipeline::points::PointSource;
+use crate::pipeline::source::SourceSpec;
 use anyhow::{Context, Result, bail};
 use bevy::prelude::*;
 use serde_json::Value;
@@ -36,8 +32,13 @@ pub enum Step {
     /// Loads VGGT weights (`{"load_weights": {"vggt": DIR}}`; opened folders are then
     /// reconstructed in the background) and/or Spatial-MLLM weights (`{"mllm": DIR}`).
     LoadWeights { vggt: Option<PathBuf>, mllm: Option<PathBuf> },
-    /// Exports the geometry on screen (safetensors, or PLY by extension).
+    /// Exports the geometry on screen (safetensors, or PLY by extension) with the filter on screen.
     Export(PathBuf),
+    /// Reconstructs the open source with VGGT again, with the current settings.
+    Reconstruct,
+    /// Runs the model threads on another device / dtype (`{"set_device": {"device": "cuda",
+    /// "dtype": "bf16"}}`); weights reload.
+    SetDevice { device: String, dtype: String },
     /// Waits (up to 60 s) until a file exists: lets a test drive real input between steps.
     WaitForFile(PathBuf),
     /// Writes JSON with the current frame, the viewport and every frustum projected to the window
@@ -95,6 +96,14 @@ fn parse_step(v: &Value) -> Result<Step> {
         "cancel_answer" => Step::CancelAnswer,
         "wait_for_file" => Step::WaitForFile(PathBuf::from(arg.as_str().context("`wait_for_file` takes a path")?)),
         "export" => Step::Export(PathBuf::from(arg.as_str().context("`export` takes a path")?)),
+        "reconstruct" => Step::Reconstruct,
+        "set_device" => {
+            let word = |k: &str, default: &str| arg.get(k).and_then(Value::as_str).unwrap_or(default).to_string();
+            let (device, dtype) = (word("device", "auto"), word("dtype", "auto"));
+            device.parse::<crate::pipeline::device::DeviceRequest>()?;
+            dtype.parse::<crate::pipeline::device::DTypeRequest>()?;
+            Step::SetDevice { device, dtype }
+        }
         "load_weights" => {
             let path = |k: &str| arg.get(k).and_then(Value::as_str).map(PathBuf::from);
             let (vggt, mllm) = (path("vggt"), path("mllm"));
@@ -105,12 +114,12 @@ fn parse_step(v: &Value) -> Result<Step> {
         }
         "dump_state" => Step::DumpState(PathBuf::from(arg.as_str().context("`dump_state` takes a path")?)),
         "quit" => Step::Quit,
-        other => bail!("unknown step `{other}` (known: open, seek, select_camera, look_through, reset_view, set, wait_frames, wait_idle, screenshot, ask, cancel_answer, load_weights, export, wait_for_file, dump_state, quit)"),
+        other => bail!("unknown step `{other}` (known: open, seek, select_camera, look_through, reset_view, set, wait_frames, wait_idle, screenshot, ask, cancel_answer, load_weights, export, reconstruct, set_device, wait_for_file, dump_state, quit)"),
     })
 }
 
 /// Applies `set` to the view settings and player; the names are the ones the README lists.
-pub fn apply_control(control: &str, value: &Value, settings: &mut ViewSettings, player: &mut Player, sampler: &mut SamplerSettings, vggt_frames: &mut usize, chat: &mut super::chat::ChatSettings) -> Result<()> {
+pub fn apply_control(control: &str, value: &Value, settings: &mut ViewSettings, player: &mut Player, sampler: &mut SamplerSettings, vggt: &mut VggtState, chat: &mut ChatSettings) -> Result<()> {
     let num = || value.as_f64().with_context(|| format!("`{control}` takes a number, got {value}"));
     let flag = || value.as_bool().with_context(|| format!("`{control}` takes true or false, got {value}"));
     match control {
@@ -118,8 +127,8 @@ pub fn apply_control(control: &str, value: &Value, settings: &mut ViewSettings, 
         "conf_percentile" => settings.conf_percentile = num()?.clamp(0.0, 100.0) as f32,
         "color_mode" => {
             settings.color_mode = match value {
-                Value::String(s) => COLOR_MODES.iter().position(|m| m.starts_with(s.as_str())).with_context(|| format!("unknown colour mode `{s}` (known: {COLOR_MODES:?})"))? as u32,
-                _ => (num()? as u32).min(COLOR_MODES.len() as u32 - 1),
+                Value::String(s) => ColorMode::parse(s).with_context(|| format!("unknown colour mode `{s}` (known: {:?})", ColorMode::ALL.map(|m| m.name())))?,
+                _ => ColorMode::ALL[(num()? as usize).min(ColorMode::ALL.len() - 1)],
             }
         }
         "frame_filter" => {
@@ -147,14 +156,21 @@ pub fn apply_control(control: &str, value: &Value, settings: &mut ViewSettings, 
         "k" => sampler.k = (num()? as usize).max(1),
         "sample_conf_percentile" => sampler.conf_percentile = num()?.clamp(0.0, 99.0),
         "compare_uniform" => sampler.compare_uniform = flag()?,
-        "vggt_frames" => *vggt_frames = (num()? as usize).clamp(1, 512),
+        "vggt_frames" => vggt.frames = (num()? as usize).clamp(1, 512),
+        "vggt_width" => {
+            let w = num()? as usize;
+            if w == 0 || w % 14 != 0 {
+                bail!("`vggt_width` is a multiple of 14 (upstream: 518), got {w}");
+            }
+            vggt.width = w;
+        }
         "playing" => player.playing = flag()?,
         "speed" => player.speed = num()?.clamp(0.05, 8.0) as f32,
         "question_format" => {
             chat.format = match value.as_str() {
-                Some("free") => 0,
-                Some("numeric") => 1,
-                Some("mc") => 2,
+                Some("free") => AnswerFormat::Free,
+                Some("numeric") => AnswerFormat::Numeric,
+                Some("mc") => AnswerFormat::MultipleChoice,
                 _ => bail!("`question_format` is \"free\", \"numeric\" or \"mc\""),
             }
         }
@@ -171,7 +187,7 @@ pub fn apply_control(control: &str, value: &Value, settings: &mut ViewSettings, 
         "spatial" => chat.use_spatial = flag()?,
         "max_new_tokens" => chat.max_new_tokens = (num()? as usize).max(1),
         "temperature" => chat.temperature = num()?.max(0.0),
-        other => bail!("unknown control `{other}` (known: point_size, color_mode, conf_percentile, frame_filter, show_cameras, point_budget, point_source, sampler, k, sample_conf_percentile, compare_uniform, vggt_frames, playing, speed, question_format, question_options, question_frames, spatial, max_new_tokens, temperature)"),
+        other => bail!("unknown control `{other}` (known: point_size, color_mode, conf_percentile, frame_filter, show_cameras, point_budget, point_source, sampler, k, sample_conf_percentile, compare_uniform, vggt_frames, vggt_width, playing, speed, question_format, question_options, question_frames, spatial, max_new_tokens, temperature)"),
     }
     Ok(())
 }
@@ -195,14 +211,12 @@ const WARMUP_SECS: f32 = 2.5;
 fn run_script(
     runner: Option<ResMut<ScriptRunner>>,
     time: Res<Time<Real>>,
-    (mut worker, mut inference): (ResMut<Worker>, ResMut<super::inference::Inference>),
-    status: Res<StatusLine>,
-    geometry: Res<Geometry>,
+    (activity, status, geometry, opened): (Res<Activity>, Res<StatusLine>, Res<Geometry>, Res<Opened>),
     mut settings: ResMut<ViewSettings>,
     mut player: ResMut<Player>,
-    (mut chat, mut sampler, sampled): (ResMut<Chat>, ResMut<SamplerSettings>, Res<super::scene::SampledFrames>),
-    (mut open, mut seek, mut load_vggt): (MessageWriter<OpenRequest>, MessageWriter<SeekRequest>, MessageWriter<super::inference::LoadVggt>),
-    (mut load_mllm, mut asks, mut cancels): (MessageWriter<super::chat::LoadMllm>, MessageWriter<super::chat::AskQuestion>, MessageWriter<super::chat::CancelAnswer>),
+    (mut chat, mut sampler, sampled, mut vggt): (ResMut<ChatState>, ResMut<SamplerSettings>, Res<SampledFrames>, ResMut<VggtState>),
+    (mut open, mut seek, mut load_vggt, mut reconstruct, mut set_compute): (MessageWriter<OpenRequest>, MessageWriter<SeekRequest>, MessageWriter<LoadVggt>, MessageWriter<Reconstruct>, MessageWriter<SetCompute>),
+    (mut load_mllm, mut asks, mut cancels, mut export): (MessageWriter<LoadMllm>, MessageWriter<AskQuestion>, MessageWriter<CancelAnswer>, MessageWriter<ExportRequest>),
     mut shots: MessageWriter<ScreenshotRequest>,
     mut camera: MessageWriter<CameraCommand>,
     mut exit: MessageWriter<AppExit>,
@@ -220,7 +234,7 @@ fn run_script(
     r.frames_in_step += 1;
     let waited = now - r.started;
     let first = r.frames_in_step == 1;
-    let idle = worker.is_idle() && inference.is_idle() && chat.is_idle();
+    let idle = activity.is_idle();
     // Steps that hand work to a background thread finish once it is idle again, and fail if the
     // work reported an error meanwhile.
     let settled = |busy: bool, limit_s: f32, what: &str| -> Outcome {
@@ -234,34 +248,61 @@ fn run_script(
     };
     let outcome = match &step {
         Step::Open(p) => {
+            let spec = SourceSpec::parse(p);
             if first {
-                open.write(OpenRequest::Path(p.clone()));
+                open.write(OpenRequest(spec));
                 Outcome::Wait
             } else {
-                settled(!idle, 600.0, "opening (and reconstructing)")
+                match &opened.last_result {
+                    Some((s, Err(e))) if *s == spec => Outcome::Fail(e.clone()),
+                    _ => settled(!idle, 600.0, "opening (and reconstructing)"),
+                }
             }
         }
-        Step::LoadWeights { vggt, mllm } => {
+        Step::LoadWeights { vggt: vggt_dir, mllm } => {
             if first {
-                if let Some(dir) = vggt {
-                    load_vggt.write(super::inference::LoadVggt(dir.clone()));
+                if let Some(dir) = vggt_dir {
+                    load_vggt.write(LoadVggt(dir.display().to_string()));
                 }
                 if let Some(dir) = mllm {
-                    load_mllm.write(super::chat::LoadMllm(dir.clone()));
+                    load_mllm.write(LoadMllm(dir.display().to_string()));
                 }
                 Outcome::Wait
             } else {
-                settled(!inference.is_idle() || chat.loading, 600.0, "loading the weights")
+                settled(activity.vggt > 0 || chat.loading, 600.0, "loading the weights")
             }
         }
         Step::Export(path) => match (&geometry.scene, first) {
             (None, _) => Outcome::Fail("nothing to export: no geometry is loaded".into()),
-            (Some(scene), true) => {
-                worker.submit(super::tasks::Job::Export { rec: scene.rec.clone(), path: path.clone() });
+            (Some(_), true) => {
+                export.write(ExportRequest(path.clone()));
                 Outcome::Wait
             }
-            (Some(_), false) => settled(!worker.is_idle(), 600.0, "exporting"),
+            (Some(_), false) => settled(activity.jobs > 0, 600.0, "exporting"),
         },
+        Step::Reconstruct => {
+            if first {
+                reconstruct.write(Reconstruct);
+                Outcome::Wait
+            } else {
+                settled(activity.vggt > 0, 3600.0, "reconstructing")
+            }
+        }
+        Step::SetDevice { device, dtype } => {
+            if first {
+                match (device.parse(), dtype.parse()) {
+                    (Ok(d), Ok(t)) => {
+                        set_compute.write(SetCompute(d, t));
+                        Outcome::Wait
+                    }
+                    _ => Outcome::Fail(format!("`set_device`: unknown device {device} or dtype {dtype}")),
+                }
+            } else {
+                // A device that cannot be had is reported in the status bar and dump_state; the
+                // step itself succeeds once the threads settled.
+                if r.frames_in_step < 3 || !activity.is_idle() { Outcome::Wait } else { Outcome::Done }
+            }
+        }
         Step::Seek(f) | Step::SelectCamera(f) => {
             if player.frame_count == 0 || *f >= player.frame_count {
                 Outcome::Fail(format!("frame {f} is out of range (the source has {} frames)", player.frame_count))
@@ -269,7 +310,13 @@ fn run_script(
                 if first {
                     seek.write(SeekRequest(*f));
                 }
-                Outcome::done_if(player.current == *f && worker.is_idle())
+                match &player.frame_error {
+                    // The panel keeps the last good frame; the step says the truth.
+                    Some((e, why)) if e == f && player.current == *f => Outcome::Fail(format!("frame {f} cannot be shown: {why}")),
+                    _ if player.current == *f && player.shows_current() => Outcome::Done,
+                    _ if waited > 60.0 => Outcome::Fail(format!("frame {f} was not shown within 60 s")),
+                    _ => Outcome::Wait,
+                }
             }
         }
         Step::LookThrough(f) => {
@@ -284,7 +331,7 @@ fn run_script(
             camera.write(CameraCommand::Reset);
             Outcome::Done
         }
-        Step::Set { control, value } => match apply_control(control, value, &mut settings, &mut player, &mut sampler, &mut inference.max_frames, &mut chat.settings) {
+        Step::Set { control, value } => match apply_control(control, value, &mut settings, &mut player, &mut sampler, &mut vggt, &mut chat.settings) {
             Ok(()) => Outcome::Done,
             Err(e) => Outcome::Fail(format!("{e:#}")),
         },
@@ -300,12 +347,22 @@ fn run_script(
         }
         Step::Screenshot(path) => {
             if !r.screenshot_sent {
-                if now >= WARMUP_SECS && r.frames_in_step > 5 && idle {
-                    shots.write(ScreenshotRequest(path.clone()));
-                    r.screenshot_sent = true;
-                    r.started = now;
+                if let Err(e) = crate::pipeline::fsio::check_writable(path) {
+                    Outcome::Fail(format!("screenshot: {e:#}"))
+                } else {
+                    if now >= WARMUP_SECS && r.frames_in_step > 5 && idle {
+                        // An older file of that name must not pass for the new screenshot.
+                        let _ = std::fs::remove_file(path);
+                        shots.write(ScreenshotRequest(path.clone()));
+                        r.screenshot_sent = true;
+                        r.started = now;
+                        r.status_before = status.message.clone();
+                    }
+                    Outcome::Wait
                 }
-                Outcome::Wait
+            } else if status.is_error && status.message != r.status_before && status.message.starts_with("screenshot") {
+                r.screenshot_sent = false;
+                Outcome::Fail(status.message.clone())
             } else if std::fs::metadata(path).map(|m| m.len() > 0).unwrap_or(false) {
                 r.screenshot_sent = false;
                 Outcome::Done
@@ -337,11 +394,16 @@ fn run_script(
                     "scrub_previews": player.previews.len(),
                     "decoded_frames": player.cached_frames(),
                     "shown": player.shown.as_ref().map(|(i, f)| serde_json::json!({"frame": i, "preview": player.shown_is_preview, "width": f.width, "height": f.height})),
-                    "geometry": geometry.scene.as_ref().map(|s| serde_json::json!({"label": s.label, "frames": s.rec.frames, "points": s.cloud.points.len(), "frame_indices": s.rec.frame_indices})),
+                    "geometry": geometry.scene.as_ref().map(|s| serde_json::json!({"label": s.label, "frames": s.rec.frames, "width": s.rec.width, "height": s.rec.height, "points": s.cloud.points.len(), "frame_indices": s.rec.frame_indices, "source_frames": s.source_frames, "source": s.source_id.0})),
                     "sampled": sampled.frames,
                     "sampled_label": sampled.label,
                     "compare": sampled.compare,
-                    "model": chat.model.as_ref().map(|m| m.desc.clone()),
+                    "model": chat.model.clone(),
+                    "vggt": vggt.weights.clone(),
+                    "compute": {"vggt": vggt.compute, "vggt_note": vggt.compute_note, "chat": chat.compute, "chat_note": chat.compute_note},
+                    "status": {"message": status.message, "error": status.is_error},
+                    "source": opened.source.as_ref().map(|s| serde_json::json!({"name": s.name(), "frames": s.len(), "id": opened.id.0})),
+                    "frame_error": player.frame_error.as_ref().map(|(f, e)| serde_json::json!({"frame": f, "error": e})),
                     "chat": chat.messages.iter().map(|m| serde_json::json!({"from_user": m.from_user, "text": m.text, "state": m.state.name(), "frames": m.frames, "note": m.note})).collect::<Vec<_>>(),
                     "viewport": camera.logical_viewport_rect().map(|r| [r.min.x, r.min.y, r.width(), r.height()]),
                     "frustums": list.iter().map(|f| serde_json::json!({
@@ -358,7 +420,7 @@ fn run_script(
         },
         Step::Ask { question, wait } => {
             if first {
-                asks.write(super::chat::AskQuestion(question.clone()));
+                asks.write(AskQuestion(question.clone()));
                 Outcome::Wait
             } else if r.frames_in_step < 3 {
                 Outcome::Wait
@@ -376,9 +438,9 @@ fn run_script(
         }
         Step::CancelAnswer => {
             if first {
-                cancels.write(super::chat::CancelAnswer);
+                cancels.write(CancelAnswer);
             }
-            if !chat.answering() && r.frames_in_step > 1 {
+            if !chat.answering && r.frames_in_step > 1 {
                 Outcome::Done
             } else if waited > 5.0 {
                 Outcome::Fail("the answer was still running 5 s after cancelling".into())
@@ -457,13 +519,14 @@ mod tests {
         let mut settings = ViewSettings::default();
         let mut player = Player::default();
         let mut sampler = SamplerSettings::default();
-        let mut vggt_frames = 16;
-        let mut chat = super::super::chat::ChatSettings::default();
-        apply_control("color_mode", &Value::from("depth"), &mut settings, &mut player, &mut sampler, &mut vggt_frames, &mut chat).unwrap();
-        assert_eq!(settings.color_mode, 2);
-        apply_control("frame_filter", &Value::from("all"), &mut settings, &mut player, &mut sampler, &mut vggt_frames, &mut chat).unwrap();
+        let mut vggt = VggtState::default();
+        let mut chat = ChatSettings::default();
+        apply_control("color_mode", &Value::from("depth"), &mut settings, &mut player, &mut sampler, &mut vggt, &mut chat).unwrap();
+        assert_eq!(settings.color_mode, ColorMode::Depth);
+        apply_control("frame_filter", &Value::from("all"), &mut settings, &mut player, &mut sampler, &mut vggt, &mut chat).unwrap();
         assert_eq!(settings.frame_filter, None);
-        assert!(apply_control("brightness", &Value::from(1), &mut settings, &mut player, &mut sampler, &mut vggt_frames, &mut chat).is_err());
-        assert!(apply_control("point_size", &Value::from("big"), &mut settings, &mut player, &mut sampler, &mut vggt_frames, &mut chat).is_err());
+        assert!(apply_control("brightness", &Value::from(1), &mut settings, &mut player, &mut sampler, &mut vggt, &mut chat).is_err());
+        assert!(apply_control("point_size", &Value::from("big"), &mut settings, &mut player, &mut sampler, &mut vggt, &mut chat).is_err());
+        assert!(apply_control("vggt_width", &Value::from(300), &mut settings, &mut player, &mut sampler, &mut vggt, &mut chat).is_err());
     }
 }

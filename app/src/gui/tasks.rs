@@ -1,153 +1,149 @@
-//! Background work. Long jobs (building the demo scene, building point clouds, scanning folders)
-//! run on a worker thread and frame decoding on a decoder thread, both fed by crossbeam channels,
-//! so the UI never waits on them. A panic inside a job is caught, reported, and the thread lives on.
+//! Background work that is not a model: opening sources (probing videos, scanning folders, building
+//! the demo scene, reading saved geometry), building point clouds, voxel sets and colours, exports,
+//! on a worker thread; frame decoding on a decoder thread. The UI never waits on them; a panic
+//! inside a job is caught and reported, and the thread lives on.
 
-use super::StatusLine;
-use super::cloud::{CloudIndex, PointSource, build_cloud};
-use super::renderer::PointCloudBuffers;
-use anyhow::Context;
+use super::cloud::{PointCloudBuffers, PointInstance, build_cloud};
+use super::state::*;
+use crate::pipeline::export::{ExportFormat, export};
+use crate::pipeline::points::{PointFilter, PointSource};
+use crate::pipeline::source::{Source, SourceId, SourceSpec};
+use crate::pipeline::threads::{Ctx, ServiceThread, panic_message};
+use crate::pipeline::video::DISPLAY_MAX_WIDTH;
 use bevy::prelude::*;
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use spatial_models::reconstruction::Reconstruction;
+use spatial_models::sampling::{SamplingParams, VoxelSets};
 use spatial_models::vggt::preprocess::RgbFrame;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Geometry with its GPU-ready point cloud.
-pub struct LoadedScene {
-    /// Shown in the title and badge, e.g. "demo scene: ground-truth geometry".
-    pub label: String,
-    pub rec: Arc<Reconstruction>,
-    pub cloud: Arc<PointCloudBuffers>,
-    pub index: CloudIndex,
-}
-
-/// A folder of frames, checked (every image readable, all the same size).
-pub struct FolderInfo {
-    pub path: PathBuf,
-    pub files: Vec<PathBuf>,
-    pub width: u32,
-    pub height: u32,
-}
-
-/// Where a frame comes from, for the decoder thread.
+/// A frame the player wants: an image file, or frame N of a video.
 #[derive(Clone)]
 pub enum FrameRef {
     Image(PathBuf),
-    Video(Arc<crate::video::VideoInfo>, usize),
+    Video(Arc<crate::pipeline::video::VideoInfo>, usize),
 }
 
-/// An opened video (checked with ffprobe).
-#[derive(Message, Clone)]
-pub struct VideoOpened(pub Arc<crate::video::VideoInfo>);
-
+/// Work for the worker thread.
 pub enum Job {
-    ProbeVideo(PathBuf),
-    BuildDemo { frames: usize, budget: usize, source: PointSource },
-    BuildCloud { label: String, rec: Arc<Reconstruction>, budget: usize, source: PointSource },
-    ScanFolder(PathBuf),
+    Open(SourceSpec),
+    /// A point cloud for geometry of a source.
+    BuildScene { label: String, rec: Arc<Reconstruction>, source_id: SourceId, source_frames: Vec<usize>, budget: usize, point_source: PointSource },
     /// A synthetic cloud of N points (for `bench render`).
     Synthetic(usize),
-    /// Writes a reconstruction: safetensors (upstream names) or, for `.ply`, confident points.
-    Export { rec: Arc<Reconstruction>, path: PathBuf },
+    Export { rec: Arc<Reconstruction>, format: ExportFormat, filter: PointFilter, path: PathBuf },
     /// Space-aware sampling's voxel sets for the point map of a geometry.
-    VoxelSets { rec: Arc<Reconstruction>, params: spatial_models::sampling::SamplingParams },
+    VoxelSets { rec: Arc<Reconstruction>, params: SamplingParams },
     /// The cloud recoloured by the space-aware pick that first covered each point's voxel.
-    CoverageColours { cloud: Arc<super::renderer::PointCloudBuffers>, sets: Arc<spatial_models::sampling::VoxelSets>, picks: Vec<(usize, usize)>, key: u64 },
+    CoverageColours { cloud: Arc<PointCloudBuffers>, sets: Arc<VoxelSets>, picks: Vec<(usize, usize)>, key: u64 },
 }
 
 enum JobOutput {
-    Video(Arc<crate::video::VideoInfo>),
+    Opened(SourceSpec, Source),
     Scene(Arc<LoadedScene>),
     Exported(String),
-    Voxels(Result<Arc<spatial_models::sampling::VoxelSets>, String>),
-    Coverage(Arc<super::renderer::PointCloudBuffers>, u64),
-    Folder(Arc<FolderInfo>),
+    Voxels(Result<Arc<VoxelSets>, String>, usize),
+    Coverage(Arc<PointCloudBuffers>, u64),
     Failed(String),
+    /// A failed open (counted apart: opening has its own activity counter).
+    OpenFailed(SourceSpec, String),
 }
-
-#[derive(Message, Clone)]
-pub struct SceneLoaded(pub Arc<LoadedScene>);
-
-#[derive(Message, Clone)]
-pub struct FolderOpened(pub Arc<FolderInfo>);
-
-#[derive(Message, Clone)]
-pub struct VoxelsReady(pub Result<Arc<spatial_models::sampling::VoxelSets>, String>);
 
 /// Handle to the worker and decoder threads.
 #[derive(Resource)]
 pub struct Worker {
-    jobs: Sender<Job>,
-    results: Receiver<JobOutput>,
-    decode_requests: Sender<(usize, FrameRef)>,
+    worker: ServiceThread<Job, JobOutput>,
+    decode_requests: Option<Sender<(usize, FrameRef)>>,
     decoded: Receiver<Decoded>,
-    /// Jobs sent and not yet answered.
-    pub in_flight: usize,
-    pub decodes_in_flight: usize,
+    decoder: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Closing the queue ends the decoder after the frame it is on (milliseconds).
+        self.decode_requests = None;
+        if let Some(h) = self.decoder.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 impl Worker {
-    pub fn submit(&mut self, job: Job) {
-        self.in_flight += 1;
-        self.jobs.send(job).expect("worker thread is alive");
+    pub fn submit(&mut self, activity: &mut Activity, job: Job) {
+        if matches!(job, Job::Open(_)) {
+            activity.opening += 1;
+        } else {
+            activity.jobs += 1;
+        }
+        self.worker.send(job);
     }
-    pub fn request_decode(&mut self, index: usize, frame: FrameRef) {
-        self.decodes_in_flight += 1;
-        self.decode_requests.send((index, frame)).expect("decoder thread is alive");
-    }
-    pub fn is_idle(&self) -> bool {
-        self.in_flight == 0 && self.decodes_in_flight == 0
+    pub fn request_decode(&mut self, activity: &mut Activity, index: usize, frame: FrameRef) {
+        activity.decodes += 1;
+        if let Some(tx) = &self.decode_requests {
+            let _ = tx.send((index, frame));
+        }
     }
 }
 
-/// Largest frame width kept for display; frames are decoded at this size, not full size.
-pub const DISPLAY_MAX_WIDTH: usize = 640;
+/// A point cloud for geometry of a source.
+pub fn make_scene(label: String, rec: Arc<Reconstruction>, source_id: SourceId, source_frames: Vec<usize>, budget: usize, point_source: PointSource) -> LoadedScene {
+    let (cloud, index, quantiles) = build_cloud(&rec, point_source, budget);
+    LoadedScene { label, rec, source_id, source_frames, cloud: Arc::new(cloud), index, quantiles: Arc::new(quantiles), point_source }
+}
 
 fn run_job(job: Job) -> JobOutput {
     match job {
-        Job::BuildDemo { frames, budget, source } => {
-            let rec = Arc::new(crate::demo::build_demo(frames));
-            scene_output("demo scene: ground-truth geometry".into(), rec, budget, source)
-        }
-        Job::BuildCloud { label, rec, budget, source } => scene_output(label, rec, budget, source),
+        Job::Open(spec) => match Source::open(&spec) {
+            Ok(Source::Folder(f)) if f.mixed_sizes.is_some() => JobOutput::OpenFailed(spec, f.mixed_sizes.clone().unwrap_or_default()),
+            Ok(s) => JobOutput::Opened(spec, s),
+            Err(e) => JobOutput::OpenFailed(spec, format!("{e:#}")),
+        },
+        Job::BuildScene { label, rec, source_id, source_frames, budget, point_source } => JobOutput::Scene(Arc::new(make_scene(label, rec, source_id, source_frames, budget, point_source))),
         Job::Synthetic(n) => JobOutput::Scene(Arc::new(synthetic_scene(n))),
-        Job::ProbeVideo(path) => match crate::video::VideoInfo::probe(&path) {
-            Ok(info) => JobOutput::Video(Arc::new(info)),
+        Job::Export { rec, format, filter, path } => match export(&rec, format, &filter, &path) {
+            Ok(msg) => JobOutput::Exported(msg),
             Err(e) => JobOutput::Failed(format!("{e:#}")),
         },
-        Job::Export { rec, path } => {
-            let is_ply = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("ply"));
-            let result = if is_ply {
-                let points = rec.points_from_depth();
-                rec.write_ply(&path, &points, &rec.depth_conf, 50.0).map(|n| format!("exported {n} points to {}", path.display()))
-            } else {
-                rec.save(&path).map(|_| format!("exported {} frames to {}", rec.frames, path.display()))
-            };
-            match result {
-                Ok(msg) => JobOutput::Exported(msg),
-                Err(e) => JobOutput::Failed(format!("{e:#}")),
-            }
+        Job::VoxelSets { rec, params } => {
+            let key = Arc::as_ptr(&rec) as usize;
+            JobOutput::Voxels(VoxelSets::build(&rec.world_points, &rec.world_points_conf, rec.frames, &params).map(Arc::new).map_err(|e| format!("space-aware sampling: {e:#}")), key)
         }
-        Job::VoxelSets { rec, params } => JobOutput::Voxels(
-            spatial_models::sampling::VoxelSets::build(&rec.world_points, &rec.world_points_conf, rec.frames, &params).map(Arc::new).map_err(|e| format!("space-aware sampling: {e:#}")),
-        ),
-        Job::CoverageColours { cloud, sets, picks, key } => JobOutput::Coverage(Arc::new(super::sampling::coverage_colours(&cloud, &sets, &picks)), key),
-        Job::ScanFolder(path) => match scan_folder(&path) {
-            Ok(info) => JobOutput::Folder(Arc::new(info)),
-            Err(e) => JobOutput::Failed(format!("{e:#}")),
-        },
+        Job::CoverageColours { cloud, sets, picks, key } => JobOutput::Coverage(Arc::new(coverage_colours(&cloud, &sets, &picks)), key),
     }
 }
 
-fn scene_output(label: String, rec: Arc<Reconstruction>, budget: usize, source: PointSource) -> JobOutput {
-    let (cloud, index) = build_cloud(&rec, source, budget);
-    JobOutput::Scene(Arc::new(LoadedScene { label, rec, cloud: Arc::new(cloud), index }))
+/// The cloud recoloured for [`ColorMode::FirstCoveringPick`]: each point takes the colour of the
+/// pick (in greedy order) that first covered its voxel; points in no picked frame's voxels, or in
+/// no confident voxel at all, are dark grey.
+pub fn coverage_colours(cloud: &PointCloudBuffers, sets: &VoxelSets, picks: &[(usize, usize)]) -> PointCloudBuffers {
+    let first = sets.first_cover(picks);
+    let palette: Vec<[u8; 3]> = (0..picks.len()).map(|r| pick_colour(r, picks.len())).collect();
+    let points = cloud
+        .points
+        .iter()
+        .map(|p| {
+            // The cloud is in the viewer's axes; the voxels in the geometry's (OpenCV) ones.
+            let world = super::cloud::to_view(p.position);
+            let rgb = sets.voxel_of(world).and_then(|v| palette.get(first[v as usize] as usize)).copied().unwrap_or([60, 60, 64]);
+            PointInstance { position: p.position, color_rank: [rgb[0], rgb[1], rgb[2], p.color_rank[3]] }
+        })
+        .collect();
+    PointCloudBuffers { points, frame_starts: cloud.frame_starts.clone(), centers: cloud.centers.clone() }
+}
+
+/// Distinct colours for the picks in greedy order (a hue wheel, as the frame-index mode uses).
+pub fn pick_colour(rank: usize, count: usize) -> [u8; 3] {
+    let h = rank as f32 / count.max(1) as f32 * 0.8;
+    let c = |k: f32| {
+        let p = ((h + k / 6.0).fract() * 6.0 - 3.0).abs();
+        ((p - 1.0).clamp(0.0, 1.0) * 0.85 + 0.1) * 255.0
+    };
+    [c(5.0) as u8, c(3.0) as u8, c(1.0) as u8]
 }
 
 /// N points on a noisy shell, one frame, seen by one camera: the render benchmark's scene.
 pub fn synthetic_scene(n: usize) -> LoadedScene {
-    use super::renderer::PointInstance;
     use spatial_models::vggt::Camera;
     let mut points = Vec::with_capacity(n);
     let golden = std::f32::consts::PI * (3.0 - 5f32.sqrt());
@@ -163,8 +159,6 @@ pub fn synthetic_scene(n: usize) -> LoadedScene {
         });
     }
     let conf: Vec<f32> = (0..n).map(|i| 10.0 - 9.0 * i as f32 / n.max(1) as f32).collect();
-    let mut all = conf.clone();
-    all.reverse();
     let camera = Camera { extrinsic: [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]], intrinsic: [[100.0, 0.0, 64.0], [0.0, 100.0, 48.0], [0.0, 0.0, 1.0]] };
     let rec = Reconstruction {
         frames: 1,
@@ -179,36 +173,19 @@ pub fn synthetic_scene(n: usize) -> LoadedScene {
         cameras: vec![camera],
         frame_indices: vec![0],
     };
-    let index = CloudIndex { frame_conf: vec![conf], all_conf_sorted: all, scene_scale: 2.3, depth_range: (1.8, 4.2), centers: vec![[0.0, 0.0, 0.0]] };
+    let quantiles = crate::pipeline::points::ConfidenceQuantiles::build(&conf);
+    let index = super::cloud::CloudIndex { frame_conf: vec![conf], scene_scale: 2.3, depth_range: (1.8, 4.2), centers: vec![[0.0, 0.0, 0.0]] };
     let cloud = PointCloudBuffers { points, frame_starts: vec![0, n as u32], centers: vec![[0.0, 0.0, 0.0]] };
-    LoadedScene { label: format!("benchmark: {n} synthetic points"), rec: Arc::new(rec), cloud: Arc::new(cloud), index }
-}
-
-/// Lists a folder's images and checks each header: a clear error names the first bad file.
-pub fn scan_folder(path: &std::path::Path) -> anyhow::Result<FolderInfo> {
-    let files = spatial_models::vggt::preprocess::list_image_files(path)?;
-    let mut size = None;
-    for f in &files {
-        if std::fs::metadata(f).map(|m| m.len() == 0).unwrap_or(true) {
-            anyhow::bail!("{}: the image is empty (0 bytes)", f.display());
-        }
-        let dims = image::image_dimensions(f).map_err(|e| anyhow::anyhow!("{}: not a readable image ({e})", f.display()))?;
-        match size {
-            None => size = Some(dims),
-            Some(first) if first != dims => anyhow::bail!(
-                "{}: is {}x{}, but {} is {}x{}; all frames of a folder must have the same size",
-                f.display(),
-                dims.0,
-                dims.1,
-                files[0].display(),
-                first.0,
-                first.1
-            ),
-            _ => {}
-        }
+    LoadedScene {
+        label: format!("benchmark: {n} synthetic points"),
+        rec: Arc::new(rec),
+        source_id: SourceId("benchmark".into()),
+        source_frames: vec![0],
+        cloud: Arc::new(cloud),
+        index,
+        quantiles: Arc::new(quantiles),
+        point_source: PointSource::DepthAndCamera,
     }
-    let (width, height) = size.context("no images")?;
-    Ok(FolderInfo { path: path.to_path_buf(), files, width, height })
 }
 
 /// Decodes an image and scales it down to the display size.
@@ -221,33 +198,27 @@ pub fn decode_for_display(path: &std::path::Path) -> anyhow::Result<RgbFrame> {
     frame.resize(DISPLAY_MAX_WIDTH, h)
 }
 
-/// The message of a caught panic.
-pub fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into())
+/// What the decoder thread hands back: the frame asked for (or why not), or a frame decoded on the
+/// way to it (for stepping backwards), which answers no request.
+struct Decoded {
+    index: usize,
+    /// The file it came from (the video, or the folder's image).
+    source: PathBuf,
+    frame: Result<RgbFrame, String>,
+    answers_request: bool,
 }
 
-pub(super) fn spawn_threads() -> Worker {
-    let (job_tx, job_rx) = unbounded::<Job>();
-    let (out_tx, out_rx) = unbounded::<JobOutput>();
-    std::thread::Builder::new()
-        .name("worker".into())
-        .spawn(move || {
-            for job in job_rx {
-                let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_job(job)))
-                    .unwrap_or_else(|p| JobOutput::Failed(format!("background job crashed: {}", panic_message(p))));
-                if out_tx.send(out).is_err() {
-                    break;
-                }
-            }
-        })
-        .expect("spawn worker thread");
+/// Frames kept before a frame that needed a restart, once the user steps or scrubs backwards.
+const DECODE_BEHIND: usize = 24;
+
+fn spawn_decoder() -> (Sender<(usize, FrameRef)>, Receiver<Decoded>, std::thread::JoinHandle<()>) {
     let (dec_tx, dec_rx) = unbounded::<(usize, FrameRef)>();
     let (frame_tx, frame_rx) = unbounded();
-    std::thread::Builder::new()
+    let handle = std::thread::Builder::new()
         .name("decoder".into())
         .spawn(move || {
             // One long-lived decoder for the open video (frame-exact seeks, cheap steps forward).
-            let mut stream: Option<crate::video::VideoStream> = None;
+            let mut stream: Option<crate::pipeline::video::VideoStream> = None;
             // The video frame asked for last: a request just before it means stepping or
             // scrubbing backwards.
             let mut last_video_frame: Option<usize> = None;
@@ -272,11 +243,13 @@ pub(super) fn spawn_threads() -> Worker {
                     FrameRef::Video(info, n) => {
                         if stream.as_ref().is_none_or(|s| s.info.path != info.path) {
                             // Streams without per-frame timestamps fall back to one-pass decoding.
-                            *stream = crate::video::VideoStream::open((**info).clone(), Some(DISPLAY_MAX_WIDTH)).ok();
+                            *stream = crate::pipeline::video::VideoStream::open((**info).clone(), Some(DISPLAY_MAX_WIDTH)).ok();
                         }
-                        match stream.as_mut() {
-                            Some(s) => s.frame_with_preceding(*n, if backwards { DECODE_BEHIND } else { 0 }),
-                            None => info.decode(&[*n], Some(DISPLAY_MAX_WIDTH)).map(|mut v| vec![(*n, v.remove(0))]),
+                        let one_pass = || info.decode(&[*n], Some(DISPLAY_MAX_WIDTH)).map(|mut v| vec![(*n, v.remove(0))]);
+                        match stream.as_mut().map(|s| s.frame_with_preceding(*n, if backwards { DECODE_BEHIND } else { 0 })) {
+                            Some(Ok(frames)) => Ok(frames),
+                            // Containers whose timestamps do not seek exactly fall back to one pass.
+                            Some(Err(_)) | None => one_pass(),
                         }
                     }
                 }))
@@ -297,70 +270,140 @@ pub(super) fn spawn_threads() -> Worker {
             }
         })
         .expect("spawn decoder thread");
-    Worker { jobs: job_tx, results: out_rx, decode_requests: dec_tx, decoded: frame_rx, in_flight: 0, decodes_in_flight: 0 }
+    (dec_tx, frame_rx, handle)
 }
 
-/// What the decoder thread hands back: the frame asked for (or why not), or a frame decoded on the
-/// way to it (for stepping backwards), which answers no request.
-struct Decoded {
-    index: usize,
-    /// The file it came from (the video, or the folder's image).
-    source: PathBuf,
-    frame: Result<RgbFrame, String>,
-    answers_request: bool,
+pub(super) fn spawn_threads() -> Worker {
+    let worker = ServiceThread::spawn("worker", (), |_: &mut (), job: Job, ctx: &Ctx<JobOutput>| ctx.send(run_job(job)), |m| JobOutput::Failed(format!("background job crashed: {m}")));
+    let (dec_tx, decoded, handle) = spawn_decoder();
+    Worker { worker, decode_requests: Some(dec_tx), decoded, decoder: Some(handle) }
 }
 
-/// Frames kept before a frame that needed a restart, once the user steps or scrubs backwards.
-const DECODE_BEHIND: usize = 24;
-
-/// A decoded frame for the player: index, frame, and the file it came from (so frames of a video
-/// closed meanwhile are not taken for the new one's).
+/// A frame that failed to decode, for the player (it keeps the last good frame and says why).
 #[derive(Message, Clone)]
-pub struct FrameDecoded(pub usize, pub Arc<RgbFrame>, pub PathBuf);
+pub struct DecodeFailed(pub usize, pub String);
 
+#[allow(clippy::too_many_arguments)]
 fn receive(
-    mut worker: ResMut<Worker>,
+    worker: Res<Worker>,
+    mut activity: ResMut<Activity>,
     mut status: ResMut<StatusLine>,
+    mut open_state: ResMut<Opened>,
+    mut opened: MessageWriter<SourceOpened>,
     mut scenes: MessageWriter<SceneLoaded>,
-    mut folders: MessageWriter<FolderOpened>,
     mut frames: MessageWriter<FrameDecoded>,
+    mut failed_frames: MessageWriter<DecodeFailed>,
     mut voxels: MessageWriter<VoxelsReady>,
-    mut videos: MessageWriter<VideoOpened>,
-    mut coverage: MessageWriter<super::sampling::CoverageReady>,
+    mut coverage: MessageWriter<CoverageReady>,
 ) {
-    while let Ok(out) = worker.results.try_recv() {
-        worker.in_flight = worker.in_flight.saturating_sub(1);
+    while let Ok(out) = worker.worker.events.try_recv() {
         match out {
-            JobOutput::Scene(s) => {
-                scenes.write(SceneLoaded(s));
+            JobOutput::Opened(spec, s) => {
+                activity.opening = activity.opening.saturating_sub(1);
+                open_state.last_result = Some((spec, Ok(())));
+                opened.write(SourceOpened(s));
             }
-            JobOutput::Folder(f) => {
-                folders.write(FolderOpened(f));
+            JobOutput::OpenFailed(spec, e) => {
+                activity.opening = activity.opening.saturating_sub(1);
+                open_state.last_result = Some((spec, Err(e.clone())));
+                status.error(e);
             }
-            JobOutput::Exported(msg) => status.info(msg),
-            JobOutput::Video(info) => {
-                videos.write(VideoOpened(info));
+            other => {
+                activity.jobs = activity.jobs.saturating_sub(1);
+                match other {
+                    JobOutput::Scene(s) => {
+                        scenes.write(SceneLoaded(s));
+                    }
+                    JobOutput::Exported(msg) => status.info(msg),
+                    JobOutput::Voxels(v, key) => {
+                        voxels.write(VoxelsReady(v, key));
+                    }
+                    JobOutput::Coverage(cloud, key) => {
+                        coverage.write(CoverageReady(cloud, key));
+                    }
+                    JobOutput::Failed(e) => status.error(e),
+                    JobOutput::Opened(..) | JobOutput::OpenFailed(..) => unreachable!(),
+                }
             }
-            JobOutput::Voxels(v) => {
-                voxels.write(VoxelsReady(v));
-            }
-            JobOutput::Coverage(cloud, key) => {
-                coverage.write(super::sampling::CoverageReady(cloud, key));
-            }
-            JobOutput::Failed(e) => status.error(e),
         }
     }
     while let Ok(Decoded { index, source, frame: result, answers_request }) = worker.decoded.try_recv() {
         if answers_request {
-            worker.decodes_in_flight = worker.decodes_in_flight.saturating_sub(1);
+            activity.decodes = activity.decodes.saturating_sub(1);
         }
         match result {
             Ok(frame) => {
                 frames.write(FrameDecoded(index, Arc::new(frame), source));
             }
             Err(e) if e.is_empty() => {}
-            Err(e) => status.error(e),
+            Err(e) => {
+                failed_frames.write(DecodeFailed(index, e.clone()));
+                status.error(e);
+            }
         }
+    }
+}
+
+/// Opens what is asked for on the worker.
+fn handle_open(mut requests: MessageReader<OpenRequest>, mut worker: ResMut<Worker>, mut activity: ResMut<Activity>, mut status: ResMut<StatusLine>) {
+    for OpenRequest(spec) in requests.read() {
+        status.info(match spec {
+            SourceSpec::Demo => "building the demo scene...".to_string(),
+            SourceSpec::Path(p) => format!("opening {}...", p.display()),
+        });
+        worker.submit(&mut activity, Job::Open(spec.clone()));
+    }
+}
+
+/// A newly opened source becomes the one everything refers to; geometry that is the source
+/// itself (the demo, a saved reconstruction) gets its cloud built.
+fn on_opened(mut opened_msgs: MessageReader<SourceOpened>, mut opened: ResMut<Opened>, mut worker: ResMut<Worker>, mut activity: ResMut<Activity>, settings: Res<ViewSettings>, mut app_settings: ResMut<Settings>) {
+    for SourceOpened(source) in opened_msgs.read() {
+        opened.id = source.id();
+        opened.source = Some(source.clone());
+        if let Some(p) = source.path() {
+            app_settings.0.remember(p.to_path_buf());
+        }
+        if let Source::Geometry(g) = source {
+            let label = match &g.path {
+                None => "demo scene: ground-truth geometry".to_string(),
+                Some(_) => format!("saved geometry: {}", g.label),
+            };
+            let frames = (0..g.rec.frames).collect();
+            worker.submit(&mut activity, Job::BuildScene { label, rec: g.rec.clone(), source_id: opened.id.clone(), source_frames: frames, budget: settings.point_budget, point_source: settings.source });
+        }
+    }
+}
+
+/// Exports the geometry on screen with the filter on screen (the format from the file name).
+fn handle_export(mut requests: MessageReader<ExportRequest>, geometry: Res<Geometry>, settings: Res<ViewSettings>, mut worker: ResMut<Worker>, mut activity: ResMut<Activity>, mut status: ResMut<StatusLine>) {
+    for ExportRequest(path) in requests.read() {
+        let Some(scene) = &geometry.scene else {
+            status.error("nothing to export: no geometry is loaded");
+            continue;
+        };
+        let Some(format) = ExportFormat::from_path(path) else {
+            status.error(format!("{}: export to .safetensors or .ply", path.display()));
+            continue;
+        };
+        let filter = PointFilter { source: scene.point_source, threshold: scene.quantiles.threshold(settings.conf_percentile as f64), frame: settings.frame_filter };
+        status.info(format!("exporting to {}...", path.display()));
+        worker.submit(&mut activity, Job::Export { rec: scene.rec.clone(), format, filter, path: path.clone() });
+    }
+}
+
+/// Writes the settings when they change (atomically; a failure is reported once).
+fn save_settings(settings: Res<Settings>, mut status: ResMut<StatusLine>, mut last: Local<Option<crate::pipeline::settings::AppSettings>>) {
+    if last.is_none() {
+        *last = Some(settings.0.clone());
+        return;
+    }
+    if last.as_ref() == Some(&settings.0) {
+        return;
+    }
+    *last = Some(settings.0.clone());
+    if let Err(e) = settings.0.save() {
+        status.error(format!("settings not saved: {e:#}"));
     }
 }
 
@@ -368,12 +411,6 @@ pub struct TasksPlugin;
 
 impl Plugin for TasksPlugin {
     fn build(&self, app: &mut App) {
-        app.insert_resource(spawn_threads())
-            .add_message::<SceneLoaded>()
-            .add_message::<FolderOpened>()
-            .add_message::<FrameDecoded>()
-            .add_message::<VoxelsReady>()
-            .add_message::<VideoOpened>()
-            .add_systems(PreUpdate, receive);
+        app.insert_resource(spawn_threads()).add_message::<DecodeFailed>().add_systems(PreUpdate, receive).add_systems(Update, ((handle_open, on_opened).chain(), handle_export, save_settings));
     }
 }

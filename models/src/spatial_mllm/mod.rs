@@ -166,7 +166,7 @@ impl SpatialMllm {
         Ok(Self { config: cfg.clone(), visual, text, spatial, device: vb.device().clone() })
     }
 
-    /// Loads a Qwen2.5-VL or Spatial-MLLM checkpoint folder (memory-mapped safetensors).
+    /// Loads a Qwen2.5-VL or Spatial-MLLM checkpoint folder (safetensors read tensor by tensor).
     /// `with_spatial = false` skips the spatial branch even when the checkpoint has it.
     pub fn load(dir: &CheckpointDir, with_spatial: bool, dtype: DType, device: &Device) -> Result<Self> {
         let json = dir.config_json()?;
@@ -193,9 +193,10 @@ impl SpatialMllm {
         if let Some((name, want, got)) = report.mismatched.first() {
             bail!("{}: tensor {name} has shape {got:?}, the config needs {want:?}", dir.dir.display());
         }
-        // SAFETY: the files are memory-mapped read-only; they must not change while loaded.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&dir.safetensors, dtype, device)? };
-        Self::new(&cfg, vggt.as_ref(), layout, vb)
+        let reader = std::sync::Arc::new(crate::checkpoint::CheckpointReader::open(&dir.safetensors)?);
+        let model = Self::new(&cfg, vggt.as_ref(), layout, reader.var_builder(dtype, device))?;
+        reader.verify_unchanged()?;
+        Ok(model)
     }
 
     pub fn has_spatial(&self) -> bool {

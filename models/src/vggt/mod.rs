@@ -89,20 +89,19 @@ impl Vggt {
         Ok(Self { aggregator, camera_head, depth_head, point_head, config: cfg.clone() })
     }
 
-    /// Loads from safetensors files (one or the shards of one checkpoint), memory-mapped.
+    /// Loads from safetensors files (one or the shards of one checkpoint), read tensor by tensor.
     /// `prefix` is "" for a VGGT checkpoint and "spatial_encoder.vggt_model" inside Spatial-MLLM.
     pub fn load(cfg: &VggtConfig, files: &[std::path::PathBuf], prefix: &str, parts: VggtParts, dtype: DType, device: &Device) -> Result<Self> {
-        // SAFETY: the files are memory-mapped read-only; they must not be modified while loaded.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device)? };
-        let vb = if prefix.is_empty() { vb } else { vb.pp(prefix) };
+        let reader = std::sync::Arc::new(crate::checkpoint::CheckpointReader::open(files).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?);
+        let root = |vb: VarBuilder<'static>| if prefix.is_empty() { vb } else { vb.pp(prefix) };
+        let vb = root(reader.var_builder(dtype, device));
         let heads_vb = match parts {
             VggtParts::AggregatorOnly => None,
-            VggtParts::Full => {
-                let v = unsafe { VarBuilder::from_mmaped_safetensors(files, DType::F32, device)? };
-                Some(if prefix.is_empty() { v } else { v.pp(prefix) })
-            }
+            VggtParts::Full => Some(root(reader.var_builder(DType::F32, device))),
         };
-        Self::new(cfg, vb, heads_vb)
+        let model = Self::new(cfg, vb, heads_vb)?;
+        reader.verify_unchanged().map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
+        Ok(model)
     }
 
     /// The aggregated layers the heads read (the DPT layers and the last one).
@@ -112,7 +111,9 @@ impl Vggt {
         set.into_iter().collect()
     }
 
-    /// images: [S, 3, H, W] in [0, 1]. Returns None when `progress` asked to stop.
+    /// images: [S, 3, H, W] in [0, 1]. Returns None when `progress` asked to stop. `progress` is
+    /// called with (done, depth + 3): after each aggregator block, then after the camera, depth and
+    /// point heads (see [`VggtStage`]).
     pub fn forward_with_progress(&self, images: &Tensor, progress: Option<aggregator::Progress>) -> Result<Option<VggtOutput>> {
         Ok(self.forward_timed(images, progress)?.map(|(out, _)| out))
     }
@@ -137,7 +138,13 @@ impl Vggt {
             d
         };
         let mut at = 0.0;
-        let Some(agg) = self.aggregator.forward(images, &self.needed_layers(), false, progress)? else {
+        // Progress counts the aggregator's blocks, then the camera, depth and point heads.
+        let depth_n = self.config.depth;
+        let total = depth_n + 3;
+        let mut progress = progress;
+        let mut report = |done: usize| progress.as_mut().is_none_or(|cb| cb(done, total));
+        let mut blocks = |done: usize, _: usize| report(done);
+        let Some(agg) = self.aggregator.forward(images, &self.needed_layers(), false, Some(&mut blocks))? else {
             return Ok(None);
         };
         let aggregator = lap(&mut at);
@@ -145,16 +152,64 @@ impl Vggt {
         let pose_enc_list = camera_head.forward(last)?;
         let pose_enc = pose_enc_list.last().cloned().ok_or_else(|| candle_core::Error::Msg("camera head has 0 iterations".into()))?;
         let camera = lap(&mut at);
+        if !report(depth_n + 1) {
+            return Ok(None);
+        }
         let (depth, depth_conf) = depth_head.forward(&agg.layers, agg.patch_start_idx, (h, w))?;
         let depth_s = lap(&mut at);
+        if !report(depth_n + 2) {
+            return Ok(None);
+        }
         let (world_points, world_points_conf) = point_head.forward(&agg.layers, agg.patch_start_idx, (h, w))?;
         let points = lap(&mut at);
+        if !report(total) {
+            return Ok(None);
+        }
         let times = StageTimes { aggregator, camera, depth: depth_s, points };
         Ok(Some((VggtOutput { pose_enc, pose_enc_list, depth, depth_conf, world_points, world_points_conf }, times)))
     }
 
     pub fn forward(&self, images: &Tensor) -> Result<VggtOutput> {
         self.forward_with_progress(images, None).map(|o| o.expect("no progress callback, so no cancellation"))
+    }
+}
+
+/// The stage a VGGT forward is in, from the `done` count its progress callback last reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VggtStage {
+    /// Before the first report: DINO patch embedding and the first block.
+    PatchEmbed,
+    /// Inside aggregator block `n` (1-based) of `of`.
+    Aggregator { block: usize, of: usize },
+    CameraHead,
+    DepthHead,
+    PointHead,
+    Done,
+}
+
+impl VggtStage {
+    /// What runs after `done` of `depth + 3` steps were reported.
+    pub fn after(done: usize, depth: usize) -> Self {
+        match done {
+            0 => Self::PatchEmbed,
+            d if d < depth => Self::Aggregator { block: d + 1, of: depth },
+            d if d == depth => Self::CameraHead,
+            d if d == depth + 1 => Self::DepthHead,
+            d if d == depth + 2 => Self::PointHead,
+            _ => Self::Done,
+        }
+    }
+
+    /// "aggregator block 3 of 24".
+    pub fn describe(&self) -> String {
+        match self {
+            Self::PatchEmbed => "DINO patch embedding and aggregator block 1".into(),
+            Self::Aggregator { block, of } => format!("aggregator block {block} of {of}"),
+            Self::CameraHead => "camera head".into(),
+            Self::DepthHead => "depth head".into(),
+            Self::PointHead => "point head".into(),
+            Self::Done => "done".into(),
+        }
     }
 }
 

@@ -92,24 +92,35 @@ fn round_half_even(x: f64) -> i64 {
 
 /// Size (width, height) a frame of `w x h` is resized to before cropping or padding.
 pub fn resized_size(w: usize, h: usize, mode: ResizeMode) -> (usize, usize) {
-    let t = TARGET_SIZE as f64;
+    resized_size_for(w, h, mode, TARGET_SIZE)
+}
+
+/// [`resized_size`] for a target size other than upstream's 518 (a multiple of 14; the app's
+/// smaller CPU candidates).
+pub fn resized_size_for(w: usize, h: usize, mode: ResizeMode, target: usize) -> (usize, usize) {
+    let t = target as f64;
     let snap = |v: f64| (round_half_even(v / 14.0) * 14).max(14) as usize;
     match mode {
-        ResizeMode::Crop => (TARGET_SIZE, snap(h as f64 * (t / w as f64))),
-        ResizeMode::Pad if w >= h => (TARGET_SIZE, snap(h as f64 * (t / w as f64))),
-        ResizeMode::Pad => (snap(w as f64 * (t / h as f64)), TARGET_SIZE),
+        ResizeMode::Crop => (target, snap(h as f64 * (t / w as f64))),
+        ResizeMode::Pad if w >= h => (target, snap(h as f64 * (t / w as f64))),
+        ResizeMode::Pad => (snap(w as f64 * (t / h as f64)), target),
         ResizeMode::None => (w, h),
     }
 }
 
 /// The network input size (width, height) a frame of `w x h` gets in `mode`.
 pub fn network_size(w: usize, h: usize, mode: ResizeMode) -> (usize, usize) {
+    network_size_for(w, h, mode, TARGET_SIZE)
+}
+
+/// [`network_size`] for another target size.
+pub fn network_size_for(w: usize, h: usize, mode: ResizeMode, target: usize) -> (usize, usize) {
     match mode {
         ResizeMode::Crop => {
-            let (rw, rh) = resized_size(w, h, mode);
-            (rw, rh.min(TARGET_SIZE))
+            let (rw, rh) = resized_size_for(w, h, mode, target);
+            (rw, rh.min(target))
         }
-        ResizeMode::Pad => (TARGET_SIZE, TARGET_SIZE),
+        ResizeMode::Pad => (target, target),
         ResizeMode::None => (w, h),
     }
 }
@@ -161,6 +172,14 @@ impl Chw {
 
 /// Preprocesses frames for VGGT: [S, 3, H, W] f32 in [0, 1]. `names` label errors (file names).
 pub fn preprocess_frames(frames: &[RgbFrame], names: &[String], mode: ResizeMode, device: &Device) -> Result<Tensor> {
+    preprocess_frames_for(frames, names, mode, TARGET_SIZE, device)
+}
+
+/// [`preprocess_frames`] to another target size (a multiple of 14).
+pub fn preprocess_frames_for(frames: &[RgbFrame], names: &[String], mode: ResizeMode, target: usize, device: &Device) -> Result<Tensor> {
+    if target == 0 || target % 14 != 0 {
+        bail!("the VGGT input size must be a positive multiple of 14, got {target}");
+    }
     if frames.is_empty() {
         bail!("no frames to preprocess");
     }
@@ -175,13 +194,13 @@ pub fn preprocess_frames(frames: &[RgbFrame], names: &[String], mode: ResizeMode
                 Chw::from_rgb(f)
             }
             ResizeMode::Crop => {
-                let (w, h) = resized_size(f.width, f.height, mode);
+                let (w, h) = resized_size_for(f.width, f.height, mode, target);
                 let img = Chw::from_rgb(&f.resize(w, h).with_context(|| format!("{name}: resize failed"))?);
-                if h > TARGET_SIZE { img.crop_rows((h - TARGET_SIZE) / 2, TARGET_SIZE) } else { img }
+                if h > target { img.crop_rows((h - target) / 2, target) } else { img }
             }
             ResizeMode::Pad => {
-                let (w, h) = resized_size(f.width, f.height, mode);
-                Chw::from_rgb(&f.resize(w, h).with_context(|| format!("{name}: resize failed"))?).pad_to(TARGET_SIZE, TARGET_SIZE, 1.0)
+                let (w, h) = resized_size_for(f.width, f.height, mode, target);
+                Chw::from_rgb(&f.resize(w, h).with_context(|| format!("{name}: resize failed"))?).pad_to(target, target, 1.0)
             }
         };
         out.push(img);

@@ -4,7 +4,7 @@
 //! memory budget; past it the store keeps every other one (then every fourth...), so a long clip
 //! costs the same fixed memory as a short one.
 
-use crate::video::{VideoInfo, decode_every, thumbnail_step};
+use super::video::{VideoInfo, decode_every, thumbnail_step};
 use spatial_models::vggt::preprocess::RgbFrame;
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -2,19 +2,22 @@
 //! (bottom), the badge naming the geometry's origin, hover labels and the F1 help overlay.
 //! The 3D camera renders into whatever rectangle the panels leave.
 
-use super::camera::{CameraCommand, ViewportRect};
-use super::cloud::PointSource;
+mod open_window;
+mod panels;
+
 use super::player::Player;
-use super::scene::{COLOR_MODES, Geometry, HoveredCamera, SampledFrames, ViewSettings};
-use super::tasks::Worker;
-use super::{OpenRequest, ScreenshotRequest, SeekRequest, StatusLine};
+use super::state::*;
+use crate::pipeline::device::{DTypeRequest, DeviceRequest};
+use crate::pipeline::source::SourceSpec;
 use bevy::camera::{CameraOutputMode, visibility::RenderLayers};
 use bevy::prelude::*;
 use bevy::render::render_resource::BlendState;
-use bevy::render::view::screenshot::{Screenshot, save_to_disk};
+use bevy::render::view::screenshot::{Screenshot, ScreenshotCaptured};
 use bevy::window::{FileDragAndDrop, PrimaryWindow};
 use bevy_egui::{EguiContexts, EguiGlobalSettings, EguiPrimaryContextPass, PrimaryEguiContext, egui};
 use crossbeam_channel::{Receiver, Sender, unbounded};
+use open_window::{OpenChoice, OpenKind, OpenWindow};
+use panels::ERROR_RED;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -32,13 +35,19 @@ pub const SHORTCUTS: [(&str, &str); 14] = [
     ("Click / drag the timeline", "seek"),
     ("F12", "screenshot (PNG, path in the status bar)"),
     ("F1", "this help"),
-    ("Drop a folder", "open it"),
+    ("Drop a file or folder", "open it"),
 ];
 
 #[derive(Resource, Default)]
 pub struct UiState {
     pub show_help: bool,
     frame_texture: Option<(usize, egui::TextureHandle)>,
+    /// The device and dtype chosen in the settings (applied with "Apply").
+    device_choice: Option<(DeviceRequest, DTypeRequest)>,
+    open_window: OpenWindow,
+    show_settings: bool,
+    /// The cache's size and entries, and when they were read.
+    cache_usage: Option<(std::time::Instant, u64, usize)>,
 }
 
 /// Results of file dialogs, which run on their own thread so the UI never blocks on them.
@@ -80,6 +89,8 @@ fn setup(mut commands: Commands, mut egui_settings: ResMut<EguiGlobalSettings>) 
     ));
     let (tx, rx) = unbounded();
     commands.insert_resource(Dialogs { tx, rx });
+    let (tx, rx) = unbounded();
+    commands.insert_resource(ScreenshotResults { tx, rx });
 }
 
 fn spawn_dialog(tx: &Sender<DialogResult>, kind: DialogKind) {
@@ -108,7 +119,20 @@ fn screenshot_path() -> PathBuf {
     PathBuf::from("screenshots").join(format!("spatial-viewer-{secs}.png"))
 }
 
-fn take_screenshots(mut requests: MessageReader<ScreenshotRequest>, mut commands: Commands, mut status: ResMut<StatusLine>, keys: Res<ButtonInput<KeyCode>>) {
+/// Screenshots as they are written (or why not), from the capture observers.
+#[derive(Resource)]
+struct ScreenshotResults {
+    tx: Sender<(PathBuf, Result<(), String>)>,
+    rx: Receiver<(PathBuf, Result<(), String>)>,
+}
+
+/// The captured window as a PNG, written atomically (complete or not at all).
+fn save_png(image: &bevy::image::Image, path: &std::path::Path) -> anyhow::Result<()> {
+    let rgb = image.clone().try_into_dynamic().map_err(|e| anyhow::anyhow!("the captured image cannot be converted ({e})"))?.to_rgb8();
+    crate::pipeline::fsio::write_atomic(path, |w| Ok(rgb.write_to(w, image::ImageFormat::Png)?))
+}
+
+fn take_screenshots(mut requests: MessageReader<ScreenshotRequest>, mut commands: Commands, mut status: ResMut<StatusLine>, keys: Res<ButtonInput<KeyCode>>, results: Res<ScreenshotResults>) {
     let mut paths: Vec<PathBuf> = requests.read().map(|r| r.0.clone()).collect();
     if keys.just_pressed(KeyCode::F12) {
         paths.push(screenshot_path());
@@ -116,47 +140,50 @@ fn take_screenshots(mut requests: MessageReader<ScreenshotRequest>, mut commands
     for path in paths {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             if let Err(e) = std::fs::create_dir_all(parent) {
-                status.error(format!("{}: cannot create folder ({e})", parent.display()));
+                status.error(format!("{}: cannot create the folder ({})", parent.display(), crate::pipeline::fsio::plain_io_error(&e)));
                 continue;
             }
         }
-        let _ = std::fs::remove_file(&path);
-        commands.spawn(Screenshot::primary_window()).observe(save_to_disk(path.clone()));
-        status.info(format!("screenshot saved to {}", path.display()));
+        if let Err(e) = crate::pipeline::fsio::check_writable(&path) {
+            status.error(format!("screenshot: {e:#}"));
+            continue;
+        }
+        let tx = results.tx.clone();
+        let target = path.clone();
+        commands.spawn(Screenshot::primary_window()).observe(move |captured: On<ScreenshotCaptured>| {
+            let _ = tx.send((target.clone(), save_png(&captured.image, &target).map_err(|e| format!("{e:#}"))));
+        });
+    }
+    while let Ok((path, result)) = results.rx.try_recv() {
+        match result {
+            Ok(()) => status.info(format!("screenshot saved to {}", std::fs::canonicalize(&path).unwrap_or(path).display())),
+            Err(e) => status.error(format!("screenshot: {e}")),
+        }
     }
 }
 
 fn dropped_files(mut drops: MessageReader<FileDragAndDrop>, mut open: MessageWriter<OpenRequest>) {
     for d in drops.read() {
         if let FileDragAndDrop::DroppedFile { path_buf, .. } = d {
-            open.write(OpenRequest::Path(path_buf.clone()));
+            open.write(OpenRequest(SourceSpec::Path(path_buf.clone())));
         }
     }
 }
 
-fn dialog_results(
-    dialogs: Res<Dialogs>,
-    mut open: MessageWriter<OpenRequest>,
-    mut vggt: MessageWriter<super::inference::LoadVggt>,
-    mut mllm: MessageWriter<super::chat::LoadMllm>,
-    mut status: ResMut<StatusLine>,
-    geometry: Res<Geometry>,
-    mut worker: ResMut<Worker>,
-) {
+fn dialog_results(dialogs: Res<Dialogs>, mut open: MessageWriter<OpenRequest>, mut vggt: MessageWriter<LoadVggt>, mut mllm: MessageWriter<LoadMllm>, mut export: MessageWriter<ExportRequest>) {
     while let Ok(r) = dialogs.rx.try_recv() {
         match r {
             DialogResult::Open(p) => {
-                open.write(OpenRequest::Path(p));
+                open.write(OpenRequest(SourceSpec::Path(p)));
             }
             DialogResult::Vggt(p) => {
-                vggt.write(super::inference::LoadVggt(p));
+                vggt.write(LoadVggt(p.display().to_string()));
             }
-            DialogResult::Export(p) => match &geometry.scene {
-                Some(scene) => worker.submit(super::tasks::Job::Export { rec: scene.rec.clone(), path: p }),
-                None => status.error("nothing to export: no geometry is loaded"),
-            },
+            DialogResult::Export(p) => {
+                export.write(ExportRequest(p));
+            }
             DialogResult::Model(p) => {
-                mllm.write(super::chat::LoadMllm(p));
+                mllm.write(LoadMllm(p.display().to_string()));
             }
         }
     }
@@ -205,30 +232,33 @@ fn timeline(ui: &mut egui::Ui, player: &Player, sampled: &SampledFrames, seek: &
     }
 }
 
+/// Device and dtype choices offered in the settings.
+const DEVICES: [(&str, DeviceRequest); 4] = [("auto", DeviceRequest::Auto), ("cpu", DeviceRequest::Cpu), ("cuda:0", DeviceRequest::Cuda(0)), ("metal", DeviceRequest::Metal(0))];
+const DTYPES: [&str; 4] = ["auto", "f32", "bf16", "f16"];
+
 #[allow(clippy::too_many_arguments)]
 fn ui_system(
     mut contexts: EguiContexts,
     mut player: ResMut<Player>,
-    mut settings: ResMut<ViewSettings>,
-    geometry: Res<Geometry>,
-    sampled: Res<SampledFrames>,
-    status: Res<StatusLine>,
-    hovered: Res<HoveredCamera>,
-    (worker, mut inference): (Res<Worker>, ResMut<super::inference::Inference>),
-    (mut chat, mut asks_out, mut cancel_out): (ResMut<super::chat::Chat>, MessageWriter<super::chat::AskQuestion>, MessageWriter<super::chat::CancelAnswer>),
+    (mut settings, geometry, sampled, opened): (ResMut<ViewSettings>, Res<Geometry>, Res<SampledFrames>, Res<Opened>),
+    (status, hovered, activity): (Res<StatusLine>, Res<HoveredCamera>, Res<Activity>),
+    (mut vggt, mut chat): (ResMut<VggtState>, ResMut<ChatState>),
     mut state: ResMut<UiState>,
     mut viewport: ResMut<ViewportRect>,
     window: Single<&Window, With<PrimaryWindow>>,
     dialogs: Res<Dialogs>,
     keys: Res<ButtonInput<KeyCode>>,
-    (mut sampler, sampling_state): (ResMut<super::sampling::SamplerSettings>, Res<super::sampling::SamplingState>),
-    (mut open, mut seek, mut shots, mut camera_cmd, mut exit): (
-        MessageWriter<OpenRequest>,
-        MessageWriter<SeekRequest>,
-        MessageWriter<ScreenshotRequest>,
-        MessageWriter<CameraCommand>,
-        MessageWriter<AppExit>,
+    (mut sampler, sampling_state): (ResMut<SamplerSettings>, Res<SamplingState>),
+    (mut open, mut seek, mut shots, mut camera_cmd, mut exit): (MessageWriter<OpenRequest>, MessageWriter<SeekRequest>, MessageWriter<ScreenshotRequest>, MessageWriter<CameraCommand>, MessageWriter<AppExit>),
+    (mut asks_out, mut cancel_answer, mut reconstruct, mut cancel_run, mut set_compute): (
+        MessageWriter<AskQuestion>,
+        MessageWriter<CancelAnswer>,
+        MessageWriter<Reconstruct>,
+        MessageWriter<CancelReconstruction>,
+        MessageWriter<SetCompute>,
     ),
+    opts: Res<StartupOptions>,
+    (mut app_settings, shared_cache, mut load_vggt, mut load_mllm): (ResMut<Settings>, Res<SharedCache>, MessageWriter<LoadVggt>, MessageWriter<LoadMllm>),
 ) -> Result {
     let ctx = contexts.ctx_mut()?.clone();
     if keys.just_pressed(KeyCode::F1) {
@@ -240,25 +270,41 @@ fn ui_system(
     egui::Panel::top("menu").show(&mut root, |ui| {
         egui::MenuBar::new().ui(ui, |ui| {
             ui.menu_button("File", |ui| {
-                if ui.button("Open video...").clicked() {
+                if ui.button("Open...").on_hover_text("a path (with completion) or a recent file").clicked() {
+                    state.open_window.open(OpenKind::Source);
+                }
+                if ui.button("Open video (system dialog)...").clicked() {
                     spawn_dialog(&dialogs.tx, DialogKind::OpenVideo);
                 }
-                if ui.button("Open folder of frames...").clicked() {
+                if ui.button("Open folder of frames (system dialog)...").clicked() {
                     spawn_dialog(&dialogs.tx, DialogKind::OpenFolder);
                 }
                 if ui.button("Open demo scene").clicked() {
-                    open.write(OpenRequest::Demo);
+                    open.write(OpenRequest(SourceSpec::Demo));
                 }
+                ui.menu_button("Open recent", |ui| {
+                    if app_settings.0.recent.is_empty() {
+                        ui.label("nothing yet");
+                    }
+                    for p in app_settings.0.recent.clone() {
+                        if ui.button(p.display().to_string()).clicked() {
+                            open.write(OpenRequest(SourceSpec::Path(p)));
+                        }
+                    }
+                });
                 ui.separator();
-                if ui.add_enabled(geometry.scene.is_some(), egui::Button::new("Export reconstruction...")).on_hover_text("safetensors with upstream's names, or .ply of the confident points").clicked() {
+                if ui.add_enabled(geometry.scene.is_some(), egui::Button::new("Export reconstruction...")).on_hover_text("safetensors with upstream's names, or .ply of the points the filter shows").clicked() {
                     spawn_dialog(&dialogs.tx, DialogKind::Export);
                 }
                 ui.separator();
                 if ui.button("Load VGGT weights...").clicked() {
-                    spawn_dialog(&dialogs.tx, DialogKind::Vggt);
+                    state.open_window.open(OpenKind::Vggt);
                 }
                 if ui.button("Load Spatial-MLLM weights...").clicked() {
-                    spawn_dialog(&dialogs.tx, DialogKind::Model);
+                    state.open_window.open(OpenKind::Mllm);
+                }
+                if ui.button("Settings...").clicked() {
+                    state.show_settings = true;
                 }
                 ui.separator();
                 if ui.button("Screenshot (F12)").clicked() {
@@ -282,17 +328,19 @@ fn ui_system(
 
     egui::Panel::bottom("status").exact_size(24.0).show(&mut root, |ui| {
         ui.horizontal_centered(|ui| {
-            let busy = !worker.is_idle() || !inference.is_idle();
-            if busy {
+            if !activity.is_idle() {
                 ui.spinner();
             }
-            if let Some((stage, done, total, eta)) = inference.progress.clone() {
+            if let Some(p) = vggt.progress.clone() {
                 if ui.button("Cancel").clicked() {
-                    inference.cancel_run();
+                    cancel_run.write(CancelReconstruction);
                 }
-                ui.label(format!("{stage}: stage {done}/{total}, about {eta:.0} s left   |"));
+                ui.add(egui::ProgressBar::new(p.fraction as f32).desired_width(120.0).show_percentage());
+                let eta = if p.eta_s.is_finite() { format!(", about {:.0} s left", p.eta_s) } else { String::new() };
+                ui.label(format!("{}{eta}   |", p.stage));
             }
-            let color = if status.is_error { egui::Color32::from_rgb(255, 110, 100) } else { egui::Color32::from_gray(200) };
+            ui.label(egui::RichText::new(format!("VGGT {} · chat {}", vggt.compute, chat.compute)).small()).on_hover_text("the device and dtype each model thread runs on");
+            let color = if status.is_error { ERROR_RED } else { egui::Color32::from_gray(200) };
             ui.colored_label(color, &status.message);
         });
     });
@@ -304,15 +352,14 @@ fn ui_system(
                 player.playing = !player.playing;
             }
             if ui.button("<").on_hover_text("previous frame").clicked() {
-                let c = player.current.saturating_sub(1);
-                seek_to = Some(c);
+                seek_to = Some(player.current.saturating_sub(1));
             }
             if ui.button(">").on_hover_text("next frame").clicked() {
                 seek_to = Some(player.current + 1);
             }
             ui.add(egui::Slider::new(&mut player.speed, 0.1..=4.0).text("speed").logarithmic(true));
             let t = player.time_of(player.current);
-            ui.label(format!("frame {} / {}   {:.2} s", player.current, player.frame_count.saturating_sub(1), t));
+            ui.label(format!("frame {} of {}   {:.2} s", player.current, player.frame_count, t));
             ui.separator();
             ui.colored_label(egui::Color32::from_rgb(255, 235, 50), "| current");
             ui.colored_label(egui::Color32::from_rgb(255, 115, 25), format!("o sampled: {}", sampled.label));
@@ -323,6 +370,7 @@ fn ui_system(
         timeline(ui, &player, &sampled, &mut seek_to);
     });
 
+    let mut vggt_actions = panels::VggtActions::default();
     egui::Panel::left("scene").default_size(300.0).resizable(true).show(&mut root, |ui| {
         egui::ScrollArea::vertical().show(ui, |ui| {
             ui.heading("Video");
@@ -344,42 +392,21 @@ fn ui_system(
                     let h = w * frame.height as f32 / frame.width as f32;
                     ui.image((tex.id(), egui::vec2(w, h)));
                 }
-                if player.shown_is_preview {
-                    ui.label(format!("{}: frame {} of {} (preview of frame {idx}, decoding...)", player.label, player.current, player.frame_count));
-                } else {
-                    ui.label(format!("{}: frame {} of {}", player.label, idx, player.frame_count));
-                }
+                // One line, whatever the state: the panel must not jump while playing.
+                let caption = match (&player.frame_error, player.shows_current()) {
+                    (Some((f, e)), _) if *f == player.current => format!("frame {f} cannot be shown ({e}); showing frame {idx}"),
+                    (_, true) => format!("{}: frame {idx} of {}", player.label, player.frame_count),
+                    (_, false) if player.shown_is_preview => format!("{}: frame {} (preview, decoding)", player.label, player.current),
+                    (_, false) => format!("{}: frame {} (decoding; frame {idx} shown)", player.label, player.current),
+                };
+                let error = player.frame_error.as_ref().is_some_and(|(f, _)| *f == player.current);
+                ui.add(egui::Label::new(egui::RichText::new(caption).color(if error { ERROR_RED } else { egui::Color32::from_gray(200) })).truncate());
             } else {
-                ui.label("no video open (File > Open..., or drop a folder)");
+                ui.label("no video open (File > Open..., or drop a file or folder)");
             }
             ui.separator();
             ui.heading("Scene");
-            ui.add(egui::Slider::new(&mut settings.point_size, 1.0..=12.0).text("point size (px)"));
-            egui::ComboBox::from_label("colour").selected_text(COLOR_MODES[settings.color_mode as usize]).show_ui(ui, |ui| {
-                for (i, name) in COLOR_MODES.iter().enumerate() {
-                    ui.selectable_value(&mut settings.color_mode, i as u32, *name);
-                }
-            });
-            ui.add(egui::Slider::new(&mut settings.conf_percentile, 0.0..=100.0).text("confidence filter (%)"))
-                .on_hover_text("hide the points below this confidence percentile");
-            let frames = geometry.scene.as_ref().map(|s| s.rec.frames).unwrap_or(0);
-            let mut only = settings.frame_filter.is_some();
-            ui.horizontal(|ui| {
-                ui.checkbox(&mut only, "points of frame");
-                let mut f = settings.frame_filter.unwrap_or(player.current);
-                ui.add_enabled(only, egui::DragValue::new(&mut f).range(0..=frames.saturating_sub(1)));
-                settings.frame_filter = only.then_some(f);
-                if !only {
-                    ui.label("(all)");
-                }
-            });
-            ui.checkbox(&mut settings.show_cameras, "show cameras");
-            ui.horizontal(|ui| {
-                ui.label("points from");
-                ui.radio_value(&mut settings.source, PointSource::DepthAndCamera, "depth + camera");
-                ui.radio_value(&mut settings.source, PointSource::PointMap, "point map");
-            });
-            ui.add(egui::Slider::new(&mut settings.point_budget, 10_000..=5_000_000).logarithmic(true).text("max points"));
+            panels::scene_section(ui, &mut settings, &geometry, player.current);
             ui.horizontal(|ui| {
                 if ui.button("Reset view").clicked() {
                     camera_cmd.write(CameraCommand::Reset);
@@ -388,36 +415,120 @@ fn ui_system(
                     camera_cmd.write(CameraCommand::LookThrough(player.current));
                 }
             });
-            if let Some(scene) = &geometry.scene {
-                ui.label(format!("{} frames at {}x{}, {} points uploaded", scene.rec.frames, scene.rec.width, scene.rec.height, scene.cloud.points.len()));
-            }
             ui.separator();
             ui.heading("VGGT");
-            match &inference.weights {
-                Some(w) => ui.label(w),
-                None => ui.label("no weights: File > Load VGGT weights... reconstructs opened videos and folders"),
-            };
-            ui.add(egui::Slider::new(&mut inference.max_frames, 2..=128).logarithmic(true).text("frames per run"))
-                .on_hover_text("frames spread evenly over the folder; on a CPU each frame of VGGT-1B at 518 px costs tens of seconds");
+            panels::vggt_section(ui, &mut vggt, &opened, &mut vggt_actions);
             ui.separator();
             ui.heading("Frame sampling");
-            super::sampling::sampling_panel(ui, &mut sampler, &sampling_state, frames, &mut settings.color_mode);
+            let mut color_mode = settings.color_mode;
+            panels::sampling_section(ui, &mut sampler, &sampling_state, &geometry, &mut color_mode);
+            if color_mode != settings.color_mode {
+                settings.color_mode = color_mode;
+            }
         });
     });
+    if vggt_actions.load {
+        state.open_window.open(OpenKind::Vggt);
+    }
+    if vggt_actions.reconstruct {
+        reconstruct.write(Reconstruct);
+    }
+    if vggt_actions.cancel {
+        cancel_run.write(CancelReconstruction);
+    }
 
+    let mut chat_actions = panels::ChatActions::default();
     egui::Panel::right("chat").default_size(320.0).resizable(true).show(&mut root, |ui| {
-        let (mut asks, mut cancel, mut load) = (Vec::new(), false, false);
-        super::chat::panel(ui, &mut chat, &mut asks, &mut cancel, &mut load);
-        for q in asks {
-            asks_out.write(super::chat::AskQuestion(q));
-        }
-        if cancel {
-            cancel_out.write(super::chat::CancelAnswer);
-        }
-        if load {
-            spawn_dialog(&dialogs.tx, DialogKind::Model);
-        }
+        panels::chat_panel(ui, &mut chat, &mut chat_actions);
     });
+    for q in chat_actions.asks {
+        asks_out.write(AskQuestion(q));
+    }
+    if chat_actions.cancel {
+        cancel_answer.write(CancelAnswer);
+    }
+    if chat_actions.load {
+        state.open_window.open(OpenKind::Mllm);
+    }
+    match state.open_window.show(&ctx, &app_settings.0.recent, &app_settings.0.recent_weights) {
+        Some(OpenChoice::Chosen(OpenKind::Source, p)) => {
+            open.write(OpenRequest(SourceSpec::parse(std::path::Path::new(&p))));
+        }
+        Some(OpenChoice::Chosen(OpenKind::Vggt, w)) => {
+            load_vggt.write(LoadVggt(w));
+        }
+        Some(OpenChoice::Chosen(OpenKind::Mllm, w)) => {
+            load_mllm.write(LoadMllm(w));
+        }
+        Some(OpenChoice::SystemDialog(kind)) => spawn_dialog(
+            &dialogs.tx,
+            match kind {
+                OpenKind::Source => DialogKind::OpenVideo,
+                OpenKind::Vggt => DialogKind::Vggt,
+                OpenKind::Mllm => DialogKind::Model,
+            },
+        ),
+        None => {}
+    }
+    if state.show_settings {
+        let mut open_flag = true;
+        let (mut d, mut t) = state.device_choice.unwrap_or((opts.device, opts.dtype));
+        let mut apply = false;
+        egui::Window::new("Settings").open(&mut open_flag).collapsible(false).show(&ctx, |ui| {
+            ui.heading("Compute");
+            ui.label(format!("VGGT runs on {}, the chat model on {}", vggt.compute, chat.compute));
+            for note in [&vggt.compute_note, &chat.compute_note].into_iter().flatten() {
+                ui.colored_label(ERROR_RED, note);
+            }
+            ui.horizontal(|ui| {
+                ui.label("device");
+                for (name, req) in DEVICES {
+                    ui.radio_value(&mut d, req, name);
+                }
+            });
+            ui.horizontal(|ui| {
+                ui.label("dtype");
+                for name in DTYPES {
+                    if let Ok(req) = name.parse::<DTypeRequest>() {
+                        ui.radio_value(&mut t, req, name);
+                    }
+                }
+            });
+            apply = ui.button("Apply (loaded weights reload)").clicked();
+            ui.separator();
+            ui.heading("Reconstruction cache");
+            match &shared_cache.0 {
+                None => {
+                    ui.label("no cache folder (HOME is not set)");
+                }
+                Some(cache) => {
+                    let fresh = state.cache_usage.as_ref().is_some_and(|(t, _, _)| t.elapsed().as_secs_f32() < 2.0);
+                    if !fresh {
+                        let (bytes, n) = cache.usage();
+                        state.cache_usage = Some((std::time::Instant::now(), bytes, n));
+                    }
+                    let (_, bytes, n) = state.cache_usage.unwrap_or((std::time::Instant::now(), 0, 0));
+                    ui.label(format!("{}: {n} reconstructions, {:.1} MiB", cache.dir.display(), bytes as f64 / (1u64 << 20) as f64));
+                    let mut cap = app_settings.0.cache_cap_mib;
+                    ui.add(egui::Slider::new(&mut cap, 64..=65536).logarithmic(true).suffix(" MiB").text("size cap (least recently used go first)"));
+                    if cap != app_settings.0.cache_cap_mib {
+                        app_settings.0.cache_cap_mib = cap;
+                        cache.set_cap(cap << 20);
+                        state.cache_usage = None;
+                    }
+                    if ui.button("Clear the cache").clicked() {
+                        cache.clear();
+                        state.cache_usage = None;
+                    }
+                }
+            }
+        });
+        state.device_choice = Some((d, t));
+        if apply {
+            set_compute.write(SetCompute(d, t));
+        }
+        state.show_settings = open_flag;
+    }
 
     // What is left is the 3D viewport.
     let free = root.available_rect_before_wrap();

@@ -10,6 +10,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// Largest frame width the player keeps: frames are decoded at this size for display, not full size.
+pub const DISPLAY_MAX_WIDTH: usize = 640;
+
 /// File extensions opened as videos.
 pub const VIDEO_EXTENSIONS: [&str; 10] = ["mp4", "mov", "mkv", "webm", "avi", "m4v", "mpg", "mpeg", "ts", "3gp"];
 
