@@ -44,6 +44,8 @@ enum Command {
     },
     /// Space-aware frame sampling on saved geometry.
     Sample(cli::sample::SampleArgs),
+    /// Write geometry for other tools (safetensors, PLY).
+    Export(cli::export::ExportArgs),
     /// Ask Spatial-MLLM (or Qwen2.5-VL) a question about a video or folder of frames.
     Ask(cli::ask::AskArgs),
     /// Benchmarks (print a table).
@@ -55,6 +57,7 @@ enum Command {
 
 fn main() {
     spatial_models::tune_allocator();
+    pipeline::fsio::report_file_size_limits_as_errors();
     let args = Args::parse();
     let gui = |input, script, bench_points| {
         gui::run(gui::GuiOptions { input, script, bench_points, vggt: args.vggt.clone(), mllm: args.mllm.clone(), device: args.compute.device, dtype: args.compute.dtype })
@@ -63,6 +66,7 @@ fn main() {
         Some(Command::Weights { command }) => cli::weights::run(command),
         Some(Command::Reconstruct(a)) => cli::reconstruct::run(a),
         Some(Command::Sample(a)) => cli::sample::run(a),
+        Some(Command::Export(a)) => cli::export::run(a),
         Some(Command::Video { command }) => cli::video::run(command),
         Some(Command::Ask(a)) => cli::ask::run(a),
         // The render benchmark is the GUI, timed.

@@ -69,14 +69,16 @@ fn tmp_dir(name: &str) -> PathBuf {
     d
 }
 
-/// Runs a script while `during` drives the live window (e.g. with xdotool) on the same display.
-fn run_script_with(dir: &Path, script: &str, during: impl FnOnce(&str)) -> Output {
+/// Runs a script (with extra command-line arguments) while `during` drives the live window (e.g.
+/// with xdotool) on the same display; `during` gets the display and the viewer's process id.
+fn run_viewer(dir: &Path, script: &str, args: &[&str], during: impl FnOnce(&str, u32)) -> Output {
     let path = dir.join("steps.json");
     std::fs::write(&path, script).unwrap();
     let xvfb = start_xvfb();
     let child = Command::new(env!("CARGO_BIN_EXE_spatial-viewer"))
         .arg("--script")
         .arg(&path)
+        .args(args)
         .env("DISPLAY", &xvfb.display)
         .env("XDG_CACHE_HOME", dir.join("cache"))
         .env("XDG_CONFIG_HOME", dir.join("config"))
@@ -85,10 +87,14 @@ fn run_script_with(dir: &Path, script: &str, during: impl FnOnce(&str)) -> Outpu
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run the viewer");
-    during(&xvfb.display);
+    during(&xvfb.display, child.id());
     let out = child.wait_with_output().unwrap();
     drop(xvfb);
     out
+}
+
+fn run_script_with(dir: &Path, script: &str, during: impl FnOnce(&str)) -> Output {
+    run_viewer(dir, script, &[], |display, _| during(display))
 }
 
 fn run_script(dir: &Path, script: &str) -> Output {
@@ -470,4 +476,225 @@ fn chat_asks_about_the_space_aware_picks_of_the_demo() {
     // With the spatial branch off the same frames go to plain Qwen2.5-VL.
     assert!(chat[2]["note"].as_str().unwrap().contains("base model"), "{}", chat[2]);
     assert_eq!(chat[3]["state"], "done");
+}
+
+/// A clip long enough that the tiny VGGT at 518 px takes many seconds on it (64 frames: global
+/// attention over 66k tokens).
+fn slow_clip(dir: &Path) -> PathBuf {
+    let clip = dir.join("slow.mp4");
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=518x392:rate=10", "-frames:v", "64", "-c:v", "libx264", "-pix_fmt", "yuv420p"])
+        .arg(&clip)
+        .status()
+        .expect("ffmpeg");
+    assert!(status.success());
+    clip
+}
+
+fn vggt_tiny() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/vggt-tiny")
+}
+
+fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+}
+
+/// Quitting while VGGT reconstructs stops the model thread first and exits cleanly, every time
+/// (it used to end in SIGSEGV inside OpenBLAS); Ctrl-C does the same with the shell's 130.
+#[test]
+fn quitting_mid_reconstruction_exits_cleanly() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmp_dir("quit");
+    let clip = slow_clip(&dir);
+    let script = serde_json::json!({"steps": [
+        {"load_weights": {"vggt": vggt_tiny()}}, {"set": {"control": "vggt_frames", "value": 64}}, {"set": {"control": "vggt_width", "value": 518}},
+        {"open": clip}, {"wait_reconstructing": true}, {"wait_frames": 3}, {"dump_state": "running.json"}, {"quit": true}]});
+    for run in 0..3 {
+        let start = std::time::Instant::now();
+        let out = run_script(&dir, &script.to_string());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "run {run}: {err}");
+        assert!(!err.contains("panicked"), "run {run}: {err}");
+        let state = read_json(&dir.join("running.json"));
+        assert!(state["vggt_progress"].is_object(), "run {run}: VGGT was not running when the app quit: {state}");
+        assert!(start.elapsed().as_secs() < 60, "run {run} took {:?}", start.elapsed());
+    }
+    // Ctrl-C in the terminal, mid-run.
+    let script = serde_json::json!({"steps": [
+        {"load_weights": {"vggt": vggt_tiny()}}, {"set": {"control": "vggt_frames", "value": 64}}, {"set": {"control": "vggt_width", "value": 518}},
+        {"open": clip}, {"wait_reconstructing": true}, {"wait_frames": 3}, {"dump_state": "running.json"}, {"wait_for_file": "never"}]});
+    let _ = std::fs::remove_file(dir.join("running.json"));
+    let out = run_viewer(&dir, &script.to_string(), &[], |_, pid| {
+        for _ in 0..600 {
+            if dir.join("running.json").exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
+    });
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "Ctrl-C: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Resizing the window up and down while work runs never ends the app (a viewport reaching past a
+/// window that just shrank used to be a fatal validation error).
+#[test]
+fn resizing_the_window_up_and_down_keeps_the_app_running() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmp_dir("resize");
+    let script = r#"{"steps": [{"open": "demo"}, {"wait_idle": 120}, {"wait_for_file": "resized"}, {"wait_frames": 20},
+        {"screenshot": "after.png"}, {"dump_state": "state.json"}, {"quit": true}]}"#;
+    let out = run_script_with(&dir, script, |display| {
+        let xdo = |args: &[&str]| Command::new("xdotool").args(args).env("DISPLAY", display).output().expect("xdotool is needed (apt-get install xdotool)");
+        let mut window = String::new();
+        for _ in 0..300 {
+            let found = xdo(&["search", "--name", "Spatial viewer"]);
+            window = String::from_utf8_lossy(&found.stdout).lines().next().unwrap_or("").to_string();
+            if !window.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(!window.is_empty(), "no viewer window");
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        for (w, h) in [(1600, 1000), (1280, 800), (1024, 640), (1600, 1000), (800, 500), (1280, 800)] {
+            xdo(&["windowsize", &window, &w.to_string(), &h.to_string()]);
+            std::thread::sleep(std::time::Duration::from_millis(700));
+        }
+        std::fs::write(dir.join("resized"), b"").unwrap();
+    });
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the app did not survive resizing: {err}");
+    assert!(!err.contains("Validation"), "{err}");
+    let state = read_json(&dir.join("state.json"));
+    let vp: Vec<f64> = state["viewport"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert!(vp[0] + vp[2] <= 1280.0 + 0.5 && vp[1] + vp[3] <= 800.0 + 0.5, "viewport {vp:?} outside the window");
+    assert_eq!((load_rgb(&dir.join("after.png")).width(), load_rgb(&dir.join("after.png")).height()), (1280, 800));
+}
+
+/// A damaged cache entry is not shown as geometry: it is dropped, the frames are reconstructed
+/// again, and the status bar says why.
+#[test]
+fn a_damaged_cache_entry_is_recomputed() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmp_dir("cache");
+    let frames = dir.join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    for i in 0..3u32 {
+        let img = image::RgbImage::from_fn(168, 126, |x, y| image::Rgb([((x * 3 + i * 20) % 256) as u8, ((y * 2) % 256) as u8, ((x + y + i * 40) % 256) as u8]));
+        img.save(frames.join(format!("{i:03}.png"))).unwrap();
+    }
+    let script = serde_json::json!({"steps": [{"load_weights": {"vggt": vggt_tiny()}}, {"open": "frames"}, {"wait_idle": 120}, {"dump_state": "state.json"}, {"quit": true}]}).to_string();
+    let out = run_script(&dir, &script);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let entries: Vec<PathBuf> = std::fs::read_dir(dir.join("cache/spatial-viewer/reconstructions")).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let first = read_json(&dir.join("state.json"));
+    let mut bytes = std::fs::read(&entries[0]).unwrap();
+    let mid = bytes.len() / 2;
+    for (i, b) in bytes[mid..mid + 4096].iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(151).wrapping_add(17);
+    }
+    std::fs::write(&entries[0], bytes).unwrap();
+    let out = run_script(&dir, &script);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let state = read_json(&dir.join("state.json"));
+    let label = state["geometry"]["label"].as_str().unwrap();
+    assert!(label.starts_with("VGGT: frames (3 of 3 frames") && !label.contains("cached"), "{state}");
+    assert!(err.contains("damaged") && err.contains("checksum"), "the damage was not reported: {err}");
+    assert_eq!(state["geometry"]["points"], first["geometry"]["points"]);
+    // The recomputed entry is good again: the next open reads it.
+    let out = run_script(&dir, &script);
+    assert!(out.status.success());
+    assert!(read_json(&dir.join("state.json"))["geometry"]["label"].as_str().unwrap().ends_with("cached)"));
+}
+
+/// Geometry, picks and questions belong to the source they came from: opening a video after the
+/// demo clears the demo's geometry, and a question about "the sampled frames" uses the video's.
+#[test]
+fn a_question_is_about_the_open_video_not_the_previous_scene() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmp_dir("wrong-video");
+    let weights = common::mllm_weights(&dir);
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=112x84:rate=30", "-frames:v", "600", "-c:v", "libx264", "-pix_fmt", "yuv420p", "clip.mp4"])
+        .current_dir(&dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let script = serde_json::json!({"steps": [
+        {"open": "demo"}, {"load_weights": {"mllm": weights}}, {"wait_idle": 120}, {"dump_state": "demo.json"},
+        {"open": "clip.mp4"}, {"wait_idle": 120}, {"set": {"control": "question_frames", "value": "sampled"}},
+        {"set": {"control": "max_new_tokens", "value": 2}}, {"ask": "How many cars?"}, {"dump_state": "state.json"}, {"quit": true}]});
+    let out = run_script(&dir, &script.to_string());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let demo = read_json(&dir.join("demo.json"));
+    assert!(demo["sampled_label"].as_str().unwrap().starts_with("space-aware"));
+    let state = read_json(&dir.join("state.json"));
+    assert!(state["geometry"].is_null(), "the demo's geometry is still shown for the video: {state}");
+    assert_eq!(state["frame_count"], 600);
+    let asked: Vec<u64> = state["chat"][0]["frames"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    // 16 frames over the whole 20 s clip (qwen_vl_utils' choice), not the demo's picks.
+    assert_eq!(asked.len(), 16);
+    assert_eq!((asked[0], asked[15]), (0, 599), "{asked:?}");
+    assert_ne!(state["chat"][0]["frames"], demo["sampled"]);
+}
+
+/// Script steps say what really happened: a screenshot that cannot be written fails at once
+/// with the cause; a seek to a frame that cannot be decoded fails, and the panel says so while it
+/// keeps the last good frame.
+#[test]
+fn steps_report_unwritable_screenshots_and_undecodable_frames() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmp_dir("steps");
+    let start = std::time::Instant::now();
+    let out = run_script(&dir, r#"{"steps": [{"open": "demo"}, {"wait_idle": 60}, {"screenshot": "/proc/shot.png"}, {"quit": true}]}"#);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("/proc/shot.png") && (err.contains("No such file") || err.contains("denied") || err.contains("Read-only")), "{err}");
+    assert!(start.elapsed().as_secs() < 25, "the failure took {:?}", start.elapsed());
+
+    let frames = dir.join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    for i in 0..4u8 {
+        image::RgbImage::from_pixel(64, 48, image::Rgb([60 * i, 100, 100])).save(frames.join(format!("{i}.png"))).unwrap();
+    }
+    // Frame 2 is cut short after its header (its size still reads).
+    let bytes = std::fs::read(frames.join("2.png")).unwrap();
+    std::fs::write(frames.join("2.png"), &bytes[..bytes.len() / 2]).unwrap();
+    let out = run_script(&dir, r#"{"steps": [{"open": "frames"}, {"seek": 1}, {"wait_idle": 30}, {"seek": 2}, {"quit": true}]}"#);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "seeking to a damaged frame reported success: {err}");
+    assert!(err.contains("frame 2 cannot be shown") && err.contains("2.png"), "{err}");
+    let out = run_script(&dir, r#"{"steps": [{"open": "frames"}, {"seek": 1}, {"wait_idle": 30}, {"set": {"control": "playing", "value": false}}, {"seek": 3}, {"wait_idle": 30}, {"dump_state": "ok.json"}, {"quit": true}]}"#);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(read_json(&dir.join("ok.json"))["shown"]["frame"], 3);
+}
+
+/// `--device` everywhere: CUDA asked of a build without it is reported in the status bar and
+/// `dump_state`, and everything runs on the CPU; `--device cpu` shows the device and dtype.
+#[test]
+fn the_device_each_model_thread_runs_on_is_shown() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmp_dir("device");
+    let script = serde_json::json!({"steps": [{"load_weights": {"vggt": vggt_tiny()}}, {"wait_idle": 60}, {"dump_state": "state.json"}, {"quit": true}]}).to_string();
+    let out = run_viewer(&dir, &script, &["--device", "cuda"], |_, _| {});
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let state = read_json(&dir.join("state.json"));
+    if !state["compute"]["vggt"].as_str().unwrap().starts_with("cuda") {
+        assert_eq!(state["compute"]["vggt"], "cpu f32", "{state}");
+        let note = state["compute"]["vggt_note"].as_str().unwrap_or("");
+        assert!(note.contains("CUDA") && note.contains("--features cuda"), "{state}");
+        assert!(state["vggt"].as_str().unwrap().ends_with("on cpu f32"), "{state}");
+    }
+    let out = run_viewer(&dir, &script, &["--device", "cpu", "--dtype", "bf16"], |_, _| {});
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let state = read_json(&dir.join("state.json"));
+    assert_eq!(state["compute"]["vggt"], "cpu bf16", "{state}");
+    assert!(state["compute"]["vggt_note"].is_null());
+    assert_eq!(state["compute"]["chat"], "cpu bf16");
 }

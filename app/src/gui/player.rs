@@ -232,7 +232,7 @@ mod tests {
     use crate::pipeline::video::VideoInfo;
 
     fn video(path: &str) -> Arc<VideoInfo> {
-        Arc::new(VideoInfo { path: path.into(), frames: 10, fps: 10.0, duration_s: 1.0, width: 4, height: 2, codec: "h264".into(), rotation: 0 })
+        Arc::new(VideoInfo { path: path.into(), frames: 10, fps: 10.0, duration_s: 1.0, width: 4, height: 2, codec: "h264".into(), rotation: 0, start_time: 0.0, constant_rate: true })
     }
 
     fn app_with(player: Player) -> App {

@@ -39,6 +39,8 @@ pub enum Step {
     /// Runs the model threads on another device / dtype (`{"set_device": {"device": "cuda",
     /// "dtype": "bf16"}}`); weights reload.
     SetDevice { device: String, dtype: String },
+    /// Waits (up to 60 s) until VGGT is reconstructing (its progress is shown).
+    WaitReconstructing,
     /// Waits (up to 60 s) until a file exists: lets a test drive real input between steps.
     WaitForFile(PathBuf),
     /// Writes JSON with the current frame, the viewport and every frustum projected to the window
@@ -97,6 +99,7 @@ fn parse_step(v: &Value) -> Result<Step> {
         "wait_for_file" => Step::WaitForFile(PathBuf::from(arg.as_str().context("`wait_for_file` takes a path")?)),
         "export" => Step::Export(PathBuf::from(arg.as_str().context("`export` takes a path")?)),
         "reconstruct" => Step::Reconstruct,
+        "wait_reconstructing" => Step::WaitReconstructing,
         "set_device" => {
             let word = |k: &str, default: &str| arg.get(k).and_then(Value::as_str).unwrap_or(default).to_string();
             let (device, dtype) = (word("device", "auto"), word("dtype", "auto"));
@@ -114,7 +117,7 @@ fn parse_step(v: &Value) -> Result<Step> {
         }
         "dump_state" => Step::DumpState(PathBuf::from(arg.as_str().context("`dump_state` takes a path")?)),
         "quit" => Step::Quit,
-        other => bail!("unknown step `{other}` (known: open, seek, select_camera, look_through, reset_view, set, wait_frames, wait_idle, screenshot, ask, cancel_answer, load_weights, export, reconstruct, set_device, wait_for_file, dump_state, quit)"),
+        other => bail!("unknown step `{other}` (known: open, seek, select_camera, look_through, reset_view, set, wait_frames, wait_idle, screenshot, ask, cancel_answer, load_weights, export, reconstruct, wait_reconstructing, set_device, wait_for_file, dump_state, quit)"),
     })
 }
 
@@ -253,9 +256,12 @@ fn run_script(
                 open.write(OpenRequest(spec));
                 Outcome::Wait
             } else {
+                // Done once the source is open; what follows (reconstructing) is `wait_idle`'s.
                 match &opened.last_result {
                     Some((s, Err(e))) if *s == spec => Outcome::Fail(e.clone()),
-                    _ => settled(!idle, 600.0, "opening (and reconstructing)"),
+                    Some((s, Ok(()))) if *s == spec && activity.opening == 0 => settled(false, 600.0, "opening"),
+                    _ if waited > 600.0 => Outcome::Fail("opening took more than 600 s".into()),
+                    _ => Outcome::Wait,
                 }
             }
         }
@@ -372,6 +378,15 @@ fn run_script(
                 Outcome::Wait
             }
         }
+        Step::WaitReconstructing => {
+            if vggt.progress.as_ref().is_some_and(|p| p.stage.starts_with("VGGT on")) {
+                Outcome::Done
+            } else if waited > 60.0 {
+                Outcome::Fail("VGGT did not start reconstructing within 60 s".into())
+            } else {
+                Outcome::Wait
+            }
+        }
         Step::WaitForFile(path) => {
             if path.exists() {
                 Outcome::Done
@@ -400,6 +415,9 @@ fn run_script(
                     "compare": sampled.compare,
                     "model": chat.model.clone(),
                     "vggt": vggt.weights.clone(),
+                    "vggt_progress": vggt.progress.as_ref().map(|p| serde_json::json!({"stage": p.stage, "fraction": p.fraction})),
+                    "vggt_last_run": vggt.last_run,
+                    "vggt_last_error": vggt.last_error,
                     "compute": {"vggt": vggt.compute, "vggt_note": vggt.compute_note, "chat": chat.compute, "chat_note": chat.compute_note},
                     "status": {"message": status.message, "error": status.is_error},
                     "source": opened.source.as_ref().map(|s| serde_json::json!({"name": s.name(), "frames": s.len(), "id": opened.id.0})),

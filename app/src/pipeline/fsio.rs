@@ -31,6 +31,8 @@ pub fn check_writable(dest: &Path) -> Result<()> {
     if !dir.is_dir() {
         bail!("{}: the folder {} does not exist", dest.display(), dir.display());
     }
+    // Temporaries of runs killed mid-write are of no use to anyone.
+    remove_stale_temporaries(dir);
     // Creating (and removing) a temporary is the only reliable test (read-only mounts, ACLs).
     let probe = temp_path(dest);
     match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
@@ -121,6 +123,23 @@ pub fn remove_stale_temporaries(dir: &Path) -> u64 {
         }
     }
     freed
+}
+
+/// Makes a write past the file-size limit (`ulimit -f`) fail with "File too large", reported and
+/// cleaned up like a full disk, instead of killing the process with SIGXFSZ mid-file.
+pub fn report_file_size_limits_as_errors() {
+    #[cfg(target_os = "linux")]
+    {
+        unsafe extern "C" {
+            fn signal(signum: i32, handler: usize) -> usize;
+        }
+        const SIGXFSZ: i32 = 25;
+        const SIG_IGN: usize = 1;
+        // SAFETY: installs the "ignore" disposition for one signal, before any threads start.
+        unsafe {
+            signal(SIGXFSZ, SIG_IGN);
+        }
+    }
 }
 
 /// Creates a folder (and its parents), naming it when that fails.
