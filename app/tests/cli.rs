@@ -200,6 +200,17 @@ fn bad_inputs_get_clear_messages() {
     let out = viewer(&["reconstruct", "--weights", dir.to_str().unwrap(), "--input", frames.to_str().unwrap(), "--out", dir.join("o.safetensors").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("no model.safetensors"), "{}", text(&out));
+
+    // A VGGT folder without its config.json: the message says so and which sizes were assumed.
+    let no_config = dir.join("no-config");
+    std::fs::create_dir_all(&no_config).unwrap();
+    std::fs::copy(w.join("model.safetensors"), no_config.join("model.safetensors")).unwrap();
+    let out = viewer(&["reconstruct", "--weights", no_config.to_str().unwrap(), "--input", frames.to_str().unwrap(), "--out", dir.join("o.safetensors").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    assert!(t.contains("no config.json") && t.contains("VGGT-1B") && t.contains("embed 1024") && t.contains("do not fit"), "{t}");
+    let out = viewer(&["weights", "check", no_config.to_str().unwrap()]);
+    assert!(text(&out).contains("no config.json: VGGT-1B's sizes were assumed"), "{}", text(&out));
 }
 
 mod common;

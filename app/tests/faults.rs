@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
+mod common;
+
 fn viewer(args: &[&str]) -> Output {
+    common::test_packages();
     Command::new(env!("CARGO_BIN_EXE_spatial-viewer")).args(args).output().expect("run spatial-viewer")
 }
 
@@ -21,6 +24,7 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn ffmpeg(args: &[&str]) {
+    common::test_packages();
     let out = Command::new("ffmpeg").args(["-v", "error", "-y"]).args(args).output().expect("ffmpeg is needed (apt-get install ffmpeg)");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -32,6 +32,7 @@ impl Drop for Xvfb {
 }
 
 fn start_xvfb() -> Xvfb {
+    common::test_packages();
     for n in 0..100 {
         let display = format!(":{}", 140 + (std::process::id() as usize + n * 7) % 400);
         let lock = format!("/tmp/.X{}-lock", &display[1..]);

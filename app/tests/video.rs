@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn viewer(args: &[&str]) -> Output {
+    common::test_packages();
     Command::new(env!("CARGO_BIN_EXE_spatial-viewer")).args(args).output().expect("run spatial-viewer")
 }
 
@@ -14,6 +15,7 @@ fn text(o: &Output) -> String {
 }
 
 fn ffmpeg(args: &[&str]) {
+    common::test_packages();
     let out = Command::new("ffmpeg").args(["-v", "error", "-y"]).args(args).output().expect("ffmpeg is needed for the video tests (apt-get install ffmpeg)");
     assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }

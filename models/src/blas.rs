@@ -1,28 +1,90 @@
-//! f32 matrix products on the CPU through OpenBLAS (feature `openblas`, on by default): candle's
-//! own CPU gemm reaches about 55-60 GFLOP/s on the 2-core machines here, OpenBLAS about 2.3x that.
-//! Anything else (other dtypes, GPUs, layouts BLAS cannot take) goes to candle's `matmul`.
+//! f32 matrix products on the CPU through OpenBLAS, loaded at run time when the system has it
+//! (Debian's `libopenblas0`; feature `openblas`, on by default): candle's own CPU gemm reaches
+//! about 55-60 GFLOP/s on the 2-core machines here, OpenBLAS about 2.3x that. Without it the
+//! products go through the `gemm` crate (candle's), so nothing needs to be installed to build or
+//! run. Anything else (other dtypes, GPUs, layouts BLAS cannot take) goes to candle's `matmul`.
 
-use candle_core::{Result, Tensor};
-#[cfg(feature = "openblas")]
-use candle_core::DType;
+use candle_core::{DType, Result, Tensor};
+use std::sync::OnceLock;
 
-#[cfg(feature = "openblas")]
-mod ffi {
-    #[link(name = "openblas")]
-    unsafe extern "C" {
-        pub fn cblas_sgemv(layout: i32, trans: i32, m: i32, n: i32, alpha: f32, a: *const f32, lda: i32, x: *const f32, incx: i32, beta: f32, y: *mut f32, incy: i32);
-        pub fn openblas_set_num_threads(n: i32);
-        pub fn openblas_get_num_threads() -> i32;
-        pub fn cblas_sgemm(layout: i32, transa: i32, transb: i32, m: i32, n: i32, k: i32, alpha: f32, a: *const f32, lda: i32, b: *const f32, ldb: i32, beta: f32, c: *mut f32, ldc: i32);
+const ROW_MAJOR: i32 = 101;
+const NO_TRANS: i32 = 111;
+const TRANS: i32 = 112;
+
+type Sgemm = unsafe extern "C" fn(i32, i32, i32, i32, i32, i32, f32, *const f32, i32, *const f32, i32, f32, *mut f32, i32);
+type Sgemv = unsafe extern "C" fn(i32, i32, i32, i32, f32, *const f32, i32, *const f32, i32, f32, *mut f32, i32);
+type SetThreads = unsafe extern "C" fn(i32);
+type GetThreads = unsafe extern "C" fn() -> i32;
+type GetName = unsafe extern "C" fn() -> *const std::ffi::c_char;
+
+/// OpenBLAS's entry points, resolved from the shared library.
+struct OpenBlas {
+    sgemm: Sgemm,
+    sgemv: Sgemv,
+    set_threads: SetThreads,
+    get_threads: GetThreads,
+    /// "OpenBLAS 0.3.21 DYNAMIC_ARCH ... Zen" and the kernel it picked for this CPU.
+    description: String,
+    // Keeps the library mapped for the process's lifetime.
+    _lib: libloading::Library,
+}
+
+fn load_openblas() -> Option<OpenBlas> {
+    if !cfg!(feature = "openblas") || std::env::var_os("SPATIAL_NO_OPENBLAS").is_some() {
+        return None;
     }
-    pub const ROW_MAJOR: i32 = 101;
-    pub const NO_TRANS: i32 = 111;
-    pub const TRANS: i32 = 112;
+    for name in ["libopenblas.so.0", "libopenblas.so", "libopenblas.dylib"] {
+        // SAFETY: loading OpenBLAS runs its initialisers, which only set up its own state.
+        let Ok(lib) = (unsafe { libloading::Library::new(name) }) else { continue };
+        // SAFETY: the symbols are looked up with their C signatures from the OpenBLAS headers.
+        let found = unsafe {
+            (|| -> std::result::Result<_, libloading::Error> {
+                let sgemm = *lib.get::<Sgemm>(b"cblas_sgemm\0")?;
+                let sgemv = *lib.get::<Sgemv>(b"cblas_sgemv\0")?;
+                let set_threads = *lib.get::<SetThreads>(b"openblas_set_num_threads\0")?;
+                let get_threads = *lib.get::<GetThreads>(b"openblas_get_num_threads\0")?;
+                let text = |f: Option<GetName>| f.map(|f| std::ffi::CStr::from_ptr(f()).to_string_lossy().trim().to_string()).unwrap_or_default();
+                let config = text(lib.get::<GetName>(b"openblas_get_config\0").ok().map(|s| *s));
+                let core = text(lib.get::<GetName>(b"openblas_get_corename\0").ok().map(|s| *s));
+                Ok((sgemm, sgemv, set_threads, get_threads, format!("{config} (kernels for {core})")))
+            })()
+        };
+        if let Ok((sgemm, sgemv, set_threads, get_threads, description)) = found {
+            return Some(OpenBlas { sgemm, sgemv, set_threads, get_threads, description, _lib: lib });
+        }
+    }
+    None
+}
+
+fn openblas() -> Option<&'static OpenBlas> {
+    static LIB: OnceLock<Option<OpenBlas>> = OnceLock::new();
+    LIB.get_or_init(load_openblas).as_ref()
+}
+
+/// Which library computes the f32 CPU products ("OpenBLAS 0.3.21 ... (kernels for Zen)" or the
+/// `gemm` crate), for benchmarks and `--version`-style reports.
+pub fn backend() -> String {
+    match openblas() {
+        Some(o) => o.description.clone(),
+        None => "the gemm crate (no OpenBLAS found: apt-get install libopenblas0 for about 2x faster CPU products)".into(),
+    }
+}
+
+/// The product library's thread count (1 for the `gemm` crate, which is called per thread here).
+pub(crate) fn threads() -> i32 {
+    // SAFETY: OpenBLAS's thread-count getter takes no arguments.
+    openblas().map_or(1, |o| unsafe { (o.get_threads)() })
+}
+
+pub(crate) fn set_threads(n: i32) {
+    if let Some(o) = openblas() {
+        // SAFETY: OpenBLAS's thread-count setter takes a plain integer.
+        unsafe { (o.set_threads)(n) }
+    }
 }
 
 /// How BLAS can read the last two dims of a layout: (transposed, leading dimension), plus the
 /// stride between consecutive matrices of the (flattened) batch dims.
-#[cfg(feature = "openblas")]
 fn matrix_view(dims: &[usize], stride: &[usize]) -> Option<(bool, usize, usize)> {
     let r = dims.len();
     if r < 2 {
@@ -48,7 +110,6 @@ fn matrix_view(dims: &[usize], stride: &[usize]) -> Option<(bool, usize, usize)>
     Some((view.0, view.1, batch_stride))
 }
 
-#[cfg(feature = "openblas")]
 fn sgemm(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
     use candle_core::Storage;
     let (ad, bd) = (a.dims(), b.dims());
@@ -73,37 +134,7 @@ fn sgemm(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
         let pb = lb.start_offset() + i * bsb;
         // SAFETY: the views were checked against the layouts above; each product stays inside the
         // storages (candle guarantees the layouts address valid elements) and the output block.
-        if m == 1 {
-            // One row (decoding a token): a matrix-vector product, which OpenBLAS's gemm does
-            // not forward to gemv by itself.
-            let incx = if ta { lda } else { 1 };
-            unsafe {
-                if tb {
-                    ffi::cblas_sgemv(ffi::ROW_MAJOR, ffi::NO_TRANS, n as i32, k as i32, 1.0, xb.as_ptr().add(pb), ldb as i32, xa.as_ptr().add(pa), incx as i32, 0.0, out.as_mut_ptr().add(i * n), 1);
-                } else {
-                    ffi::cblas_sgemv(ffi::ROW_MAJOR, ffi::TRANS, k as i32, n as i32, 1.0, xb.as_ptr().add(pb), ldb as i32, xa.as_ptr().add(pa), incx as i32, 0.0, out.as_mut_ptr().add(i * n), 1);
-                }
-            }
-            continue;
-        }
-        unsafe {
-            ffi::cblas_sgemm(
-                ffi::ROW_MAJOR,
-                if ta { ffi::TRANS } else { ffi::NO_TRANS },
-                if tb { ffi::TRANS } else { ffi::NO_TRANS },
-                m as i32,
-                n as i32,
-                k as i32,
-                1.0,
-                xa.as_ptr().add(pa),
-                lda as i32,
-                xb.as_ptr().add(pb),
-                ldb as i32,
-                0.0,
-                out.as_mut_ptr().add(i * m * n),
-                n as i32,
-            );
-        }
+        unsafe { sgemm_raw(ta, tb, m, n, k, 1.0, xa.as_ptr().add(pa), lda, xb.as_ptr().add(pb), ldb, 0.0, out.as_mut_ptr().add(i * m * n), n, true) };
     }
     drop((sa, sb));
     let mut shape = ad[..ra - 2].to_vec();
@@ -111,24 +142,48 @@ fn sgemm(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
     Ok(Some(Tensor::from_vec(out, shape, a.device())?))
 }
 
-#[cfg(feature = "openblas")]
-pub(crate) use ffi::{openblas_get_num_threads, openblas_set_num_threads};
-
 /// Row-major `C = alpha op(A) op(B) + beta C` with `op(A)` [m, k], `op(B)` [k, n] on raw buffers.
+/// `parallel`: the product may use several threads (false inside the fused kernels, which split
+/// the work over rayon themselves).
 ///
 /// # Safety
 /// Every element the leading dimensions address must lie inside the buffers.
-#[cfg(feature = "openblas")]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn sgemm_raw(ta: bool, tb: bool, m: usize, n: usize, k: usize, alpha: f32, a: *const f32, lda: usize, b: *const f32, ldb: usize, beta: f32, c: *mut f32, ldc: usize) {
-    let t = |x: bool| if x { ffi::TRANS } else { ffi::NO_TRANS };
-    unsafe { ffi::cblas_sgemm(ffi::ROW_MAJOR, t(ta), t(tb), m as i32, n as i32, k as i32, alpha, a, lda as i32, b, ldb as i32, beta, c, ldc as i32) }
+pub(crate) unsafe fn sgemm_raw(ta: bool, tb: bool, m: usize, n: usize, k: usize, alpha: f32, a: *const f32, lda: usize, b: *const f32, ldb: usize, beta: f32, c: *mut f32, ldc: usize, parallel: bool) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    match openblas() {
+        Some(o) if m == 1 => {
+            // One row (decoding a token): a matrix-vector product, which OpenBLAS's gemm does not
+            // forward to gemv by itself. y = op(B)^T x, with x the row of A.
+            let incx = if ta { lda } else { 1 };
+            unsafe {
+                if tb {
+                    (o.sgemv)(ROW_MAJOR, NO_TRANS, n as i32, k as i32, alpha, b, ldb as i32, a, incx as i32, beta, c, 1)
+                } else {
+                    (o.sgemv)(ROW_MAJOR, TRANS, k as i32, n as i32, alpha, b, ldb as i32, a, incx as i32, beta, c, 1)
+                }
+            }
+        }
+        Some(o) => {
+            let t = |x: bool| if x { TRANS } else { NO_TRANS };
+            unsafe { (o.sgemm)(ROW_MAJOR, t(ta), t(tb), m as i32, n as i32, k as i32, alpha, a, lda as i32, b, ldb as i32, beta, c, ldc as i32) }
+        }
+        None => {
+            // Element strides (row, column) of op(A), op(B) and C in row-major storage.
+            let (a_rs, a_cs) = if ta { (1, lda as isize) } else { (lda as isize, 1) };
+            let (b_rs, b_cs) = if tb { (1, ldb as isize) } else { (ldb as isize, 1) };
+            let parallelism = if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+            // gemm's convention: dst := alpha dst + beta lhs rhs.
+            unsafe { gemm::gemm(m, n, k, c, 1, ldc as isize, beta != 0.0, a, a_cs, a_rs, b, b_cs, b_rs, beta, alpha, false, false, false, parallelism) }
+        }
+    }
 }
 
 /// `a.matmul(b)` for a [..., M, K] and b [..., K, N] (same batch dims, or b 2D), through BLAS
 /// when both are f32 on the CPU.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    #[cfg(feature = "openblas")]
     if a.device().is_cpu() && a.dtype() == DType::F32 && b.dtype() == DType::F32 {
         if let Some(t) = sgemm(a, b)? {
             return Ok(t);

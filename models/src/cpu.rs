@@ -5,8 +5,8 @@
 //! single-threaded elementwise passes, scalar `exp`/`erf`, and page faults on the short-lived
 //! intermediates; here each intermediate is written once.
 //!
-//! Only compiled with the `openblas` feature; callers fall back to the candle ops elsewhere
-//! (other dtypes, GPUs).
+//! The products go through [`crate::blas`] (OpenBLAS when the system has it, the `gemm` crate
+//! otherwise); callers fall back to the candle ops on other devices and dtypes.
 
 use crate::blas::sgemm_raw;
 use candle_core::{Result, Storage, Tensor};
@@ -257,9 +257,8 @@ impl SingleThreadedBlas {
     pub(crate) fn new() -> Self {
         let mut guards = BLAS_GUARDS.lock().unwrap_or_else(|e| e.into_inner());
         if guards.0 == 0 {
-            // SAFETY: OpenBLAS's thread-count getter/setter take and return plain integers.
-            guards.1 = unsafe { crate::blas::openblas_get_num_threads() };
-            unsafe { crate::blas::openblas_set_num_threads(1) };
+            guards.1 = crate::blas::threads();
+            crate::blas::set_threads(1);
         }
         guards.0 += 1;
         Self(())
@@ -271,7 +270,7 @@ impl Drop for SingleThreadedBlas {
         let mut guards = BLAS_GUARDS.lock().unwrap_or_else(|e| e.into_inner());
         guards.0 -= 1;
         if guards.0 == 0 {
-            unsafe { crate::blas::openblas_set_num_threads(guards.1) };
+            crate::blas::set_threads(guards.1);
         }
     }
 }
@@ -295,13 +294,13 @@ pub(crate) unsafe fn par_sgemm(ta: bool, tb: bool, m: usize, n: usize, k: usize,
         split(m).into_par_iter().for_each(|(r0, r1)| {
             let a = a + f * if ta { r0 } else { r0 * lda };
             // SAFETY: rows r0..r1 of op(A) and C, inside the caller's buffers.
-            unsafe { sgemm_raw(ta, tb, r1 - r0, n, k, 1.0, a as *const f32, lda, b as *const f32, ldb, beta, (c + f * r0 * ldc) as *mut f32, ldc) };
+            unsafe { sgemm_raw(ta, tb, r1 - r0, n, k, 1.0, a as *const f32, lda, b as *const f32, ldb, beta, (c + f * r0 * ldc) as *mut f32, ldc, false) };
         });
     } else {
         split(n).into_par_iter().for_each(|(c0, c1)| {
             let b = b + f * if tb { c0 * ldb } else { c0 };
             // SAFETY: columns c0..c1 of op(B) and C, inside the caller's buffers.
-            unsafe { sgemm_raw(ta, tb, m, c1 - c0, k, 1.0, a as *const f32, lda, b as *const f32, ldb, beta, (c + f * c0) as *mut f32, ldc) };
+            unsafe { sgemm_raw(ta, tb, m, c1 - c0, k, 1.0, a as *const f32, lda, b as *const f32, ldb, beta, (c + f * c0) as *mut f32, ldc, false) };
         });
     }
 }
@@ -474,13 +473,13 @@ pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], b: usize, heads: usize,
                 let base = bh * t * d;
                 let s = &mut scores[..len * t];
                 // SAFETY: q block [len, d], k [t, d] (transposed), scores [len, t], in bounds.
-                unsafe { sgemm_raw(false, true, len, t, d, 1.0, q.as_ptr().add(base + q0 * d), d, k.as_ptr().add(base), d, 0.0, s.as_mut_ptr(), t) };
+                unsafe { sgemm_raw(false, true, len, t, d, 1.0, q.as_ptr().add(base + q0 * d), d, k.as_ptr().add(base), d, 0.0, s.as_mut_ptr(), t, false) };
                 softmax_rows_unnormalised(s, t, &mut sums[..len]);
                 let dst = (bi * t + q0) * c + h * d;
                 // SAFETY: probabilities [len, t] times v [t, d] into rows q0.. of this batch and
                 // the columns of head h, which no other item writes.
                 unsafe {
-                    sgemm_raw(false, false, len, d, t, 1.0, s.as_ptr(), t, v.as_ptr().add(base), d, 0.0, out_ptr.ptr().add(dst), c);
+                    sgemm_raw(false, false, len, d, t, 1.0, s.as_ptr(), t, v.as_ptr().add(base), d, 0.0, out_ptr.ptr().add(dst), c, false);
                     for (r, sum) in sums[..len].iter().enumerate() {
                         let row = std::slice::from_raw_parts_mut(out_ptr.ptr().add(dst + r * c), d);
                         let inv = 1.0 / sum;

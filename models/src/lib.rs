@@ -13,7 +13,6 @@
 mod multiversion;
 pub mod blas;
 pub mod checkpoint;
-#[cfg(feature = "openblas")]
 mod cpu;
 pub mod interp;
 pub mod nn;

@@ -284,7 +284,6 @@ pub struct Block {
     mlp: Mlp,
     ls2: LayerScale,
     /// The LayerNorms' epsilon, for the fused CPU path.
-    #[cfg_attr(not(feature = "openblas"), allow(dead_code))]
     eps: f64,
 }
 
@@ -304,7 +303,6 @@ impl Block {
 
     /// x: [B, T, C] -> [B, T, C].
     pub fn forward(&self, x: &Tensor, rope: Option<&RotaryTables>) -> Result<Tensor> {
-        #[cfg(feature = "openblas")]
         if x.device().is_cpu() && x.dtype().is_float() {
             if let Some(out) = self.forward_fused(x, rope)? {
                 return Ok(out);
@@ -317,7 +315,6 @@ impl Block {
     }
 }
 
-#[cfg(feature = "openblas")]
 impl Block {
     /// The same block through the fused CPU kernels ([`crate::cpu::block_forward`]), in f32
     /// whatever the weights' dtype (bf16/f16 weights are widened per call, the output is cast back

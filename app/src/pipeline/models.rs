@@ -50,6 +50,18 @@ pub fn check_vggt(dir: &CheckpointDir) -> Result<(VggtConfig, CheckReport)> {
 pub fn load_vggt(dir: &Path, compute: &Compute) -> Result<Vggt> {
     let ckpt = CheckpointDir::open(dir)?;
     let (cfg, report) = check_vggt(&ckpt)?;
+    if !report.loads() && ckpt.config.is_none() {
+        // The likeliest cause: a smaller model whose config.json was left behind.
+        let total = report.missing.len() + report.matched + report.mismatched.len();
+        let first = report.missing.first().map(|(n, s)| format!("{n} {s:?} is missing")).or_else(|| report.mismatched.first().map(|(n, want, got)| format!("{n} is {got:?}, not {want:?}"))).unwrap_or_default();
+        bail!(
+            "{}: has no config.json, so VGGT-1B's sizes were assumed (embed {}, {} block pairs); with those, {} of {total} tensors do not fit ({first}). Put the checkpoint's config.json beside its weights",
+            dir.display(),
+            cfg.embed_dim,
+            cfg.depth,
+            report.missing.len() + report.mismatched.len()
+        );
+    }
     if !report.loads() {
         let what = config_name(&ckpt);
         if let Some((name, shape)) = report.missing.first() {

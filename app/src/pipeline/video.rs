@@ -405,6 +405,17 @@ pub fn decode_every(info: &VideoInfo, step: usize, max_width: usize, mut each: i
     Ok(())
 }
 
+/// Installs the system packages the tests need when some are missing (`tests/provision.sh`).
+#[cfg(test)]
+pub(crate) fn test_packages() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/provision.sh");
+        let status = Command::new("sh").arg(&script).status().expect("run tests/provision.sh");
+        assert!(status.success(), "the system packages for the video tests are missing (see the message above)");
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,6 +428,7 @@ mod tests {
     }
 
     fn tmp(name: &str) -> PathBuf {
+        test_packages();
         let d = std::env::temp_dir().join(format!("sv-unit-video-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
@@ -488,6 +500,7 @@ mod tests {
 
     #[test]
     fn seeking_decoder_is_frame_exact_on_a_real_camera_clip() {
+        test_packages();
         let info = VideoInfo::probe(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/real-camera/bikes.mp4")).unwrap();
         let order = [200usize, 3, 4, 5, 130, 249, 128, 60];
         let mut sorted = order.to_vec();

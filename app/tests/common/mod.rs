@@ -45,3 +45,14 @@ pub fn expected_ids(key: &str) -> Vec<i64> {
 
 /// The fixture's question (its prompt is this with the numeric suffix).
 pub const QUESTION: &str = "How many chairs are in the room?";
+
+/// Installs the system packages the video and GUI tests need when some are missing (Debian; see
+/// `tests/provision.sh`), once per test process.
+pub fn test_packages() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/provision.sh");
+        let status = std::process::Command::new("sh").arg(&script).status().expect("run tests/provision.sh");
+        assert!(status.success(), "the system packages for the video and GUI tests are missing (see the message above)");
+    });
+}

@@ -31,7 +31,6 @@ impl Module for Conv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // A head takes seconds per frame at full size: let a cancel land between its convs.
         crate::nn::check_cancelled()?;
-        #[cfg(feature = "openblas")]
         if self.0.config().stride == 1 && crate::cpu::is_cpu_f32(x) {
             let (n, c_in, h, w) = x.dims4()?;
             let (c_out, _, k, _) = self.0.weight().dims4()?;
@@ -108,7 +107,6 @@ impl Resize {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Resize::Up(c) => {
-                #[cfg(feature = "openblas")]
                 if crate::cpu::is_cpu_f32(x) {
                     // stride == kernel here: the transposed conv is one product and a scatter.
                     let (n, c_in, h, w) = x.dims4()?;
@@ -244,7 +242,6 @@ impl DptHead {
 /// `F.interpolate(x, (th, tw), mode="bilinear", align_corners=True)` of a [N, C, h, w] map
 /// (multithreaded on the CPU: candle's took 0.13 s per full-size head output).
 fn upsample(x: &Tensor, th: usize, tw: usize) -> Result<Tensor> {
-    #[cfg(feature = "openblas")]
     if crate::cpu::is_cpu_f32(x) {
         let (n, c, h, w) = x.dims4()?;
         let x = x.contiguous()?;
@@ -261,7 +258,6 @@ fn upsample(x: &Tensor, th: usize, tw: usize) -> Result<Tensor> {
 fn add_uv_embedding(x: &Tensor, image_w: usize, image_h: usize) -> Result<Tensor> {
     let (_, c, h, w) = x.dims4()?;
     let tables = UvTables::new(c, h, w, image_w as f64 / image_h as f64);
-    #[cfg(feature = "openblas")]
     if crate::cpu::is_cpu_f32(x) {
         use rayon::prelude::*;
         // Added plane by plane from the per-row / per-column tables, without materialising the

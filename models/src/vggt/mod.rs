@@ -76,7 +76,7 @@ impl Vggt {
             Some(h) => {
                 // On the CPU the camera trunk's blocks keep the aggregator's dtype (half the memory
                 // with bf16/f16, still computed in f32 by the fused blocks); elsewhere f32.
-                let trunk_vb = if cfg!(feature = "openblas") && vb.device().is_cpu() { vb.clone() } else { h.clone() };
+                let trunk_vb = if vb.device().is_cpu() { vb.clone() } else { h.clone() };
                 cfg.validate_heads().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
                 (
                 Some(CameraHead::new(cfg, h.pp("camera_head"), trunk_vb.pp("camera_head"))?),
