@@ -156,7 +156,8 @@ fn handle(
         thread.thread.send(Request::Load { spec: spec.clone(), device, dtype });
     }
     for _ in cancels.read() {
-        if chat.answering {
+        // An answer, or a load (a download is cancelled; reading local files finishes).
+        if chat.answering || chat.loading {
             thread.thread.cancel_current();
         }
     }

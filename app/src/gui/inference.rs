@@ -17,7 +17,8 @@ use std::sync::Arc;
 
 enum Request {
     Load { spec: String, device: DeviceRequest, dtype: DTypeRequest },
-    Reconstruct { source: Source, plan: ReconstructPlan, budget: usize, point_source: PointSource },
+    /// `run` numbers the runs: one below the shared `superseded` mark is skipped when it comes up.
+    Reconstruct { source: Source, plan: ReconstructPlan, budget: usize, point_source: PointSource, run: usize },
 }
 
 enum Event {
@@ -32,6 +33,8 @@ enum Event {
 struct ThreadState {
     model: Option<LoadedVggt>,
     cache: Option<ReconstructionCache>,
+    /// Runs numbered below this were cancelled or superseded while they waited in the queue.
+    superseded: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn serve(state: &mut ThreadState, req: Request, ctx: &Ctx<Event>) {
@@ -53,7 +56,10 @@ fn serve(state: &mut ThreadState, req: Request, ctx: &Ctx<Event>) {
                 Err(e) => ctx.send(Event::LoadFailed(format!("{e:#}"))),
             }
         }
-        Request::Reconstruct { source, plan, budget, point_source } => {
+        Request::Reconstruct { source, plan, budget, point_source, run } => {
+            if run < state.superseded.load(std::sync::atomic::Ordering::SeqCst) {
+                return ctx.send(Event::Cancelled);
+            }
             let Some(model) = &state.model else {
                 return ctx.send(Event::RunFailed("no VGGT weights are loaded (File > Load VGGT weights...)".into()));
             };
@@ -87,12 +93,27 @@ struct VggtThread {
     /// Loads and runs sent and not answered yet.
     loads: usize,
     runs: usize,
+    /// The next run's number, and the mark below which queued runs are skipped.
+    next_run: usize,
+    superseded: Arc<std::sync::atomic::AtomicUsize>,
     started: Option<std::time::Instant>,
 }
 
 fn spawn(cache: Option<ReconstructionCache>) -> VggtThread {
-    let thread = ServiceThread::spawn("vggt-inference", ThreadState { model: None, cache }, serve, |m| Event::RunFailed(format!("the VGGT thread caught a crash: {m}")));
-    VggtThread { thread, spec: None, loads: 0, runs: 0, started: None }
+    let superseded = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let state = ThreadState { model: None, cache, superseded: superseded.clone() };
+    let thread = ServiceThread::spawn("vggt-inference", state, serve, |m| Event::RunFailed(format!("the VGGT thread caught a crash: {m}")));
+    VggtThread { thread, spec: None, loads: 0, runs: 0, next_run: 0, superseded, started: None }
+}
+
+impl VggtThread {
+    /// Cancels the run in progress and every run still queued.
+    fn cancel_runs(&mut self) {
+        self.superseded.store(self.next_run, std::sync::atomic::Ordering::SeqCst);
+        if self.runs > 0 {
+            self.thread.cancel_current();
+        }
+    }
 }
 
 fn startup_weights(opts: Res<StartupOptions>, mut loads: MessageWriter<LoadVggt>, mut computes: MessageWriter<SetCompute>) {
@@ -157,25 +178,29 @@ fn handle(
         start = true;
     }
     for SourceOpened(source) in sources.read() {
-        // The run of the previous source is of no use any more.
-        if vggt.runs > 0 {
-            vggt.thread.cancel_current();
-        }
+        // Runs for the previous source are of no use any more.
+        vggt.cancel_runs();
         state.last_run = None;
         state.last_error = None;
         newest = Some(source.clone());
         start = true;
     }
     for _ in cancels.read() {
-        vggt.thread.cancel_current();
+        vggt.cancel_runs();
     }
     let explicit = again.read().count() > 0;
+    if explicit {
+        // A new run with new settings supersedes what runs or waits.
+        vggt.cancel_runs();
+    }
     if (start || explicit) && (state.weights.is_some() || vggt.loads > 0) {
         // Opened videos and folders are reconstructed by themselves; geometry sources (the demo, a
         // saved reconstruction) only when asked.
         if let Some(source) = newest.or_else(|| opened.source.clone()).filter(|s| explicit || !matches!(s, Source::Geometry(_))) {
             let plan = plan_for(&source, &state);
-            vggt.thread.send(Request::Reconstruct { source, plan, budget: settings.point_budget, point_source: settings.source });
+            let run = vggt.next_run;
+            vggt.next_run += 1;
+            vggt.thread.send(Request::Reconstruct { source, plan, budget: settings.point_budget, point_source: settings.source, run });
             vggt.runs += 1;
             vggt.started = Some(std::time::Instant::now());
             state.last_error = None;
@@ -212,7 +237,7 @@ fn handle(
             }
             Event::Cancelled => {
                 vggt.runs = vggt.runs.saturating_sub(1);
-                if vggt.runs == 0 {
+                if vggt.runs == 0 && vggt.next_run <= vggt.superseded.load(std::sync::atomic::Ordering::SeqCst) {
                     state.progress = None;
                     state.last_error = Some("cancelled".into());
                     status.info("reconstruction cancelled");

@@ -26,9 +26,17 @@ pub struct Frustum {
     pub frame: usize,
     /// Index in the video or folder the geometry came from (what the player and timeline use).
     pub source_frame: usize,
-    /// Image-plane corners in view coordinates: top-left, top-right, bottom-right, bottom-left.
+    /// Image-plane corners in view coordinates at the default size: top-left, top-right,
+    /// bottom-right, bottom-left.
     pub corners: [Vec3; 4],
     pub center: Vec3,
+}
+
+impl Frustum {
+    /// The corners as drawn at `scale`.
+    pub fn scaled_corners(&self, scale: f32) -> [Vec3; 4] {
+        self.corners.map(|c| self.center + (c - self.center) * scale)
+    }
 }
 
 #[derive(Component)]
@@ -135,15 +143,17 @@ fn spawn_frustums(
         let corners = [pix(0.0, 0.0), pix(w, 0.0), pix(w, h), pix(0.0, h)];
         let center = to_world([0.0, 0.0, 0.0]);
 
+        // Meshes relative to the apex: the entity sits at the apex and its scale sizes the frustum.
+        let local: [Vec3; 4] = corners.map(|c| c - center);
         let mut lines = Mesh::new(PrimitiveTopology::LineList, RenderAssetUsages::RENDER_WORLD);
         let mut pos = Vec::new();
         for i in 0..4 {
-            pos.extend([center, corners[i], corners[i], corners[(i + 1) % 4]]);
+            pos.extend([Vec3::ZERO, local[i], local[i], local[(i + 1) % 4]]);
         }
         lines.insert_attribute(Mesh::ATTRIBUTE_POSITION, pos.iter().map(|p| p.to_array()).collect::<Vec<_>>());
 
         let mut quad = Mesh::new(PrimitiveTopology::TriangleList, RenderAssetUsages::RENDER_WORLD);
-        quad.insert_attribute(Mesh::ATTRIBUTE_POSITION, corners.iter().map(|p| p.to_array()).collect::<Vec<_>>());
+        quad.insert_attribute(Mesh::ATTRIBUTE_POSITION, local.iter().map(|p| p.to_array()).collect::<Vec<_>>());
         quad.insert_attribute(Mesh::ATTRIBUTE_UV_0, vec![[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]);
         quad.insert_attribute(Mesh::ATTRIBUTE_NORMAL, vec![[0.0, 0.0, 1.0]; 4]);
         quad.insert_indices(Indices::U32(vec![0, 1, 2, 0, 2, 3]));
@@ -167,7 +177,7 @@ fn spawn_frustums(
         let texture = images.add(image);
         let material = materials.add(StandardMaterial { base_color_texture: Some(texture), unlit: true, cull_mode: None, double_sided: true, ..default() });
         let source_frame = scene.source_frames.get(f).copied().unwrap_or(f);
-        commands.spawn((Frustum { frame: f, source_frame, corners, center }, Transform::default(), Visibility::default())).with_children(|p| {
+        commands.spawn((Frustum { frame: f, source_frame, corners, center }, Transform::from_translation(center), Visibility::default())).with_children(|p| {
             p.spawn((Mesh3d(meshes.add(lines)), MeshMaterial3d(frustum_materials.normal.clone()), FrustumLines));
             p.spawn((Mesh3d(meshes.add(quad)), MeshMaterial3d(material)));
         });
@@ -218,18 +228,28 @@ fn rebuild_on_budget_change(settings: Res<ViewSettings>, geometry: Res<Geometry>
     }
 }
 
+/// Whether a frustum is drawn: cameras on, not looking through one, and in the chosen subset.
+fn frustum_shown(f: &Frustum, settings: &ViewSettings, look: &LookThrough, current: usize, picks: &[usize]) -> bool {
+    settings.show_cameras && look.0.is_none() && settings.cameras.shows(f.frame, f.source_frame, current, picks)
+}
+
 fn highlight_frustums(
     player: Res<Player>,
     sampled: Res<SampledFrames>,
     settings: Res<ViewSettings>,
+    look: Res<LookThrough>,
     materials: Res<FrustumMaterials>,
-    frustums: Query<(&Frustum, &Children, &mut Visibility)>,
+    frustums: Query<(&Frustum, &Children, &mut Visibility, &mut Transform)>,
     mut lines: Query<&mut MeshMaterial3d<StandardMaterial>, With<FrustumLines>>,
 ) {
-    for (frustum, children, mut vis) in frustums {
-        let want_vis = if settings.show_cameras { Visibility::Inherited } else { Visibility::Hidden };
+    for (frustum, children, mut vis, mut transform) in frustums {
+        let want_vis = if frustum_shown(frustum, &settings, &look, player.current, &sampled.frames) { Visibility::Inherited } else { Visibility::Hidden };
         if *vis != want_vis {
             *vis = want_vis;
+        }
+        let scale = Vec3::splat(settings.camera_scale.max(0.01));
+        if transform.scale != scale {
+            transform.scale = scale;
         }
         let handle = if frustum.source_frame == player.current {
             &materials.current
@@ -270,13 +290,39 @@ fn ray_quad(origin: Vec3, dir: Vec3, c: &[Vec3; 4]) -> Option<f32> {
     None
 }
 
-/// The source frame of the frustum hit by the ray through a window position.
-pub fn pick_frustum(camera: &Camera, transform: &GlobalTransform, viewport_pos: Vec2, frustums: &Query<&Frustum>) -> Option<usize> {
-    let ray = camera.viewport_to_world(transform, viewport_pos).ok()?;
-    let dir: Vec3 = *ray.direction;
+/// Distance in pixels from `p` to the segment `a`-`b`.
+fn segment_distance(p: Vec2, a: Vec2, b: Vec2) -> f32 {
+    let ab = b - a;
+    let t = if ab.length_squared() > 0.0 { ((p - a).dot(ab) / ab.length_squared()).clamp(0.0, 1.0) } else { 0.0 };
+    p.distance(a + ab * t)
+}
+
+/// How close (pixels) the cursor must come to a frustum's lines or apex to pick it.
+const PICK_LINE_PX: f32 = 6.0;
+
+/// The source frame of the frustum under a window position: its image plane, or within a few
+/// pixels of its drawn lines or apex; the nearest to the eye when several are.
+pub fn pick_frustum(camera: &Camera, transform: &GlobalTransform, cursor: Vec2, frustums: &[(&Frustum, f32)]) -> Option<usize> {
+    let ray = camera.viewport_to_world(transform, cursor).ok()?;
+    let eye = transform.translation();
+    let project = |p: Vec3| camera.world_to_viewport(transform, p).ok();
+    // An image plane under the cursor wins (the nearest); lines and apexes count where none is.
+    let on_plane = frustums.iter().filter_map(|(f, scale)| ray_quad(ray.origin, *ray.direction, &f.scaled_corners(*scale)).map(|t| (t, f.source_frame))).min_by(|a, b| a.0.total_cmp(&b.0));
+    if let Some((_, frame)) = on_plane {
+        return Some(frame);
+    }
     frustums
         .iter()
-        .filter_map(|f| ray_quad(ray.origin, dir, &f.corners).map(|t| (t, f.source_frame)))
+        .filter_map(|(f, scale)| {
+            let corners = f.scaled_corners(*scale);
+            let apex = project(f.center)?;
+            let c: Vec<Vec2> = corners.iter().filter_map(|&c| project(c)).collect();
+            if c.len() < 4 {
+                return None;
+            }
+            let near_line = (0..4).any(|i| segment_distance(cursor, apex, c[i]) <= PICK_LINE_PX || segment_distance(cursor, c[i], c[(i + 1) % 4]) <= PICK_LINE_PX);
+            near_line.then(|| (eye.distance(f.center), f.source_frame))
+        })
         .min_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, f)| f)
 }
@@ -289,14 +335,11 @@ fn pick(
     buttons: Res<ButtonInput<MouseButton>>,
     mut hovered: ResMut<HoveredCamera>,
     mut seek: MessageWriter<SeekRequest>,
-    settings: Res<ViewSettings>,
+    (settings, look, player, sampled): (Res<ViewSettings>, Res<LookThrough>, Res<Player>, Res<SampledFrames>),
     mut contexts: EguiContexts,
     mut press_at: Local<Option<Vec2>>,
 ) {
     hovered.0 = None;
-    if !settings.show_cameras {
-        return;
-    }
     let (Ok(window), Ok((camera, transform))) = (windows.single(), cameras.single()) else { return };
     let Some(cursor) = window.cursor_position() else { return };
     if contexts.ctx_mut().is_ok_and(|c| c.is_pointer_over_egui()) {
@@ -306,7 +349,8 @@ fn pick(
     if camera.logical_viewport_rect().is_some_and(|r| !r.contains(cursor)) {
         return;
     }
-    hovered.0 = pick_frustum(camera, transform, cursor, &frustums);
+    let shown: Vec<(&Frustum, f32)> = frustums.iter().filter(|f| frustum_shown(f, &settings, &look, player.current, &sampled.frames)).map(|f| (f, settings.camera_scale)).collect();
+    hovered.0 = pick_frustum(camera, transform, cursor, &shown);
     // A click (press and release without dragging) seeks; drags orbit the view.
     if buttons.just_pressed(MouseButton::Left) {
         *press_at = Some(cursor);

@@ -34,13 +34,16 @@ pub enum Step {
     LoadWeights { vggt: Option<PathBuf>, mllm: Option<PathBuf> },
     /// Exports the geometry on screen (safetensors, or PLY by extension) with the filter on screen.
     Export(PathBuf),
-    /// Reconstructs the open source with VGGT again, with the current settings.
-    Reconstruct,
+    /// Reconstructs the open source with VGGT again, with the current settings; by default waits
+    /// for the result (`{"reconstruct": {"wait": false}}` returns at once).
+    Reconstruct { wait: bool },
     /// Runs the model threads on another device / dtype (`{"set_device": {"device": "cuda",
     /// "dtype": "bf16"}}`); weights reload.
     SetDevice { device: String, dtype: String },
     /// Waits (up to 60 s) until VGGT is reconstructing (its progress is shown).
     WaitReconstructing,
+    /// Cancels the reconstruction in progress.
+    CancelReconstruction,
     /// Waits (up to 60 s) until a file exists: lets a test drive real input between steps.
     WaitForFile(PathBuf),
     /// Writes JSON with the current frame, the viewport and every frustum projected to the window
@@ -98,8 +101,9 @@ fn parse_step(v: &Value) -> Result<Step> {
         "cancel_answer" => Step::CancelAnswer,
         "wait_for_file" => Step::WaitForFile(PathBuf::from(arg.as_str().context("`wait_for_file` takes a path")?)),
         "export" => Step::Export(PathBuf::from(arg.as_str().context("`export` takes a path")?)),
-        "reconstruct" => Step::Reconstruct,
+        "reconstruct" => Step::Reconstruct { wait: arg.get("wait").and_then(Value::as_bool).unwrap_or(true) },
         "wait_reconstructing" => Step::WaitReconstructing,
+        "cancel_reconstruction" => Step::CancelReconstruction,
         "set_device" => {
             let word = |k: &str, default: &str| arg.get(k).and_then(Value::as_str).unwrap_or(default).to_string();
             let (device, dtype) = (word("device", "auto"), word("dtype", "auto"));
@@ -117,7 +121,7 @@ fn parse_step(v: &Value) -> Result<Step> {
         }
         "dump_state" => Step::DumpState(PathBuf::from(arg.as_str().context("`dump_state` takes a path")?)),
         "quit" => Step::Quit,
-        other => bail!("unknown step `{other}` (known: open, seek, select_camera, look_through, reset_view, set, wait_frames, wait_idle, screenshot, ask, cancel_answer, load_weights, export, reconstruct, wait_reconstructing, set_device, wait_for_file, dump_state, quit)"),
+        other => bail!("unknown step `{other}` (known: open, seek, select_camera, look_through, reset_view, set, wait_frames, wait_idle, screenshot, ask, cancel_answer, load_weights, export, reconstruct, wait_reconstructing, cancel_reconstruction, set_device, wait_for_file, dump_state, quit)"),
     })
 }
 
@@ -141,6 +145,14 @@ pub fn apply_control(control: &str, value: &Value, settings: &mut ViewSettings, 
             }
         }
         "show_cameras" => settings.show_cameras = flag()?,
+        "cameras" => {
+            settings.cameras = match value {
+                Value::String(s) if s == "all" => CameraSubset::All,
+                Value::String(s) if s == "picks" => CameraSubset::Picks,
+                _ => CameraSubset::EveryNth((num().context("`cameras` is \"all\", \"picks\" or N (every N-th)")? as usize).max(1)),
+            }
+        }
+        "camera_scale" => settings.camera_scale = num()?.clamp(0.05, 20.0) as f32,
         "point_budget" => settings.point_budget = (num()? as usize).max(1000),
         "point_source" => {
             settings.source = match value.as_str() {
@@ -190,7 +202,7 @@ pub fn apply_control(control: &str, value: &Value, settings: &mut ViewSettings, 
         "spatial" => chat.use_spatial = flag()?,
         "max_new_tokens" => chat.max_new_tokens = (num()? as usize).max(1),
         "temperature" => chat.temperature = num()?.max(0.0),
-        other => bail!("unknown control `{other}` (known: point_size, color_mode, conf_percentile, frame_filter, show_cameras, point_budget, point_source, sampler, k, sample_conf_percentile, compare_uniform, vggt_frames, vggt_width, playing, speed, question_format, question_options, question_frames, spatial, max_new_tokens, temperature)"),
+        other => bail!("unknown control `{other}` (known: point_size, color_mode, conf_percentile, frame_filter, show_cameras, cameras, camera_scale, point_budget, point_source, sampler, k, sample_conf_percentile, compare_uniform, vggt_frames, vggt_width, playing, speed, question_format, question_options, question_frames, spatial, max_new_tokens, temperature)"),
     }
     Ok(())
 }
@@ -219,12 +231,13 @@ fn run_script(
     mut player: ResMut<Player>,
     (mut chat, mut sampler, sampled, mut vggt): (ResMut<ChatState>, ResMut<SamplerSettings>, Res<SampledFrames>, ResMut<VggtState>),
     (mut open, mut seek, mut load_vggt, mut reconstruct, mut set_compute): (MessageWriter<OpenRequest>, MessageWriter<SeekRequest>, MessageWriter<LoadVggt>, MessageWriter<Reconstruct>, MessageWriter<SetCompute>),
-    (mut load_mllm, mut asks, mut cancels, mut export): (MessageWriter<LoadMllm>, MessageWriter<AskQuestion>, MessageWriter<CancelAnswer>, MessageWriter<ExportRequest>),
+    (mut load_mllm, mut asks, mut cancels, mut export, mut cancel_run): (MessageWriter<LoadMllm>, MessageWriter<AskQuestion>, MessageWriter<CancelAnswer>, MessageWriter<ExportRequest>, MessageWriter<CancelReconstruction>),
     mut shots: MessageWriter<ScreenshotRequest>,
     mut camera: MessageWriter<CameraCommand>,
     mut exit: MessageWriter<AppExit>,
     views: Query<(&Camera, &GlobalTransform), With<Camera3d>>,
     frustums: Query<&super::scene::Frustum>,
+    (orbit, look): (Res<super::camera::OrbitCamera>, Res<LookThrough>),
 ) {
     let Some(mut r) = runner else { return };
     let now = time.elapsed_secs();
@@ -286,12 +299,12 @@ fn run_script(
             }
             (Some(_), false) => settled(activity.jobs > 0, 600.0, "exporting"),
         },
-        Step::Reconstruct => {
+        Step::Reconstruct { wait } => {
             if first {
                 reconstruct.write(Reconstruct);
                 Outcome::Wait
             } else {
-                settled(activity.vggt > 0, 3600.0, "reconstructing")
+                settled(*wait && activity.vggt > 0, 3600.0, "reconstructing")
             }
         }
         Step::SetDevice { device, dtype } => {
@@ -326,9 +339,11 @@ fn run_script(
             }
         }
         Step::LookThrough(f) => {
-            if geometry.scene.as_ref().is_none_or(|s| *f >= s.rec.frames) {
-                Outcome::Fail(format!("no camera {f} in the current geometry"))
+            if geometry.scene.is_none() {
+                Outcome::Fail(format!("no camera for frame {f}: no geometry is shown"))
             } else {
+                // Looking through follows the video: the frame becomes the current one.
+                seek.write(SeekRequest(*f));
                 camera.write(CameraCommand::LookThrough(*f));
                 Outcome::Done
             }
@@ -378,6 +393,14 @@ fn run_script(
                 Outcome::Wait
             }
         }
+        Step::CancelReconstruction => {
+            if first {
+                cancel_run.write(CancelReconstruction);
+                Outcome::Wait
+            } else {
+                settled(activity.vggt > 0, 5.0, "cancelling the reconstruction")
+            }
+        }
         Step::WaitReconstructing => {
             if vggt.progress.as_ref().is_some_and(|p| p.stage.starts_with("VGGT on")) {
                 Outcome::Done
@@ -414,6 +437,7 @@ fn run_script(
                     "sampled_label": sampled.label,
                     "compare": sampled.compare,
                     "model": chat.model.clone(),
+                    "model_load_error": chat.load_error,
                     "vggt": vggt.weights.clone(),
                     "vggt_progress": vggt.progress.as_ref().map(|p| serde_json::json!({"stage": p.stage, "fraction": p.fraction})),
                     "vggt_last_run": vggt.last_run,
@@ -424,10 +448,14 @@ fn run_script(
                     "frame_error": player.frame_error.as_ref().map(|(f, e)| serde_json::json!({"frame": f, "error": e})),
                     "chat": chat.messages.iter().map(|m| serde_json::json!({"from_user": m.from_user, "text": m.text, "state": m.state.name(), "frames": m.frames, "note": m.note})).collect::<Vec<_>>(),
                     "viewport": camera.logical_viewport_rect().map(|r| [r.min.x, r.min.y, r.width(), r.height()]),
+                    "view": {"focus": orbit.focus.to_array(), "yaw": orbit.yaw, "pitch": orbit.pitch, "distance": orbit.distance, "fov_y": orbit.fov_y, "position": transform.translation().to_array()},
+                    "look_through": look.0,
                     "frustums": list.iter().map(|f| serde_json::json!({
                         "frame": f.frame,
+                        "source_frame": f.source_frame,
+                        "shown": settings.show_cameras && look.0.is_none() && settings.cameras.shows(f.frame, f.source_frame, player.current, &sampled.frames),
                         "center": project(f.center),
-                        "corners": f.corners.iter().map(|c| project(*c)).collect::<Vec<_>>(),
+                        "corners": f.scaled_corners(settings.camera_scale).iter().map(|c| project(*c)).collect::<Vec<_>>(),
                     })).collect::<Vec<_>>(),
                 });
                 match std::fs::write(path, json.to_string()) {

@@ -154,13 +154,49 @@ pub struct ViewSettings {
     pub conf_percentile: f32,
     pub frame_filter: Option<usize>,
     pub show_cameras: bool,
+    /// Which frustums to draw.
+    pub cameras: CameraSubset,
+    /// Frustum size, relative to the default (6 % of the scene's size).
+    pub camera_scale: f32,
     pub point_budget: usize,
     pub source: PointSource,
 }
 
 impl Default for ViewSettings {
     fn default() -> Self {
-        Self { point_size: 3.0, color_mode: ColorMode::Image, conf_percentile: 25.0, frame_filter: None, show_cameras: true, point_budget: 300_000, source: PointSource::DepthAndCamera }
+        Self {
+            point_size: 3.0,
+            color_mode: ColorMode::Image,
+            conf_percentile: 25.0,
+            frame_filter: None,
+            show_cameras: true,
+            cameras: CameraSubset::All,
+            camera_scale: 1.0,
+            point_budget: 300_000,
+            source: PointSource::DepthAndCamera,
+        }
+    }
+}
+
+/// Which camera frustums are drawn (the current frame's always is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CameraSubset {
+    All,
+    /// The sampler's picks.
+    Picks,
+    /// Every n-th geometry frame.
+    EveryNth(usize),
+}
+
+impl CameraSubset {
+    /// Whether geometry frame `frame` (source frame `source_frame`) is drawn.
+    pub fn shows(&self, frame: usize, source_frame: usize, current: usize, picks: &[usize]) -> bool {
+        source_frame == current
+            || match self {
+                Self::All => true,
+                Self::Picks => picks.contains(&source_frame),
+                Self::EveryNth(n) => frame % (*n).max(1) == 0 || picks.contains(&source_frame),
+            }
     }
 }
 
@@ -196,6 +232,11 @@ pub struct SamplingState {
     /// The geometry and percentile the voxel sets were built for.
     pub built_for: Option<(usize, f64)>,
 }
+
+/// The geometry frame whose camera the 3D view looks through (following the video), if any.
+/// Frustums are hidden meanwhile; orbiting, flying or resetting the view leaves it.
+#[derive(Resource, Default, Debug, Clone, Copy, PartialEq)]
+pub struct LookThrough(pub Option<usize>);
 
 /// The frustum under the mouse (source frame), if any.
 #[derive(Resource, Default)]
@@ -378,6 +419,7 @@ pub struct CoverageReady(pub Arc<PointCloudBuffers>, pub u64);
 #[derive(Message, Clone, Copy, Debug)]
 pub enum CameraCommand {
     Reset,
+    /// Look through the camera of the geometry frame nearest this source frame.
     LookThrough(usize),
 }
 
@@ -435,6 +477,7 @@ pub fn register(app: &mut App) {
         .init_resource::<SamplerSettings>()
         .init_resource::<SamplingState>()
         .init_resource::<HoveredCamera>()
+        .init_resource::<LookThrough>()
         .init_resource::<ViewportRect>()
         .init_resource::<VggtState>()
         .init_resource::<ChatState>()

@@ -2,6 +2,7 @@
 //! (bottom), the badge naming the geometry's origin, hover labels and the F1 help overlay.
 //! The 3D camera renders into whatever rectangle the panels leave.
 
+mod colorbar;
 mod open_window;
 mod panels;
 
@@ -21,7 +22,8 @@ use panels::ERROR_RED;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub const SHORTCUTS: [(&str, &str); 14] = [
+pub const SHORTCUTS: [(&str, &str); 15] = [
+    ("Ctrl+O", "open a file or folder (path with Tab completion, recent files)"),
     ("Left drag", "orbit"),
     ("Right / middle drag", "pan"),
     ("Wheel", "zoom"),
@@ -114,9 +116,55 @@ fn spawn_dialog(tx: &Sender<DialogResult>, kind: DialogKind) {
     });
 }
 
+/// Where F12 puts screenshots: `~/Pictures/spatial-viewer/` (whatever folder the app was started
+/// from), else the temporary folder.
 fn screenshot_path() -> PathBuf {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-    PathBuf::from("screenshots").join(format!("spatial-viewer-{secs}.png"))
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let dir = std::env::var_os("HOME").map(|h| PathBuf::from(h).join("Pictures").join("spatial-viewer")).unwrap_or_else(std::env::temp_dir);
+    dir.join(format!("spatial-viewer-{ms}.png"))
+}
+
+/// egui's fonts cover Latin, Greek and Cyrillic: a CJK fallback after them, so answers and file
+/// names in Chinese, Japanese or Korean are text, not boxes.
+fn add_cjk_font(mut contexts: EguiContexts, mut done: Local<bool>) {
+    if *done {
+        return;
+    }
+    let Ok(ctx) = contexts.ctx_mut() else { return };
+    ctx.add_font(cjk_font());
+    *done = true;
+}
+
+fn cjk_font() -> egui::epaint::text::FontInsert {
+    let data = egui::FontData::from_static(include_bytes!("../../../../assets/fonts/wqy-microhei.ttc"));
+    let families = [egui::FontFamily::Proportional, egui::FontFamily::Monospace]
+        .map(|family| egui::epaint::text::InsertFontFamily { family, priority: egui::epaint::text::FontPriority::Lowest })
+        .to_vec();
+    egui::epaint::text::FontInsert::new("WenQuanYi Micro Hei", data, families)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Chinese, Japanese and Korean text has glyphs (egui's own fonts have none: boxes).
+    #[test]
+    fn cjk_text_has_glyphs() {
+        let ctx = egui::Context::default();
+        let text = "房间里有几把椅子？ソファ 의자";
+        let pass = |ctx: &egui::Context| ctx.run_ui(egui::RawInput::default(), |_| {}).textures_delta.clear();
+        pass(&ctx);
+        let font = egui::FontId::proportional(14.0);
+        assert!(!ctx.fonts_mut(|f| f.has_glyphs(&font, text)), "egui's default fonts already cover CJK?");
+        ctx.add_font(cjk_font());
+        pass(&ctx);
+        pass(&ctx);
+        let missing: String = text.chars().filter(|&c| !ctx.fonts_mut(|f| f.has_glyph(&font, c))).collect();
+        assert!(missing.is_empty(), "no glyphs for {missing:?}");
+        let mono = egui::FontId::monospace(12.0);
+        let missing: String = text.chars().filter(|c| !c.is_whitespace()).filter(|&c| !ctx.fonts_mut(|f| f.has_glyph(&mono, c))).collect();
+        assert!(missing.is_empty(), "no monospace glyphs for {missing:?}");
+    }
 }
 
 /// Screenshots as they are written (or why not), from the capture observers.
@@ -264,13 +312,18 @@ fn ui_system(
     if keys.just_pressed(KeyCode::F1) {
         state.show_help = !state.show_help;
     }
+    // Ctrl may already be released within a slow frame.
+    let ctrl = [KeyCode::ControlLeft, KeyCode::ControlRight];
+    if keys.just_pressed(KeyCode::KeyO) && (keys.any_pressed(ctrl) || keys.any_just_released(ctrl)) {
+        state.open_window.open(OpenKind::Source);
+    }
     let mut root = egui::Ui::new(ctx.clone(), "root".into(), egui::UiBuilder::new().layer_id(egui::LayerId::background()).max_rect(ctx.viewport_rect()));
     let mut seek_to: Option<usize> = None;
 
     egui::Panel::top("menu").show(&mut root, |ui| {
         egui::MenuBar::new().ui(ui, |ui| {
             ui.menu_button("File", |ui| {
-                if ui.button("Open...").on_hover_text("a path (with completion) or a recent file").clicked() {
+                if ui.button("Open... (Ctrl+O)").on_hover_text("a path (with completion) or a recent file").clicked() {
                     state.open_window.open(OpenKind::Source);
                 }
                 if ui.button("Open video (system dialog)...").clicked() {
@@ -540,6 +593,7 @@ fn ui_system(
     }
 
     if let Some(scene) = &geometry.scene {
+        colorbar::show(&ctx, free, settings.color_mode, scene);
         egui::Area::new("badge".into()).fixed_pos(free.left_top() + egui::vec2(10.0, 10.0)).show(&ctx, |ui| {
             egui::Frame::new().fill(egui::Color32::from_black_alpha(170)).inner_margin(6.0).corner_radius(4.0).show(ui, |ui| {
                 ui.colored_label(egui::Color32::from_rgb(140, 230, 140), &scene.label);
@@ -577,7 +631,7 @@ impl Plugin for UiPlugin {
     fn build(&self, app: &mut App) {
         app.init_resource::<UiState>()
             .add_systems(Startup, setup)
-            .add_systems(EguiPrimaryContextPass, ui_system)
+            .add_systems(EguiPrimaryContextPass, (add_cjk_font, ui_system).chain())
             .add_systems(Update, (take_screenshots, dropped_files, dialog_results));
     }
 }

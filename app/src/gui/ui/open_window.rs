@@ -32,6 +32,8 @@ pub struct OpenWindow {
     repos: Vec<CachedRepo>,
     /// Suggestions for the text as it was last completed.
     suggestions: (String, Vec<String>),
+    /// The path field takes the keyboard when the window opens.
+    focus_pending: bool,
 }
 
 /// What the user chose.
@@ -95,6 +97,7 @@ impl OpenWindow {
         self.kind = Some(kind);
         self.repos = if kind == OpenKind::Source { Vec::new() } else { crate::pipeline::weights::cached_repos() };
         self.suggestions = (String::from("\u{0}"), Vec::new());
+        self.focus_pending = true;
     }
 
     /// Draws the window; returns the user's choice.
@@ -107,7 +110,11 @@ impl OpenWindow {
                 OpenKind::Source => "/path/to/video.mp4, a folder of frames, or a .safetensors reconstruction",
                 _ => "a folder, or a Hugging Face repo id such as facebook/VGGT-1B",
             };
-            let edit = ui.add(egui::TextEdit::singleline(&mut self.text).hint_text(hint).desired_width(f32::INFINITY).id(egui::Id::new("open path")));
+            // Focus stays on the field through Tab, which completes instead of moving on.
+            let edit = ui.add(egui::TextEdit::singleline(&mut self.text).hint_text(hint).desired_width(f32::INFINITY).lock_focus(true).id(egui::Id::new("open path")));
+            if std::mem::take(&mut self.focus_pending) {
+                edit.request_focus();
+            }
             if self.suggestions.0 != self.text {
                 self.suggestions = (self.text.clone(), completions(&self.text));
             }

@@ -29,7 +29,22 @@ pub fn scene_section(ui: &mut egui::Ui, settings: &mut ViewSettings, geometry: &
             ui.label("(all)");
         }
     });
-    ui.checkbox(&mut settings.show_cameras, "show cameras");
+    ui.horizontal(|ui| {
+        ui.checkbox(&mut settings.show_cameras, "cameras:");
+        ui.add_enabled_ui(settings.show_cameras, |ui| {
+            let every = match settings.cameras {
+                CameraSubset::EveryNth(n) => n,
+                _ => 5,
+            };
+            ui.radio_value(&mut settings.cameras, CameraSubset::All, "all");
+            ui.radio_value(&mut settings.cameras, CameraSubset::Picks, "picks");
+            ui.radio_value(&mut settings.cameras, CameraSubset::EveryNth(every), "every");
+            if let CameraSubset::EveryNth(n) = &mut settings.cameras {
+                ui.add(egui::DragValue::new(n).range(2..=100));
+            }
+        });
+    });
+    ui.add_enabled(settings.show_cameras, egui::Slider::new(&mut settings.camera_scale, 0.1..=8.0).logarithmic(true).text("camera size"));
     ui.horizontal(|ui| {
         ui.label("points from");
         ui.radio_value(&mut settings.source, PointSource::DepthAndCamera, "depth + camera");
@@ -156,7 +171,13 @@ pub fn chat_panel(ui: &mut egui::Ui, chat: &mut ChatState, actions: &mut ChatAct
     if chat.loading {
         ui.horizontal(|ui| {
             ui.spinner();
-            ui.label("loading the model...");
+            match &chat.stage {
+                Some((stage, done, total)) if stage.starts_with("downloading") => ui.label(format!("{stage}: {done} of {total} MiB")),
+                _ => ui.label("loading the model..."),
+            };
+            if ui.button("Cancel").clicked() {
+                actions.cancel = true;
+            }
         });
     } else if let Some(m) = &chat.model {
         ui.label(egui::RichText::new(m).small());
