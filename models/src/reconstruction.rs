@@ -69,6 +69,11 @@ impl Reconstruction {
     /// safetensors to `out`, with a CRC-32 of every tensor's bytes in the header's metadata
     /// (`crc32.NAME`) so [`Reconstruction::load`] notices a corrupted file.
     pub fn write_safetensors(&self, out: &mut dyn std::io::Write) -> Result<()> {
+        self.write_safetensors_with(out, &[])
+    }
+
+    /// [`Self::write_safetensors`] with more entries in the header's metadata.
+    pub fn write_safetensors_with(&self, out: &mut dyn std::io::Write, metadata: &[(&str, &str)]) -> Result<()> {
         let (s, h, w) = (self.frames, self.height, self.width);
         let mut images = vec![0f32; s * 3 * h * w];
         for f in 0..s {
@@ -94,7 +99,7 @@ impl Reconstruction {
         if let Some(p) = &self.pose_enc {
             tensors.push(OutTensor::f32("pose_enc", vec![s, 9], p));
         }
-        write_safetensors(out, &tensors)
+        write_safetensors(out, &tensors, metadata)
     }
 
     /// Reads a file written by [`Reconstruction::save`] (or upstream tensors with the same names).
@@ -195,9 +200,12 @@ const CRC_PREFIX: &str = "crc32.";
 
 /// Streams tensors as safetensors (header, padded to 8 bytes, then the data in order), with each
 /// tensor's CRC-32 in the metadata.
-fn write_safetensors(out: &mut dyn std::io::Write, tensors: &[OutTensor]) -> Result<()> {
+fn write_safetensors(out: &mut dyn std::io::Write, tensors: &[OutTensor], extra: &[(&str, &str)]) -> Result<()> {
     let mut header = serde_json::Map::new();
     let mut metadata = serde_json::Map::new();
+    for (k, v) in extra {
+        metadata.insert(k.to_string(), serde_json::Value::String(v.to_string()));
+    }
     let mut offset = 0usize;
     for t in tensors {
         let end = offset + t.bytes.len();

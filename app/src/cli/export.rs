@@ -32,9 +32,14 @@ pub struct ExportArgs {
     pub frames: usize,
     #[command(flatten)]
     pub compute: ComputeArgs,
-    /// safetensors (upstream's names) or ply (the filtered points with confidence and frame).
+    /// colmap (a sparse model with tracks, and the frames, in the folder --out), colmap-text, glb
+    /// (points and camera frustums), ply (points with confidence and frame), depth (16-bit depth
+    /// and confidence maps with a JSON sidecar, in a folder) or safetensors (upstream's names).
     #[arg(long)]
     pub format: ExportFormat,
+    /// Space-aware picks marked in a GLB (K).
+    #[arg(long, default_value_t = 16)]
+    pub picks: usize,
     /// Keep points at or above this percentile of the confidences (the viewer's default).
     #[arg(long, default_value_t = 25.0)]
     pub conf_percentile: f64,
@@ -83,6 +88,13 @@ pub fn run(a: ExportArgs) -> Result<i32> {
     }
     let (_, conf) = points_of(&rec, source);
     let filter = PointFilter { source, threshold: confidence_threshold(conf, a.conf_percentile), frame: a.frame };
-    println!("{}", export(&rec, a.format, &filter, &a.out)?);
+    // The space-aware picks (upstream's settings, K below the frame count) are marked in a GLB.
+    let picks = if a.format == ExportFormat::Glb && rec.frames > 1 {
+        let params = spatial_models::sampling::SamplingParams { k: a.picks.min(rec.frames - 1), ..Default::default() };
+        spatial_models::sampling::space_aware_sampling(&rec.world_points, &rec.world_points_conf, rec.frames, &params).map(|r| r.selected).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    println!("{}", export(&rec, a.format, &filter, &picks, &a.out)?);
     Ok(0)
 }

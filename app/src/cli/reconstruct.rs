@@ -85,11 +85,11 @@ pub fn run(a: ReconstructArgs) -> Result<i32> {
     line.finish();
     let rec = done.rec;
     let filter = PointFilter { source: PointSource::DepthAndCamera, threshold: f32::NEG_INFINITY, frame: None };
-    println!("{}", export(&rec, ExportFormat::Safetensors, &filter, &a.out)?);
+    println!("{}", export(&rec, ExportFormat::Safetensors, &filter, &[], &a.out)?);
     if let Some(ply) = &a.ply {
         let (_, conf) = points_of(&rec, PointSource::DepthAndCamera);
         let filter = PointFilter { threshold: confidence_threshold(conf, a.ply_conf_percentile), ..filter };
-        println!("{}", export(&rec, ExportFormat::Ply, &filter, ply)?);
+        println!("{}", export(&rec, ExportFormat::Ply, &filter, &[], ply)?);
     }
     Ok(0)
 }

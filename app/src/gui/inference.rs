@@ -177,13 +177,14 @@ fn handle(
         vggt.thread.send(Request::Load { spec: spec.clone(), device: requested.0, dtype: requested.1 });
         start = true;
     }
-    for SourceOpened(source) in sources.read() {
+    for SourceOpened(source, restore) in sources.read() {
         // Runs for the previous source are of no use any more.
         vggt.cancel_runs();
         state.last_run = None;
         state.last_error = None;
         newest = Some(source.clone());
-        start = true;
+        // A restored state brings its geometry: nothing to run.
+        start = restore.is_none();
     }
     for _ in cancels.read() {
         vggt.cancel_runs();

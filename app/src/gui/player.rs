@@ -77,7 +77,7 @@ impl Player {
 }
 
 fn on_opened(mut opened: MessageReader<SourceOpened>, mut player: ResMut<Player>, mut status: ResMut<StatusLine>) {
-    for SourceOpened(source) in opened.read() {
+    for SourceOpened(source, _) in opened.read() {
         status.info(match source {
             Source::Video(info) => format!(
                 "{}: {} frames, {:.2} fps, {}x{}, {}{}",

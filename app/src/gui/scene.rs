@@ -63,7 +63,7 @@ fn setup(mut commands: Commands, mut meshes: ResMut<Assets<Mesh>>, mut materials
 /// Opening another source clears the geometry of the previous one (and its frustums and points),
 /// so nothing derived from it can be taken for the new source's.
 fn on_source_opened(mut opened: MessageReader<SourceOpened>, mut geometry: ResMut<Geometry>, mut render: ResMut<PointCloudRender>, mut commands: Commands, old: Query<Entity, With<Frustum>>, mut windows: Query<&mut Window, With<PrimaryWindow>>) {
-    let Some(SourceOpened(source)) = opened.read().last() else { return };
+    let Some(SourceOpened(source, _)) = opened.read().last() else { return };
     let id = source.id();
     if geometry.scene.as_ref().is_some_and(|s| s.source_id == id) {
         return;

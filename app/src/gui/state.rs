@@ -71,6 +71,8 @@ pub struct Opened {
     pub id: SourceId,
     /// The last open that finished, and why it failed if it did (scripts check it).
     pub last_result: Option<(SourceSpec, Result<(), String>)>,
+    /// A saved state whose source is missing: the next path opened is taken as its new location.
+    pub relocating: Option<PathBuf>,
 }
 
 impl Opened {
@@ -386,9 +388,21 @@ impl ChatState {
 #[derive(Message, Clone, Debug)]
 pub struct OpenRequest(pub SourceSpec);
 
-/// A source opened (after probing/scanning on a worker).
+/// A source opened (after probing/scanning on a worker), possibly from a saved state to restore.
 #[derive(Message, Clone)]
-pub struct SourceOpened(pub Source);
+pub struct SourceOpened(pub Source, pub Option<Arc<Restore>>);
+
+/// A saved state being reopened: the viewer's JSON and its embedded geometry.
+pub struct Restore {
+    pub state: serde_json::Value,
+    pub rec: Option<Arc<Reconstruction>>,
+    /// The state file.
+    pub path: PathBuf,
+}
+
+/// Save the current state to a `.svstate` file.
+#[derive(Message, Clone, Debug)]
+pub struct SaveState(pub PathBuf);
 
 /// Requests to seek.
 #[derive(Message, Clone, Copy, Debug)]
@@ -497,7 +511,8 @@ pub fn register(app: &mut App) {
         .add_message::<AskQuestion>()
         .add_message::<CancelAnswer>()
         .add_message::<ExportRequest>()
-        .add_message::<SetCompute>();
+        .add_message::<SetCompute>()
+        .add_message::<SaveState>();
 }
 
 #[cfg(test)]

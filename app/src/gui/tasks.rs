@@ -28,11 +28,13 @@ pub enum FrameRef {
 /// Work for the worker thread.
 pub enum Job {
     Open(SourceSpec),
+    /// A saved state, with its source at `relocated` when it moved.
+    OpenState { state: PathBuf, relocated: Option<PathBuf> },
     /// A point cloud for geometry of a source.
     BuildScene { label: String, rec: Arc<Reconstruction>, source_id: SourceId, source_frames: Vec<usize>, budget: usize, point_source: PointSource },
     /// A synthetic cloud of N points (for `bench render`).
     Synthetic(usize),
-    Export { rec: Arc<Reconstruction>, format: ExportFormat, filter: PointFilter, path: PathBuf },
+    Export { rec: Arc<Reconstruction>, format: ExportFormat, filter: PointFilter, picks: Vec<usize>, path: PathBuf },
     /// Space-aware sampling's voxel sets for the point map of a geometry.
     VoxelSets { rec: Arc<Reconstruction>, params: SamplingParams },
     /// The cloud recoloured by the space-aware pick that first covered each point's voxel.
@@ -40,7 +42,9 @@ pub enum Job {
 }
 
 enum JobOutput {
-    Opened(SourceSpec, Source),
+    Opened(SourceSpec, Source, Option<Arc<Restore>>),
+    /// A saved state whose source is missing: (state file, message).
+    SourceMissing(SourceSpec, PathBuf, String),
     Scene(Arc<LoadedScene>),
     Exported(String),
     Voxels(Result<Arc<VoxelSets>, String>, usize),
@@ -71,7 +75,7 @@ impl Drop for Worker {
 
 impl Worker {
     pub fn submit(&mut self, activity: &mut Activity, job: Job) {
-        if matches!(job, Job::Open(_)) {
+        if matches!(job, Job::Open(_) | Job::OpenState { .. }) {
             activity.opening += 1;
         } else {
             activity.jobs += 1;
@@ -94,14 +98,16 @@ pub fn make_scene(label: String, rec: Arc<Reconstruction>, source_id: SourceId, 
 
 fn run_job(job: Job) -> JobOutput {
     match job {
+        Job::Open(SourceSpec::Path(p)) if crate::pipeline::state_file::is_state_path(&p) => open_state(SourceSpec::Path(p.clone()), &p, None),
+        Job::OpenState { state, relocated } => open_state(SourceSpec::Path(state.clone()), &state, relocated),
         Job::Open(spec) => match Source::open(&spec) {
             Ok(Source::Folder(f)) if f.mixed_sizes.is_some() => JobOutput::OpenFailed(spec, f.mixed_sizes.clone().unwrap_or_default()),
-            Ok(s) => JobOutput::Opened(spec, s),
+            Ok(s) => JobOutput::Opened(spec, s, None),
             Err(e) => JobOutput::OpenFailed(spec, format!("{e:#}")),
         },
         Job::BuildScene { label, rec, source_id, source_frames, budget, point_source } => JobOutput::Scene(Arc::new(make_scene(label, rec, source_id, source_frames, budget, point_source))),
         Job::Synthetic(n) => JobOutput::Scene(Arc::new(synthetic_scene(n))),
-        Job::Export { rec, format, filter, path } => match export(&rec, format, &filter, &path) {
+        Job::Export { rec, format, filter, picks, path } => match export(&rec, format, &filter, &picks, &path) {
             Ok(msg) => JobOutput::Exported(msg),
             Err(e) => JobOutput::Failed(format!("{e:#}")),
         },
@@ -111,6 +117,34 @@ fn run_job(job: Job) -> JobOutput {
         }
         Job::CoverageColours { cloud, sets, picks, key } => JobOutput::Coverage(Arc::new(coverage_colours(&cloud, &sets, &picks)), key),
     }
+}
+
+/// Reads a saved state and opens its source (at `relocated` when it moved).
+fn open_state(spec: SourceSpec, path: &std::path::Path, relocated: Option<PathBuf>) -> JobOutput {
+    let loaded = match crate::pipeline::state_file::read(path) {
+        Ok(l) => l,
+        Err(e) => return JobOutput::OpenFailed(spec, format!("{e:#}")),
+    };
+    let source_spec = match relocated {
+        Some(p) => SourceSpec::Path(p),
+        None => {
+            if let Some(problem) = loaded.source_problem.as_ref().filter(|_| matches!(&loaded.source, SourceSpec::Path(p) if !p.exists())) {
+                return JobOutput::SourceMissing(spec, path.to_path_buf(), problem.clone());
+            }
+            loaded.source.clone()
+        }
+    };
+    let source = match Source::open(&source_spec) {
+        Ok(s) => s,
+        Err(e) => return JobOutput::OpenFailed(spec, format!("{}: its source: {e:#}", path.display())),
+    };
+    if let Some(rec) = &loaded.rec {
+        if let Err(e) = source.frames_of(rec) {
+            return JobOutput::OpenFailed(spec, format!("{}: the geometry does not fit {} ({e:#})", path.display(), source.name()));
+        }
+    }
+    let restore = Restore { state: loaded.state, rec: loaded.rec.map(Arc::new), path: path.to_path_buf() };
+    JobOutput::Opened(spec, source, Some(Arc::new(restore)))
 }
 
 /// The cloud recoloured for [`ColorMode::FirstCoveringPick`]: each point takes the colour of the
@@ -298,10 +332,17 @@ fn receive(
 ) {
     while let Ok(out) = worker.worker.events.try_recv() {
         match out {
-            JobOutput::Opened(spec, s) => {
+            JobOutput::Opened(spec, s, restore) => {
                 activity.opening = activity.opening.saturating_sub(1);
                 open_state.last_result = Some((spec, Ok(())));
-                opened.write(SourceOpened(s));
+                open_state.relocating = None;
+                opened.write(SourceOpened(s, restore));
+            }
+            JobOutput::SourceMissing(spec, state, problem) => {
+                activity.opening = activity.opening.saturating_sub(1);
+                open_state.last_result = Some((spec, Err(problem.clone())));
+                open_state.relocating = Some(state);
+                status.error(problem);
             }
             JobOutput::OpenFailed(spec, e) => {
                 activity.opening = activity.opening.saturating_sub(1);
@@ -322,7 +363,7 @@ fn receive(
                         coverage.write(CoverageReady(cloud, key));
                     }
                     JobOutput::Failed(e) => status.error(e),
-                    JobOutput::Opened(..) | JobOutput::OpenFailed(..) => unreachable!(),
+                    JobOutput::Opened(..) | JobOutput::OpenFailed(..) | JobOutput::SourceMissing(..) => unreachable!(),
                 }
             }
         }
@@ -345,24 +386,42 @@ fn receive(
 }
 
 /// Opens what is asked for on the worker.
-fn handle_open(mut requests: MessageReader<OpenRequest>, mut worker: ResMut<Worker>, mut activity: ResMut<Activity>, mut status: ResMut<StatusLine>) {
+fn handle_open(mut requests: MessageReader<OpenRequest>, mut worker: ResMut<Worker>, mut activity: ResMut<Activity>, mut status: ResMut<StatusLine>, opened: Res<Opened>) {
     for OpenRequest(spec) in requests.read() {
         status.info(match spec {
             SourceSpec::Demo => "building the demo scene...".to_string(),
             SourceSpec::Path(p) => format!("opening {}...", p.display()),
         });
-        worker.submit(&mut activity, Job::Open(spec.clone()));
+        // While a saved state waits for its moved source, a path opened is that source.
+        match (&opened.relocating, spec) {
+            (Some(state), SourceSpec::Path(p)) if !crate::pipeline::state_file::is_state_path(p) => {
+                worker.submit(&mut activity, Job::OpenState { state: state.clone(), relocated: Some(p.clone()) })
+            }
+            _ => worker.submit(&mut activity, Job::Open(spec.clone())),
+        }
     }
 }
 
 /// A newly opened source becomes the one everything refers to; geometry that is the source
 /// itself (the demo, a saved reconstruction) gets its cloud built.
 fn on_opened(mut opened_msgs: MessageReader<SourceOpened>, mut opened: ResMut<Opened>, mut worker: ResMut<Worker>, mut activity: ResMut<Activity>, settings: Res<ViewSettings>, mut app_settings: ResMut<Settings>) {
-    for SourceOpened(source) in opened_msgs.read() {
+    for SourceOpened(source, restore) in opened_msgs.read() {
         opened.id = source.id();
         opened.source = Some(source.clone());
         if let Some(p) = source.path() {
             app_settings.0.remember(p.to_path_buf());
+        }
+        if let Some(r) = restore {
+            app_settings.0.remember(r.path.clone());
+            // The saved geometry, with the saved label and the saved point settings.
+            if let Some(rec) = &r.rec {
+                let label = r.state["geometry"]["label"].as_str().map(String::from).unwrap_or_else(|| format!("saved state: {}", source.name()));
+                let budget = r.state["view"]["point_budget"].as_u64().map_or(settings.point_budget, |b| b as usize);
+                let point_source = if r.state["view"]["source"] == "pointmap" { PointSource::PointMap } else { PointSource::DepthAndCamera };
+                let frames = source.frames_of(rec).unwrap_or_default();
+                worker.submit(&mut activity, Job::BuildScene { label, rec: rec.clone(), source_id: opened.id.clone(), source_frames: frames, budget, point_source });
+                continue;
+            }
         }
         if let Source::Geometry(g) = source {
             let label = match &g.path {
@@ -376,19 +435,28 @@ fn on_opened(mut opened_msgs: MessageReader<SourceOpened>, mut opened: ResMut<Op
 }
 
 /// Exports the geometry on screen with the filter on screen (the format from the file name).
-fn handle_export(mut requests: MessageReader<ExportRequest>, geometry: Res<Geometry>, settings: Res<ViewSettings>, mut worker: ResMut<Worker>, mut activity: ResMut<Activity>, mut status: ResMut<StatusLine>) {
+fn handle_export(
+    mut requests: MessageReader<ExportRequest>,
+    geometry: Res<Geometry>,
+    settings: Res<ViewSettings>,
+    sampled: Res<SampledFrames>,
+    mut worker: ResMut<Worker>,
+    mut activity: ResMut<Activity>,
+    mut status: ResMut<StatusLine>,
+) {
     for ExportRequest(path) in requests.read() {
         let Some(scene) = &geometry.scene else {
             status.error("nothing to export: no geometry is loaded");
             continue;
         };
         let Some(format) = ExportFormat::from_path(path) else {
-            status.error(format!("{}: export to .safetensors or .ply", path.display()));
+            status.error(format!("{}: export to .safetensors, .ply, .glb, or a folder name (COLMAP)", path.display()));
             continue;
         };
+        let picks: Vec<usize> = (0..scene.rec.frames).filter(|&f| sampled.frames.contains(&scene.source_frames.get(f).copied().unwrap_or(f))).collect();
         let filter = PointFilter { source: scene.point_source, threshold: scene.quantiles.threshold(settings.conf_percentile as f64), frame: settings.frame_filter };
         status.info(format!("exporting to {}...", path.display()));
-        worker.submit(&mut activity, Job::Export { rec: scene.rec.clone(), format, filter, path: path.clone() });
+        worker.submit(&mut activity, Job::Export { rec: scene.rec.clone(), format, filter, picks, path: path.clone() });
     }
 }
 

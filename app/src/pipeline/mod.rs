@@ -5,10 +5,12 @@
 
 pub mod ask;
 pub mod cache;
+pub mod colmap;
 pub mod demo;
 pub mod device;
 pub mod export;
 pub mod fsio;
+pub mod glb;
 pub mod models;
 pub mod points;
 pub mod previews;
@@ -16,6 +18,7 @@ pub mod reconstruct;
 pub mod sample;
 pub mod settings;
 pub mod source;
+pub mod state_file;
 pub mod threads;
 pub mod video;
 pub mod weights;
