@@ -44,10 +44,15 @@ enum Command {
     },
     /// Space-aware frame sampling on saved geometry.
     Sample(cli::sample::SampleArgs),
-    /// Write geometry for other tools (safetensors, PLY).
+    /// Write geometry for other tools (COLMAP, GLB, PLY, depth maps, safetensors).
     Export(cli::export::ExportArgs),
     /// Ask Spatial-MLLM (or Qwen2.5-VL) a question about a video or folder of frames.
     Ask(cli::ask::AskArgs),
+    /// VSI-Bench: score results as upstream does, run the benchmark (resumable, sharded), merge.
+    Eval {
+        #[command(subcommand)]
+        command: cli::eval::EvalCommand,
+    },
     /// Benchmarks (print a table).
     Bench {
         #[command(subcommand)]
@@ -69,6 +74,7 @@ fn main() {
         Some(Command::Export(a)) => cli::export::run(a),
         Some(Command::Video { command }) => cli::video::run(command),
         Some(Command::Ask(a)) => cli::ask::run(a),
+        Some(Command::Eval { command }) => cli::eval::run_command(command),
         // The render benchmark is the GUI, timed.
         Some(Command::Bench { command: cli::bench::BenchCommand::Render { points: Some(n), frames } }) => {
             gui::bench::set_samples(frames);

@@ -17,22 +17,7 @@ fn text(o: &Output) -> String {
 
 /// A virtual environment with the readers, made once per target folder.
 fn python() -> PathBuf {
-    common::test_packages();
-    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("readers-venv");
-    let py = venv.join("bin/python");
-    let ready = venv.join("ready-1");
-    if !ready.exists() {
-        let _ = std::fs::remove_dir_all(&venv);
-        let o = Command::new("python3").args(["-m", "venv"]).arg(&venv).output().expect("python3 is needed for the export tests");
-        assert!(o.status.success(), "python3 -m venv: {}", text(&o));
-        let o = Command::new(&py)
-            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "pycolmap==4.2.1", "trimesh==5.2.0", "plyfile==1.1.5", "numpy<3"])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "pip install (PyPI must be reachable): {}", text(&o));
-        std::fs::write(&ready, b"").unwrap();
-    }
-    py
+    common::python_venv("readers-venv", &["pycolmap==4.2.1", "trimesh==5.2.0", "plyfile==1.1.5", "numpy<3"])
 }
 
 fn tmp(name: &str) -> PathBuf {

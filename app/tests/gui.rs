@@ -936,3 +936,95 @@ fn looking_through_cameras_follows_the_video_and_cameras_can_be_thinned() {
     let every10 = read_json(&dir.join("every10.json"));
     assert!(shown(&every10) >= 10 && shown(&every10) <= 10 + sampled + 1, "{}", shown(&every10));
 }
+
+/// What a state must give back: everything `dump_state` reports about the source's frames, the
+/// geometry, the picks, the view, the cameras and the chat (not the status line or the paths).
+fn assert_same_session(a: &serde_json::Value, b: &serde_json::Value) {
+    for key in ["frame", "frame_count", "sampled", "sampled_label", "compare", "chat", "look_through", "model", "vggt", "vggt_last_run"] {
+        assert_eq!(a[key], b[key], "{key} differs:\n{a}\n{b}");
+    }
+    for key in ["label", "frames", "width", "height", "points", "frame_indices", "source_frames"] {
+        assert_eq!(a["geometry"][key], b["geometry"][key], "geometry.{key} differs");
+    }
+    let close = |x: &serde_json::Value, y: &serde_json::Value, tol: f64, what: &str| {
+        let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+        assert!((x - y).abs() <= tol, "{what}: {x} vs {y}");
+    };
+    for key in ["yaw", "pitch", "distance", "fov_y"] {
+        close(&a["view"][key], &b["view"][key], 1e-5, key);
+    }
+    for i in 0..3 {
+        close(&a["view"]["focus"][i], &b["view"]["focus"][i], 1e-5, "focus");
+    }
+    let (fa, fb) = (a["frustums"].as_array().unwrap(), b["frustums"].as_array().unwrap());
+    assert_eq!(fa.len(), fb.len());
+    for (x, y) in fa.iter().zip(fb) {
+        assert_eq!(x["shown"], y["shown"], "frustum {} shown", x["frame"]);
+        if x["center"].is_array() {
+            close(&x["center"][0], &y["center"][0], 0.5, "frustum centre x");
+            close(&x["center"][1], &y["center"][1], 0.5, "frustum centre y");
+        }
+    }
+}
+
+/// Pixels of two screenshots that differ, outside the status bar (its message says what
+/// happened last: "saved ...", "reopened ...").
+fn differing_pixels(a: &image::RgbImage, b: &image::RgbImage) -> usize {
+    assert_eq!(a.dimensions(), b.dimensions());
+    let status_bar = a.height() - 28;
+    a.enumerate_pixels().filter(|(x, y, p)| *y < status_bar && !near(p, b.get_pixel(*x, *y).0, 2)).count()
+}
+
+/// A state saved after a scripted session (VGGT on a folder, space-aware picks, settings, a seek,
+/// looking through a camera, a chat answer) reopens from the command line to the same state and
+/// the same picture; when its source moved, the app says so, asks where it is, and restores it
+/// from the new place.
+#[test]
+fn a_saved_state_reopens_exactly_and_finds_a_moved_source() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmp_dir("state");
+    let frames = dir.join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    for i in 0..6u32 {
+        let img = image::RgbImage::from_fn(168, 126, |x, y| image::Rgb([((x * 3 + i * 20) % 256) as u8, ((y * 2 + i * 7) % 256) as u8, ((x + y + i * 40) % 256) as u8]));
+        img.save(frames.join(format!("{i:03}.png"))).unwrap();
+    }
+    let weights = common::mllm_weights(&dir);
+    let script = serde_json::json!({"steps": [
+        {"load_weights": {"vggt": std::fs::canonicalize(vggt_tiny()).unwrap(), "mllm": std::fs::canonicalize(&weights).unwrap()}}, {"set": {"control": "k", "value": 3}}, {"open": "frames"}, {"wait_idle": 300},
+        {"set": {"control": "color_mode", "value": "confidence"}}, {"set": {"control": "conf_percentile", "value": 40}},
+        {"set": {"control": "point_size", "value": 5}}, {"set": {"control": "cameras", "value": "picks"}},
+        {"set": {"control": "max_new_tokens", "value": 4}}, {"ask": "How far is the chair from the door?"},
+        {"look_through": 1}, {"seek": 4}, {"wait_idle": 60}, {"wait_frames": 10},
+        {"dump_state": "saved.json"}, {"screenshot": "saved.png"}, {"save_state": "session.svstate"}, {"quit": true}]});
+    let out = run_script(&dir, &script.to_string());
+    assert!(out.status.success(), "first run failed: {}", String::from_utf8_lossy(&out.stderr));
+    let saved = read_json(&dir.join("saved.json"));
+    assert_eq!(saved["chat"].as_array().unwrap().len(), 2, "{saved}");
+    assert_eq!(saved["frame"], 4);
+    assert!(saved["look_through"].is_number(), "{saved}");
+
+    // `spatial-viewer STATE_FILE`, with none of the weights loaded by hand.
+    let reopen = serde_json::json!({"steps": [{"wait_idle": 300}, {"wait_frames": 10}, {"dump_state": "reopened.json"}, {"screenshot": "reopened.png"}, {"quit": true}]});
+    let out = run_viewer(&dir, &reopen.to_string(), &["session.svstate"], |_, _| {});
+    assert!(out.status.success(), "reopening failed: {}", String::from_utf8_lossy(&out.stderr));
+    let reopened = read_json(&dir.join("reopened.json"));
+    assert_same_session(&saved, &reopened);
+    let (a, b) = (load_rgb(&dir.join("saved.png")), load_rgb(&dir.join("reopened.png")));
+    let differ = differing_pixels(&a, &b);
+    assert!(differ == 0, "{differ} pixels differ between the saved and the reopened screenshot");
+
+    // The source moved: the state says where it was, and the next path opened is its new place.
+    std::fs::rename(&frames, dir.join("frames-moved")).unwrap();
+    let relocate = serde_json::json!({"steps": [{"wait_idle": 60}, {"dump_state": "missing.json"}, {"open": "frames-moved"}, {"wait_idle": 300}, {"wait_frames": 10}, {"dump_state": "relocated.json"}, {"quit": true}]});
+    let out = run_viewer(&dir, &relocate.to_string(), &["session.svstate"], |_, _| {});
+    assert!(out.status.success(), "relocating failed: {}", String::from_utf8_lossy(&out.stderr));
+    let missing = read_json(&dir.join("missing.json"));
+    assert!(missing["relocating"].as_str().unwrap().ends_with("session.svstate"), "{missing}");
+    let message = missing["status"]["message"].as_str().unwrap();
+    assert!(missing["status"]["error"].as_bool().unwrap() && message.contains("frames") && message.contains("missing"), "{message}");
+    let relocated = read_json(&dir.join("relocated.json"));
+    assert!(relocated["relocating"].is_null(), "{relocated}");
+    assert!(relocated["source"]["name"].as_str().unwrap().contains("frames-moved"), "{relocated}");
+    assert_same_session(&saved, &relocated);
+}

@@ -4,6 +4,7 @@
 pub mod ask;
 pub mod bench;
 mod bench_backend;
+pub mod eval;
 pub mod export;
 pub mod reconstruct;
 pub mod sample;

@@ -152,6 +152,7 @@ fn handle(
         chat.load_error = None;
         chat.model = None;
         thread.spec = Some(spec.clone());
+        chat.spec = Some(spec.clone());
         let (device, dtype) = thread.requested;
         thread.thread.send(Request::Load { spec: spec.clone(), device, dtype });
     }
@@ -272,7 +273,7 @@ mod tests {
     /// A question never uses picks of another source (the demo's, after a video was opened).
     #[test]
     fn picks_of_another_source_are_not_asked_about() {
-        let opened = Opened { source: Some(Source::demo()), id: SourceId("/videos/clip.mp4".into()), last_result: None };
+        let opened = Opened { source: Some(Source::demo()), id: SourceId("/videos/clip.mp4".into()), last_result: None, relocating: None };
         let settings = ChatSettings::default();
         let stale = SampledFrames { frames: vec![0, 7, 9, 95], label: "space-aware".into(), compare: vec![], source_id: SourceId("demo".into()) };
         let (frames, how) = frames_for_question(&settings, &opened, &stale).unwrap();

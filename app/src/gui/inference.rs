@@ -144,6 +144,8 @@ fn handle(
     settings: Res<ViewSettings>,
     mut app_settings: ResMut<Settings>,
     mut requested: Local<(DeviceRequest, DTypeRequest)>,
+    // The source whose geometry came from a saved state.
+    mut restored: Local<Option<crate::pipeline::source::SourceId>>,
 ) {
     let mut start = false;
     // The source just opened (the message carries it: `Opened` may be updated later this frame).
@@ -167,16 +169,6 @@ fn handle(
             start = true;
         }
     }
-    for LoadVggt(spec) in loads.read() {
-        status.info(format!("loading VGGT from {spec}..."));
-        app_settings.0.remember_weights(spec);
-        vggt.thread.cancel_current();
-        vggt.spec = Some(spec.clone());
-        vggt.loads += 1;
-        state.weights = None;
-        vggt.thread.send(Request::Load { spec: spec.clone(), device: requested.0, dtype: requested.1 });
-        start = true;
-    }
     for SourceOpened(source, restore) in sources.read() {
         // Runs for the previous source are of no use any more.
         vggt.cancel_runs();
@@ -185,6 +177,20 @@ fn handle(
         newest = Some(source.clone());
         // A restored state brings its geometry: nothing to run.
         start = restore.is_none();
+        *restored = restore.as_ref().filter(|r| r.rec.is_some()).map(|_| source.id());
+    }
+    for LoadVggt(spec) in loads.read() {
+        status.info(format!("loading VGGT from {spec}..."));
+        app_settings.0.remember_weights(spec);
+        vggt.thread.cancel_current();
+        vggt.spec = Some(spec.clone());
+        vggt.loads += 1;
+        state.weights = None;
+        state.spec = Some(spec.clone());
+        vggt.thread.send(Request::Load { spec: spec.clone(), device: requested.0, dtype: requested.1 });
+        // Weights loaded for a restored state do not replace the geometry it brought.
+        let current = newest.as_ref().map_or(opened.id.clone(), Source::id);
+        start |= restored.as_ref() != Some(&current);
     }
     for _ in cancels.read() {
         vggt.cancel_runs();

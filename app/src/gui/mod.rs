@@ -11,6 +11,7 @@
 //! * [`renderer`]: the instanced point-splat pipeline; [`cloud`] builds what it draws.
 //! * [`camera`]: orbit / pan / zoom / fly controls, reset, look through a camera.
 //! * [`ui`]: egui panels (menu, scene controls, video, timeline, chat, status).
+//! * [`session`]: saved states (save, reopen, restore the view and the chat).
 //! * [`script`]: scripted runs (`--script steps.json`), also used by the GUI tests.
 //! * [`bench`]: the render benchmark.
 
@@ -24,6 +25,7 @@ pub mod renderer;
 pub mod sampling;
 pub mod scene;
 pub mod script;
+pub mod session;
 pub mod state;
 pub mod tasks;
 pub mod ui;
@@ -78,6 +80,7 @@ pub fn run(opts: GuiOptions) -> anyhow::Result<i32> {
             bench::RenderBenchPlugin,
             sampling::SamplingPlugin,
             inference::InferencePlugin,
+            session::SessionPlugin,
             chat::ChatPlugin,
         ));
     let exit = app.run();

@@ -34,6 +34,8 @@ pub enum Step {
     LoadWeights { vggt: Option<PathBuf>, mllm: Option<PathBuf> },
     /// Exports the geometry on screen (safetensors, or PLY by extension) with the filter on screen.
     Export(PathBuf),
+    /// Saves the state (`.svstate`) and waits until it is written.
+    SaveState(PathBuf),
     /// Reconstructs the open source with VGGT again, with the current settings; by default waits
     /// for the result (`{"reconstruct": {"wait": false}}` returns at once).
     Reconstruct { wait: bool },
@@ -101,6 +103,7 @@ fn parse_step(v: &Value) -> Result<Step> {
         "cancel_answer" => Step::CancelAnswer,
         "wait_for_file" => Step::WaitForFile(PathBuf::from(arg.as_str().context("`wait_for_file` takes a path")?)),
         "export" => Step::Export(PathBuf::from(arg.as_str().context("`export` takes a path")?)),
+        "save_state" => Step::SaveState(PathBuf::from(arg.as_str().context("`save_state` takes a path")?)),
         "reconstruct" => Step::Reconstruct { wait: arg.get("wait").and_then(Value::as_bool).unwrap_or(true) },
         "wait_reconstructing" => Step::WaitReconstructing,
         "cancel_reconstruction" => Step::CancelReconstruction,
@@ -121,7 +124,7 @@ fn parse_step(v: &Value) -> Result<Step> {
         }
         "dump_state" => Step::DumpState(PathBuf::from(arg.as_str().context("`dump_state` takes a path")?)),
         "quit" => Step::Quit,
-        other => bail!("unknown step `{other}` (known: open, seek, select_camera, look_through, reset_view, set, wait_frames, wait_idle, screenshot, ask, cancel_answer, load_weights, export, reconstruct, wait_reconstructing, cancel_reconstruction, set_device, wait_for_file, dump_state, quit)"),
+        other => bail!("unknown step `{other}` (known: open, seek, select_camera, look_through, reset_view, set, wait_frames, wait_idle, screenshot, ask, cancel_answer, load_weights, export, save_state, reconstruct, wait_reconstructing, cancel_reconstruction, set_device, wait_for_file, dump_state, quit)"),
     })
 }
 
@@ -232,7 +235,7 @@ fn run_script(
     (mut chat, mut sampler, sampled, mut vggt): (ResMut<ChatState>, ResMut<SamplerSettings>, Res<SampledFrames>, ResMut<VggtState>),
     (mut open, mut seek, mut load_vggt, mut reconstruct, mut set_compute): (MessageWriter<OpenRequest>, MessageWriter<SeekRequest>, MessageWriter<LoadVggt>, MessageWriter<Reconstruct>, MessageWriter<SetCompute>),
     (mut load_mllm, mut asks, mut cancels, mut export, mut cancel_run): (MessageWriter<LoadMllm>, MessageWriter<AskQuestion>, MessageWriter<CancelAnswer>, MessageWriter<ExportRequest>, MessageWriter<CancelReconstruction>),
-    mut shots: MessageWriter<ScreenshotRequest>,
+    (mut shots, mut save): (MessageWriter<ScreenshotRequest>, MessageWriter<SaveState>),
     mut camera: MessageWriter<CameraCommand>,
     mut exit: MessageWriter<AppExit>,
     views: Query<(&Camera, &GlobalTransform), With<Camera3d>>,
@@ -294,11 +297,19 @@ fn run_script(
         Step::Export(path) => match (&geometry.scene, first) {
             (None, _) => Outcome::Fail("nothing to export: no geometry is loaded".into()),
             (Some(_), true) => {
-                export.write(ExportRequest(path.clone()));
+                export.write(ExportRequest { path: path.clone(), format: None });
                 Outcome::Wait
             }
             (Some(_), false) => settled(activity.jobs > 0, 600.0, "exporting"),
         },
+        Step::SaveState(path) => {
+            if first {
+                save.write(SaveState(path.clone()));
+                Outcome::Wait
+            } else {
+                settled(activity.jobs > 0, 600.0, "saving the state")
+            }
+        }
         Step::Reconstruct { wait } => {
             if first {
                 reconstruct.write(Reconstruct);
@@ -450,6 +461,7 @@ fn run_script(
                     "viewport": camera.logical_viewport_rect().map(|r| [r.min.x, r.min.y, r.width(), r.height()]),
                     "view": {"focus": orbit.focus.to_array(), "yaw": orbit.yaw, "pitch": orbit.pitch, "distance": orbit.distance, "fov_y": orbit.fov_y, "position": transform.translation().to_array()},
                     "look_through": look.0,
+                    "relocating": opened.relocating,
                     "frustums": list.iter().map(|f| serde_json::json!({
                         "frame": f.frame,
                         "source_frame": f.source_frame,

@@ -253,6 +253,8 @@ pub struct ViewportRect(pub Option<(UVec2, UVec2)>);
 pub struct VggtState {
     /// "VGGT from DIR (embed 1024, 24 block pairs) on cpu f32".
     pub weights: Option<String>,
+    /// The weights last asked for (a folder or repo id), as the user gave them.
+    pub spec: Option<String>,
     /// The device and dtype the thread runs on ("cpu f32"), and why not what was asked.
     pub compute: String,
     pub compute_note: Option<String>,
@@ -271,6 +273,7 @@ impl Default for VggtState {
     fn default() -> Self {
         Self {
             weights: None,
+            spec: None,
             compute: "cpu f32".into(),
             compute_note: None,
             progress: None,
@@ -363,6 +366,8 @@ impl Default for ChatSettings {
 pub struct ChatState {
     /// "Spatial-MLLM from DIR (...) on cpu f32".
     pub model: Option<String>,
+    /// The weights last asked for (a folder or repo id), as the user gave them.
+    pub spec: Option<String>,
     pub has_spatial: bool,
     pub loading: bool,
     pub answering: bool,
@@ -463,7 +468,11 @@ pub struct CancelAnswer;
 
 /// Export the geometry on screen (the format from the file name).
 #[derive(Message, Clone, Debug)]
-pub struct ExportRequest(pub PathBuf);
+pub struct ExportRequest {
+    pub path: PathBuf,
+    /// The format; None: implied by the name (folders: COLMAP binary).
+    pub format: Option<crate::pipeline::export::ExportFormat>,
+}
 
 /// Run the model threads on another device / dtype (weights reload).
 #[derive(Message, Clone, Copy, Debug)]

@@ -35,6 +35,8 @@ pub enum Job {
     /// A synthetic cloud of N points (for `bench render`).
     Synthetic(usize),
     Export { rec: Arc<Reconstruction>, format: ExportFormat, filter: PointFilter, picks: Vec<usize>, path: PathBuf },
+    /// A saved state: the viewer's JSON and the geometry to embed.
+    SaveState { path: PathBuf, state: serde_json::Value, source: Source, rec: Option<Arc<Reconstruction>> },
     /// Space-aware sampling's voxel sets for the point map of a geometry.
     VoxelSets { rec: Arc<Reconstruction>, params: SamplingParams },
     /// The cloud recoloured by the space-aware pick that first covered each point's voxel.
@@ -99,7 +101,8 @@ pub fn make_scene(label: String, rec: Arc<Reconstruction>, source_id: SourceId, 
 fn run_job(job: Job) -> JobOutput {
     match job {
         Job::Open(SourceSpec::Path(p)) if crate::pipeline::state_file::is_state_path(&p) => open_state(SourceSpec::Path(p.clone()), &p, None),
-        Job::OpenState { state, relocated } => open_state(SourceSpec::Path(state.clone()), &state, relocated),
+        // Scripts and the UI wait for what they asked to open: the moved source's path.
+        Job::OpenState { state, relocated } => open_state(SourceSpec::Path(relocated.clone().unwrap_or_else(|| state.clone())), &state, relocated),
         Job::Open(spec) => match Source::open(&spec) {
             Ok(Source::Folder(f)) if f.mixed_sizes.is_some() => JobOutput::OpenFailed(spec, f.mixed_sizes.clone().unwrap_or_default()),
             Ok(s) => JobOutput::Opened(spec, s, None),
@@ -107,6 +110,14 @@ fn run_job(job: Job) -> JobOutput {
         },
         Job::BuildScene { label, rec, source_id, source_frames, budget, point_source } => JobOutput::Scene(Arc::new(make_scene(label, rec, source_id, source_frames, budget, point_source))),
         Job::Synthetic(n) => JobOutput::Scene(Arc::new(synthetic_scene(n))),
+        // The source's fingerprint reads its files: here, not on the UI thread.
+        Job::SaveState { path, mut state, source, rec } => match crate::pipeline::state_file::source_record(&source).and_then(|record| {
+            state["source"] = record;
+            crate::pipeline::state_file::write(&path, &state, rec.as_deref())
+        }) {
+            Ok(()) => JobOutput::Exported(format!("saved the state to {}", path.display())),
+            Err(e) => JobOutput::Failed(format!("{}: cannot save the state: {e:#}", path.display())),
+        },
         Job::Export { rec, format, filter, picks, path } => match export(&rec, format, &filter, &picks, &path) {
             Ok(msg) => JobOutput::Exported(msg),
             Err(e) => JobOutput::Failed(format!("{e:#}")),
@@ -444,12 +455,12 @@ fn handle_export(
     mut activity: ResMut<Activity>,
     mut status: ResMut<StatusLine>,
 ) {
-    for ExportRequest(path) in requests.read() {
+    for ExportRequest { path, format } in requests.read() {
         let Some(scene) = &geometry.scene else {
             status.error("nothing to export: no geometry is loaded");
             continue;
         };
-        let Some(format) = ExportFormat::from_path(path) else {
+        let Some(format) = format.or_else(|| ExportFormat::from_path(path)) else {
             status.error(format!("{}: export to .safetensors, .ply, .glb, or a folder name (COLMAP)", path.display()));
             continue;
         };

@@ -3,19 +3,20 @@
 
 use super::fsio;
 use super::points::{PointFilter, filtered, points_of};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use spatial_models::reconstruction::Reconstruction;
 use std::io::Write;
 use std::path::Path;
 
 /// Export formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ExportFormat {
     /// Upstream's tensor names (`world_points`, `depth`, `extrinsic`, ...), with checksums.
     Safetensors,
     /// Binary PLY of the filtered points: position, colour, confidence, source frame.
     Ply,
     /// A COLMAP sparse model (binary) with the frames, in a folder.
+    #[default]
     Colmap,
     /// The same in COLMAP's text format.
     ColmapText,
@@ -28,19 +29,49 @@ pub enum ExportFormat {
 impl std::str::FromStr for ExportFormat {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "safetensors" => Self::Safetensors,
-            "ply" => Self::Ply,
-            "colmap" => Self::Colmap,
-            "colmap-text" => Self::ColmapText,
-            "glb" => Self::Glb,
-            "depth" => Self::Depth,
-            other => bail!("--format {other}: expected colmap, colmap-text, glb, ply, depth or safetensors"),
-        })
+        Self::ALL.into_iter().find(|f| f.name() == s).with_context(|| format!("--format {s}: expected {}", Self::ALL.map(|f| f.name()).join(", ")))
     }
 }
 
 impl ExportFormat {
+    pub const ALL: [ExportFormat; 6] = [Self::Colmap, Self::ColmapText, Self::Glb, Self::Ply, Self::Depth, Self::Safetensors];
+
+    /// The name `--format` takes.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Safetensors => "safetensors",
+            Self::Ply => "ply",
+            Self::Colmap => "colmap",
+            Self::ColmapText => "colmap-text",
+            Self::Glb => "glb",
+            Self::Depth => "depth",
+        }
+    }
+
+    /// What it is for, in a few words (the export window's choices).
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Self::Safetensors => "safetensors: all of VGGT's outputs, upstream's names",
+            Self::Ply => "PLY: the points on screen, with confidence and frame",
+            Self::Colmap => "COLMAP sparse model (binary) with tracks, and the frames: a folder",
+            Self::ColmapText => "COLMAP sparse model (text) with tracks, and the frames: a folder",
+            Self::Glb => "GLB: points and camera frustums (picks coloured), for Blender and viewers",
+            Self::Depth => "depth and confidence maps: 16-bit PNGs and a JSON sidecar, a folder",
+        }
+    }
+
+    /// A file or folder name for this format.
+    pub fn default_name(&self) -> &'static str {
+        match self {
+            Self::Safetensors => "reconstruction.safetensors",
+            Self::Ply => "points.ply",
+            Self::Colmap => "colmap",
+            Self::ColmapText => "colmap-text",
+            Self::Glb => "scene.glb",
+            Self::Depth => "depth-maps",
+        }
+    }
+
     /// The format a file name implies (folders: COLMAP).
     pub fn from_path(path: &Path) -> Option<Self> {
         match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {

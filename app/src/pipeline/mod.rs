@@ -8,6 +8,7 @@ pub mod cache;
 pub mod colmap;
 pub mod demo;
 pub mod device;
+pub mod eval;
 pub mod export;
 pub mod fsio;
 pub mod glb;

@@ -123,3 +123,57 @@ pub fn read(path: &Path) -> Result<LoadedState> {
     };
     Ok(LoadedState { state, rec, source, source_problem })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sv-unit-state-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_state_reads_back_with_its_source_checked() {
+        let dir = tmp("roundtrip");
+        let frames = dir.join("frames");
+        std::fs::create_dir_all(&frames).unwrap();
+        for i in 0..2u8 {
+            image::RgbImage::from_pixel(28, 14, image::Rgb([i * 90, 20, 200])).save(frames.join(format!("{i}.png"))).unwrap();
+        }
+        let source = Source::open(&SourceSpec::Path(frames.clone())).unwrap();
+        let state = serde_json::json!({"source": source_record(&source).unwrap(), "frame": 1, "chat": [{"text": "hi"}]});
+        let path = dir.join("s.svstate");
+        write(&path, &state, None).unwrap();
+        let back = read(&path).unwrap();
+        assert_eq!(back.state["frame"], 1);
+        assert_eq!(back.state["chat"][0]["text"], "hi");
+        assert!(back.rec.is_none());
+        assert!(back.source_problem.is_none(), "{:?}", back.source_problem);
+        // An edited frame is noticed; a missing source is named.
+        image::RgbImage::from_pixel(28, 14, image::Rgb([1, 2, 3])).save(frames.join("1.png")).unwrap();
+        assert!(read(&path).unwrap().source_problem.unwrap().contains("changed"));
+        std::fs::rename(&frames, dir.join("moved")).unwrap();
+        let problem = read(&path).unwrap().source_problem.unwrap();
+        assert!(problem.contains("frames") && problem.contains("missing"), "{problem}");
+    }
+
+    #[test]
+    fn wrong_files_get_clear_messages() {
+        let dir = tmp("wrong");
+        let junk = dir.join("junk.svstate");
+        std::fs::write(&junk, b"not a safetensors file at all").unwrap();
+        let e = format!("{:#}", read(&junk).err().unwrap());
+        assert!(e.contains("junk.svstate") && e.contains("not a saved state"), "{e}");
+        let newer = dir.join("newer.svstate");
+        write(&newer, &serde_json::json!({"source": {"kind": "demo"}}), None).unwrap();
+        // Rewrite the version as a future one.
+        let bytes = std::fs::read(&newer).unwrap();
+        let text = String::from_utf8_lossy(&bytes).replace("\\\"version\\\":1", "\\\"version\\\":9");
+        std::fs::write(&newer, text.as_bytes()).unwrap();
+        let e = format!("{:#}", read(&newer).err().unwrap());
+        assert!(e.contains("newer spatial-viewer"), "{e}");
+    }
+}

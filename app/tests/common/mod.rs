@@ -56,3 +56,41 @@ pub fn test_packages() {
         assert!(status.success(), "the system packages for the video and GUI tests are missing (see the message above)");
     });
 }
+
+/// A Python virtual environment in the target folder with `packages` from PyPI, made once (the
+/// name says which set it holds); returns its interpreter.
+pub fn python_venv(name: &str, packages: &[&str]) -> PathBuf {
+    test_packages();
+    let text = |o: &std::process::Output| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let py = venv.join("bin/python");
+    let ready = venv.join(format!("ready-{}", packages.join(" ").len()));
+    // Test binaries run in parallel: one makes the environment, the others wait for it.
+    let lock = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.lock"));
+    let _guard = loop {
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&lock) {
+            Ok(_) => break LockFile(lock.clone()),
+            Err(_) if lock.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().unwrap_or_default().as_secs() > 900) => {
+                let _ = std::fs::remove_file(&lock);
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(500)),
+        }
+    };
+    if !ready.exists() {
+        let _ = std::fs::remove_dir_all(&venv);
+        let o = std::process::Command::new("python3").args(["-m", "venv"]).arg(&venv).output().expect("python3 is needed for these tests");
+        assert!(o.status.success(), "python3 -m venv: {}", text(&o));
+        let o = std::process::Command::new(&py).args(["-m", "pip", "install", "-q", "--disable-pip-version-check"]).args(packages).output().unwrap();
+        assert!(o.status.success(), "pip install (PyPI must be reachable): {}", text(&o));
+        std::fs::write(&ready, b"").unwrap();
+    }
+    py
+}
+
+struct LockFile(PathBuf);
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

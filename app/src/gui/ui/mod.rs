@@ -228,7 +228,7 @@ fn dialog_results(dialogs: Res<Dialogs>, mut open: MessageWriter<OpenRequest>, m
                 vggt.write(LoadVggt(p.display().to_string()));
             }
             DialogResult::Export(p) => {
-                export.write(ExportRequest(p));
+                export.write(ExportRequest { path: p, format: None });
             }
             DialogResult::Model(p) => {
                 mllm.write(LoadMllm(p.display().to_string()));
@@ -305,10 +305,18 @@ fn ui_system(
         MessageWriter<CancelReconstruction>,
         MessageWriter<SetCompute>,
     ),
-    opts: Res<StartupOptions>,
+    (opts, mut save_state, mut export_out, mut relocating_seen): (Res<StartupOptions>, MessageWriter<SaveState>, MessageWriter<ExportRequest>, Local<Option<PathBuf>>),
     (mut app_settings, shared_cache, mut load_vggt, mut load_mllm): (ResMut<Settings>, Res<SharedCache>, MessageWriter<LoadVggt>, MessageWriter<LoadMllm>),
 ) -> Result {
     let ctx = contexts.ctx_mut()?.clone();
+    // A saved state whose source moved: the open window asks where it is now.
+    if opened.relocating != *relocating_seen {
+        *relocating_seen = opened.relocating.clone();
+        if opened.relocating.is_some() {
+            state.open_window.open(OpenKind::Source);
+            state.open_window.note = Some(format!("{}\nWhere is it now? The path opened next is taken as its new location.", status.message));
+        }
+    }
     if keys.just_pressed(KeyCode::F1) {
         state.show_help = !state.show_help;
     }
@@ -346,8 +354,11 @@ fn ui_system(
                     }
                 });
                 ui.separator();
-                if ui.add_enabled(geometry.scene.is_some(), egui::Button::new("Export reconstruction...")).on_hover_text("safetensors with upstream's names, or .ply of the points the filter shows").clicked() {
-                    spawn_dialog(&dialogs.tx, DialogKind::Export);
+                if ui.add_enabled(geometry.scene.is_some(), egui::Button::new("Export...")).on_hover_text("COLMAP, GLB, PLY, depth maps or safetensors, with the filter on screen").clicked() {
+                    state.open_window.open(OpenKind::Export);
+                }
+                if ui.add_enabled(opened.source.is_some(), egui::Button::new("Save state...")).on_hover_text("one .svstate file that reopens the source, its geometry, the picks, the view and the chat").clicked() {
+                    state.open_window.open(OpenKind::SaveState);
                 }
                 ui.separator();
                 if ui.button("Load VGGT weights...").clicked() {
@@ -513,12 +524,19 @@ fn ui_system(
         Some(OpenChoice::Chosen(OpenKind::Mllm, w)) => {
             load_mllm.write(LoadMllm(w));
         }
+        Some(OpenChoice::Chosen(OpenKind::SaveState, p)) => {
+            save_state.write(SaveState(PathBuf::from(p)));
+        }
+        Some(OpenChoice::Chosen(OpenKind::Export, p)) => {
+            export_out.write(ExportRequest { path: PathBuf::from(p), format: Some(state.open_window.export_format) });
+        }
         Some(OpenChoice::SystemDialog(kind)) => spawn_dialog(
             &dialogs.tx,
             match kind {
                 OpenKind::Source => DialogKind::OpenVideo,
                 OpenKind::Vggt => DialogKind::Vggt,
                 OpenKind::Mllm => DialogKind::Model,
+                OpenKind::SaveState | OpenKind::Export => DialogKind::Export,
             },
         ),
         None => {}

@@ -1,7 +1,9 @@
-//! The in-app way to open things, which works on any desktop (a system file dialog needs an xdg
-//! portal or zenity): a path field with completion (Tab, or a click on a suggestion), the recent
-//! files, and for weights the repos in the Hugging Face cache. A system dialog is offered beside it.
+//! The in-app way to open and save things, which works on any desktop (a system file dialog needs
+//! an xdg portal or zenity): a path field with completion (Tab, or a click on a suggestion), the
+//! recent files, for weights the repos in the Hugging Face cache, and for exports the formats. A
+//! system dialog is offered beside it.
 
+use crate::pipeline::export::ExportFormat;
 use crate::pipeline::weights::CachedRepo;
 use bevy_egui::egui;
 use std::path::{Path, PathBuf};
@@ -12,6 +14,10 @@ pub enum OpenKind {
     Source,
     Vggt,
     Mllm,
+    /// Where to save the state (`.svstate`).
+    SaveState,
+    /// Where to export the geometry, and in which format.
+    Export,
 }
 
 impl OpenKind {
@@ -20,6 +26,8 @@ impl OpenKind {
             Self::Source => "Open a video, a folder of frames or saved geometry",
             Self::Vggt => "Load VGGT weights",
             Self::Mllm => "Load Spatial-MLLM / Qwen2.5-VL weights",
+            Self::SaveState => "Save the state (source, geometry, picks, view, chat)",
+            Self::Export => "Export the geometry on screen",
         }
     }
 }
@@ -34,6 +42,10 @@ pub struct OpenWindow {
     suggestions: (String, Vec<String>),
     /// The path field takes the keyboard when the window opens.
     focus_pending: bool,
+    /// The format chosen for an export.
+    pub export_format: ExportFormat,
+    /// Shown in red above the field (why the window opened by itself).
+    pub note: Option<String>,
 }
 
 /// What the user chose.
@@ -94,8 +106,16 @@ fn expand_home(text: &str) -> String {
 
 impl OpenWindow {
     pub fn open(&mut self, kind: OpenKind) {
+        if self.kind != Some(kind) {
+            self.note = None;
+        }
         self.kind = Some(kind);
-        self.repos = if kind == OpenKind::Source { Vec::new() } else { crate::pipeline::weights::cached_repos() };
+        self.repos = if matches!(kind, OpenKind::Vggt | OpenKind::Mllm) { crate::pipeline::weights::cached_repos() } else { Vec::new() };
+        match kind {
+            OpenKind::SaveState if self.text.is_empty() || !self.text.ends_with(".svstate") => self.text = "session.svstate".into(),
+            OpenKind::Export => self.text = self.export_format.default_name().into(),
+            _ => {}
+        }
         self.suggestions = (String::from("\u{0}"), Vec::new());
         self.focus_pending = true;
     }
@@ -106,8 +126,24 @@ impl OpenWindow {
         let mut choice = None;
         let mut keep_open = true;
         egui::Window::new(kind.title()).collapsible(false).open(&mut keep_open).default_width(520.0).show(ctx, |ui| {
+            if let Some(note) = &self.note {
+                ui.colored_label(egui::Color32::from_rgb(255, 120, 110), note);
+            }
+            if kind == OpenKind::Export {
+                for f in ExportFormat::ALL {
+                    if ui.radio_value(&mut self.export_format, f, f.describe()).changed() {
+                        // The name follows the format unless the user typed their own folder.
+                        let p = std::path::Path::new(&self.text);
+                        let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+                        self.text = dir.map_or_else(|| f.default_name().to_string(), |d| d.join(f.default_name()).display().to_string());
+                    }
+                }
+                ui.separator();
+            }
             let hint = match kind {
-                OpenKind::Source => "/path/to/video.mp4, a folder of frames, or a .safetensors reconstruction",
+                OpenKind::Source => "/path/to/video.mp4, a folder of frames, a .safetensors reconstruction or a .svstate",
+                OpenKind::SaveState => "/path/to/session.svstate",
+                OpenKind::Export => "/path/to/a file or a new folder",
                 _ => "a folder, or a Hugging Face repo id such as facebook/VGGT-1B",
             };
             // Focus stays on the field through Tab, which completes instead of moving on.
@@ -129,10 +165,15 @@ impl OpenWindow {
             }
             let enter = edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
             ui.horizontal(|ui| {
-                if (ui.button("Open").clicked() || enter) && !self.text.trim().is_empty() {
+                let action = match kind {
+                    OpenKind::SaveState => "Save",
+                    OpenKind::Export => "Export",
+                    _ => "Open",
+                };
+                if (ui.button(action).clicked() || enter) && !self.text.trim().is_empty() {
                     choice = Some(OpenChoice::Chosen(kind, expand_home(self.text.trim())));
                 }
-                if ui.button("System dialog...").on_hover_text("the desktop's file dialog (needs an xdg portal or zenity)").clicked() {
+                if matches!(kind, OpenKind::Source | OpenKind::Vggt | OpenKind::Mllm) && ui.button("System dialog...").on_hover_text("the desktop's file dialog (needs an xdg portal or zenity)").clicked() {
                     choice = Some(OpenChoice::SystemDialog(kind));
                 }
             });
@@ -148,7 +189,8 @@ impl OpenWindow {
             }
             let recent_list: Vec<String> = match kind {
                 OpenKind::Source => recent.iter().map(|p| p.display().to_string()).collect(),
-                _ => recent_weights.to_vec(),
+                OpenKind::Vggt | OpenKind::Mllm => recent_weights.to_vec(),
+                OpenKind::SaveState | OpenKind::Export => Vec::new(),
             };
             if !recent_list.is_empty() {
                 ui.separator();
@@ -159,7 +201,7 @@ impl OpenWindow {
                     }
                 }
             }
-            if kind != OpenKind::Source {
+            if matches!(kind, OpenKind::Vggt | OpenKind::Mllm) {
                 ui.separator();
                 ui.label(format!("in the Hugging Face cache ({})", crate::pipeline::weights::hub_cache_dir().display()));
                 if self.repos.is_empty() {
