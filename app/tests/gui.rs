@@ -1028,3 +1028,71 @@ fn a_saved_state_reopens_exactly_and_finds_a_moved_source() {
     assert!(relocated["source"]["name"].as_str().unwrap().contains("frames-moved"), "{relocated}");
     assert_same_session(&saved, &relocated);
 }
+
+/// The VSI-Bench results browser: a run opened with another to compare, filtered by change and by
+/// task, and a question selected: its video opens with the frames the model was given as the
+/// picks on the timeline.
+#[test]
+fn results_browser_filters_and_opens_a_questions_frames() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmp_dir("results");
+    let clip = |name: &str, pattern: &str| {
+        let path = dir.join(name);
+        let o = Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-f", "lavfi", "-i", &format!("{pattern}=size=320x240:rate=10"), "-frames:v", "40", "-c:v", "libx264", "-pix_fmt", "yuv420p"])
+            .arg(&path)
+            .output()
+            .expect("ffmpeg");
+        assert!(o.status.success());
+        path
+    };
+    let (a, b) = (clip("scene-a.mp4", "testsrc2"), clip("scene-b.mp4", "smptebars"));
+    let types = ["route_planning", "object_counting", "object_rel_direction_easy", "room_size_estimation"];
+    let run = |name: &str, answers: [&str; 6]| {
+        let results: Vec<serde_json::Value> = answers
+            .iter()
+            .enumerate()
+            .map(|(i, answer)| {
+                let t = types[i % 4];
+                let numeric = t.contains("count") || t.contains("size");
+                serde_json::json!({
+                    "row": i,
+                    "sample": {"id": 100 + i, "dataset": "scannet", "scene_name": format!("s{}", i % 2), "question_type": t, "question": format!("question {i}"),
+                               "options": if numeric { serde_json::Value::Null } else { serde_json::json!(["A. x", "B. y"]) }, "ground_truth": if numeric { "4" } else { "A" }},
+                    "model_output": answer,
+                    "video": if i % 2 == 0 { &a } else { &b },
+                    "frames_used": [0, 5 + i, 20 + i, 39],
+                })
+            })
+            .collect();
+        let input = dir.join(format!("{name}-in.json"));
+        std::fs::write(&input, serde_json::Value::Array(results).to_string()).unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_spatial-viewer")).args(["eval", "score"]).arg(&input).arg("--out").arg(dir.join(name)).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    run("run-a", ["A", "4", "B", "12", "A", "3"]);
+    run("run-b", ["A", "5", "B", "12", "B", "3"]);
+    let script = serde_json::json!({"steps": [
+        {"open_eval_run": {"path": "run-a", "compare": "run-b"}},
+        {"eval_filter": {"correctness": "changed"}}, {"dump_state": "changed.json"},
+        {"eval_filter": {"task": "route_planning"}}, {"dump_state": "task.json"},
+        {"eval_filter": {"correctness": "wrong", "search": "question 2"}}, {"dump_state": "search.json"},
+        {"eval_filter": {}},
+        {"select_question": 3}, {"wait_idle": 60}, {"wait_frames": 10}, {"dump_state": "selected.json"}, {"screenshot": "browser.png"}, {"quit": true}]});
+    let out = run_script(&dir, &script.to_string());
+    assert!(out.status.success(), "viewer failed: {}", String::from_utf8_lossy(&out.stderr));
+    let shown = |f: &str| read_json(&dir.join(f))["eval"]["shown"].clone();
+    assert_eq!(shown("changed.json"), serde_json::json!(["row 1", "row 4"]));
+    assert_eq!(shown("task.json"), serde_json::json!(["row 0", "row 4"]));
+    assert_eq!(shown("search.json"), serde_json::json!(["row 2"]));
+    let state = read_json(&dir.join("selected.json"));
+    assert_eq!(state["eval"]["selected"], "row 3");
+    assert_eq!(state["source"]["name"], "scene-b.mp4", "{}", state["source"]);
+    assert_eq!(state["sampled"], serde_json::json!([0, 8, 23, 39]));
+    assert!(state["sampled_label"].as_str().unwrap().starts_with("frames used by question 103"), "{}", state["sampled_label"]);
+    // The four frames are marked on the timeline.
+    let img = load_rgb(&dir.join("browser.png"));
+    let timeline = (img.height() - 110)..(img.height() - 24);
+    let cols: std::collections::BTreeSet<u32> = timeline.flat_map(|y| (0..img.width()).filter(|&x| near(img.get_pixel(x, y), SAMPLED, 30)).collect::<Vec<_>>()).map(|x| x / 6).collect();
+    assert!(cols.len() >= 4, "{} orange marks on the timeline", cols.len());
+}

@@ -11,6 +11,7 @@
 //! * [`renderer`]: the instanced point-splat pipeline; [`cloud`] builds what it draws.
 //! * [`camera`]: orbit / pan / zoom / fly controls, reset, look through a camera.
 //! * [`ui`]: egui panels (menu, scene controls, video, timeline, chat, status).
+//! * [`results`]: the VSI-Bench results browser (scores, questions, the frames each used).
 //! * [`session`]: saved states (save, reopen, restore the view and the chat).
 //! * [`script`]: scripted runs (`--script steps.json`), also used by the GUI tests.
 //! * [`bench`]: the render benchmark.
@@ -22,6 +23,7 @@ pub mod cloud;
 pub mod inference;
 pub mod player;
 pub mod renderer;
+pub mod results;
 pub mod sampling;
 pub mod scene;
 pub mod script;
@@ -81,6 +83,7 @@ pub fn run(opts: GuiOptions) -> anyhow::Result<i32> {
             sampling::SamplingPlugin,
             inference::InferencePlugin,
             session::SessionPlugin,
+            results::ResultsBrowserPlugin,
             chat::ChatPlugin,
         ));
     let exit = app.run();

@@ -44,8 +44,9 @@ fn update_picks(
     opened: Res<Opened>,
     mut state: ResMut<SamplingState>,
     mut sampled: ResMut<SampledFrames>,
+    question: Res<QuestionFrames>,
 ) {
-    let mut changed = settings.is_changed() || geometry.is_changed() || opened.is_changed();
+    let mut changed = settings.is_changed() || geometry.is_changed() || opened.is_changed() || question.is_changed();
     for VoxelsReady(result, key) in ready.read() {
         // Voxel sets of geometry no longer on screen are dropped.
         if geometry.scene.as_ref().is_none_or(|s| geometry_key(s) != *key) {
@@ -69,6 +70,11 @@ fn update_picks(
     let uniform = uniform_picks(opened.frame_count());
     let scene = geometry.scene.as_ref().filter(|s| s.source_id == opened.id);
     let new = match (settings.mode, &state.voxels, scene) {
+        // A question's frames (from an evaluation run) while its video is open.
+        _ if question.0.as_ref().is_some_and(|(id, _, _)| *id == opened.id) => {
+            let (_, frames, label) = question.0.clone().unwrap_or_default();
+            SampledFrames { frames, label, compare: if settings.compare_uniform { uniform } else { Vec::new() }, source_id: opened.id.clone() }
+        }
         (SamplerMode::SpaceAware, Some(v), Some(scene)) if v.frame_sets.len() == scene.rec.frames => {
             let r = v.greedy(effective_k(settings.k, scene.rec.frames));
             let mut frames: Vec<usize> = r.selected.iter().map(|&f| scene.source_frames.get(f).copied().unwrap_or(f)).collect();

@@ -36,6 +36,12 @@ pub enum Step {
     Export(PathBuf),
     /// Saves the state (`.svstate`) and waits until it is written.
     SaveState(PathBuf),
+    /// Opens an evaluation run in the results browser (`{"path": DIR, "compare": DIR}` or DIR).
+    OpenEvalRun { path: PathBuf, compare: Option<PathBuf> },
+    /// Sets the browser's filters: `{"task": T or null, "correctness": "all"|"correct"|"wrong"|"changed", "search": S}`.
+    EvalFilter { task: Option<String>, correctness: String, search: String },
+    /// Selects a question (its row number) as a click does: opens its video, marks its frames.
+    SelectQuestion(usize),
     /// Reconstructs the open source with VGGT again, with the current settings; by default waits
     /// for the result (`{"reconstruct": {"wait": false}}` returns at once).
     Reconstruct { wait: bool },
@@ -104,6 +110,21 @@ fn parse_step(v: &Value) -> Result<Step> {
         "wait_for_file" => Step::WaitForFile(PathBuf::from(arg.as_str().context("`wait_for_file` takes a path")?)),
         "export" => Step::Export(PathBuf::from(arg.as_str().context("`export` takes a path")?)),
         "save_state" => Step::SaveState(PathBuf::from(arg.as_str().context("`save_state` takes a path")?)),
+        "open_eval_run" => match arg {
+            Value::String(p) => Step::OpenEvalRun { path: PathBuf::from(p), compare: None },
+            _ => Step::OpenEvalRun {
+                path: PathBuf::from(arg.get("path").and_then(Value::as_str).context("`open_eval_run` takes a folder or {\"path\": DIR, \"compare\": DIR}")?),
+                compare: arg.get("compare").and_then(Value::as_str).map(PathBuf::from),
+            },
+        },
+        "eval_filter" => {
+            let correctness = arg.get("correctness").and_then(Value::as_str).unwrap_or("all").to_string();
+            if !super::results::Correctness::ALL.iter().any(|c| c.name() == correctness) {
+                bail!("`eval_filter`: correctness is all, correct, wrong or changed");
+            }
+            Step::EvalFilter { task: arg.get("task").and_then(Value::as_str).map(String::from), correctness, search: arg.get("search").and_then(Value::as_str).unwrap_or_default().to_string() }
+        }
+        "select_question" => Step::SelectQuestion(uint(arg)?),
         "reconstruct" => Step::Reconstruct { wait: arg.get("wait").and_then(Value::as_bool).unwrap_or(true) },
         "wait_reconstructing" => Step::WaitReconstructing,
         "cancel_reconstruction" => Step::CancelReconstruction,
@@ -124,7 +145,7 @@ fn parse_step(v: &Value) -> Result<Step> {
         }
         "dump_state" => Step::DumpState(PathBuf::from(arg.as_str().context("`dump_state` takes a path")?)),
         "quit" => Step::Quit,
-        other => bail!("unknown step `{other}` (known: open, seek, select_camera, look_through, reset_view, set, wait_frames, wait_idle, screenshot, ask, cancel_answer, load_weights, export, save_state, reconstruct, wait_reconstructing, cancel_reconstruction, set_device, wait_for_file, dump_state, quit)"),
+        other => bail!("unknown step `{other}` (known: open, seek, select_camera, look_through, reset_view, set, wait_frames, wait_idle, screenshot, ask, cancel_answer, load_weights, export, save_state, open_eval_run, eval_filter, select_question, reconstruct, wait_reconstructing, cancel_reconstruction, set_device, wait_for_file, dump_state, quit)"),
     })
 }
 
@@ -241,6 +262,7 @@ fn run_script(
     views: Query<(&Camera, &GlobalTransform), With<Camera3d>>,
     frustums: Query<&super::scene::Frustum>,
     (orbit, look): (Res<super::camera::OrbitCamera>, Res<LookThrough>),
+    (mut browser, mut question_frames, mut eval_runs): (ResMut<super::results::ResultsBrowser>, ResMut<QuestionFrames>, MessageWriter<OpenEvalRun>),
 ) {
     let Some(mut r) = runner else { return };
     let now = time.elapsed_secs();
@@ -308,6 +330,42 @@ fn run_script(
                 Outcome::Wait
             } else {
                 settled(activity.jobs > 0, 600.0, "saving the state")
+            }
+        }
+        Step::OpenEvalRun { path, compare } => {
+            if first {
+                eval_runs.write(OpenEvalRun { path: path.clone(), compare: compare.clone() });
+                Outcome::Wait
+            } else if r.frames_in_step < 3 || browser.is_loading() {
+                if waited > 120.0 { Outcome::Fail("reading the run took more than 120 s".into()) } else { Outcome::Wait }
+            } else {
+                match &browser.error {
+                    Some(e) => Outcome::Fail(e.clone()),
+                    None => Outcome::Done,
+                }
+            }
+        }
+        Step::EvalFilter { task, correctness, search } => {
+            browser.task = task.clone();
+            browser.correctness = super::results::Correctness::ALL.into_iter().find(|c| c.name() == correctness).unwrap_or_default();
+            browser.search = search.clone();
+            Outcome::Done
+        }
+        Step::SelectQuestion(row) => {
+            if first {
+                match super::results::select(&mut browser, format!("row {row}"), &opened, &mut open, &mut question_frames) {
+                    Ok(()) => Outcome::Wait,
+                    Err(e) => Outcome::Fail(e),
+                }
+            } else {
+                let mine = question_frames.0.as_ref().is_some_and(|(id, _, _)| *id == opened.id);
+                if mine && r.frames_in_step > 3 && activity.opening == 0 {
+                    Outcome::Done
+                } else if waited > 120.0 {
+                    Outcome::Fail(format!("the video of row {row} did not open within 120 s"))
+                } else {
+                    Outcome::Wait
+                }
             }
         }
         Step::Reconstruct { wait } => {
@@ -462,6 +520,14 @@ fn run_script(
                     "view": {"focus": orbit.focus.to_array(), "yaw": orbit.yaw, "pitch": orbit.pitch, "distance": orbit.distance, "fov_y": orbit.fov_y, "position": transform.translation().to_array()},
                     "look_through": look.0,
                     "relocating": opened.relocating,
+                    "eval": browser.run.as_ref().map(|run| serde_json::json!({
+                        "run": run.dir,
+                        "results": run.results.len(),
+                        "compare": browser.compare.as_ref().map(|c| c.dir.clone()),
+                        "shown": browser.shown().iter().map(|r| crate::pipeline::eval::browse::RunSummary::key(r)).collect::<Vec<_>>(),
+                        "selected": browser.selected,
+                        "window_open": browser.open,
+                    })),
                     "frustums": list.iter().map(|f| serde_json::json!({
                         "frame": f.frame,
                         "source_frame": f.source_frame,

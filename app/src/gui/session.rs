@@ -132,7 +132,6 @@ fn save(
             "picks": {"frames": sampled.frames, "label": sampled.label, "compare": sampled.compare},
             "chat": messages,
             "weights": {"vggt": absolute_spec(&vggt.spec), "mllm": absolute_spec(&chat.spec)},
-            "pins": [],
         });
         status.info(format!("saving the state to {}...", path.display()));
         worker.submit(&mut activity, Job::SaveState { path: path.clone(), state, source, rec });

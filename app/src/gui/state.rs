@@ -113,6 +113,11 @@ pub struct SampledFrames {
     pub source_id: SourceId,
 }
 
+/// The frames a question from an evaluation run was answered from: while its video is open they
+/// are the picks (timeline, frustums, and what a question in the chat looks at).
+#[derive(Resource, Default, Clone, Debug, PartialEq)]
+pub struct QuestionFrames(pub Option<(SourceId, Vec<usize>, String)>);
+
 /// Colour modes of the point cloud. The discriminants are the shader's `COLOR_MODE_*` constants
 /// (`shaders/points.wgsl`); a test keeps the two in step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -405,6 +410,13 @@ pub struct Restore {
     pub path: PathBuf,
 }
 
+/// Open an evaluation run's folder in the results browser (and another to compare with).
+#[derive(Message, Clone, Debug)]
+pub struct OpenEvalRun {
+    pub path: PathBuf,
+    pub compare: Option<PathBuf>,
+}
+
 /// Save the current state to a `.svstate` file.
 #[derive(Message, Clone, Debug)]
 pub struct SaveState(pub PathBuf);
@@ -521,7 +533,9 @@ pub fn register(app: &mut App) {
         .add_message::<CancelAnswer>()
         .add_message::<ExportRequest>()
         .add_message::<SetCompute>()
-        .add_message::<SaveState>();
+        .add_message::<SaveState>()
+        .add_message::<OpenEvalRun>()
+        .init_resource::<QuestionFrames>();
 }
 
 #[cfg(test)]

@@ -397,8 +397,22 @@ fn receive(
 }
 
 /// Opens what is asked for on the worker.
-fn handle_open(mut requests: MessageReader<OpenRequest>, mut worker: ResMut<Worker>, mut activity: ResMut<Activity>, mut status: ResMut<StatusLine>, opened: Res<Opened>) {
+fn handle_open(
+    mut requests: MessageReader<OpenRequest>,
+    mut worker: ResMut<Worker>,
+    mut activity: ResMut<Activity>,
+    mut status: ResMut<StatusLine>,
+    opened: Res<Opened>,
+    mut eval_runs: MessageWriter<OpenEvalRun>,
+) {
     for OpenRequest(spec) in requests.read() {
+        // An evaluation run's folder goes to the results browser.
+        if let SourceSpec::Path(p) = spec {
+            if crate::pipeline::eval::browse::is_run_dir(p) {
+                eval_runs.write(OpenEvalRun { path: p.clone(), compare: None });
+                continue;
+            }
+        }
         status.info(match spec {
             SourceSpec::Demo => "building the demo scene...".to_string(),
             SourceSpec::Path(p) => format!("opening {}...", p.display()),

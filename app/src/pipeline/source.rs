@@ -154,7 +154,7 @@ impl Source {
     /// What identifies it: geometry, picks and answers belong to exactly one source.
     pub fn id(&self) -> SourceId {
         match self.path() {
-            Some(p) => SourceId(std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string()),
+            Some(p) => SourceId::of_path(p),
             None => SourceId("demo".into()),
         }
     }
@@ -247,6 +247,13 @@ impl Source {
 /// A source's identity (its canonical path, or "demo").
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct SourceId(pub String);
+
+impl SourceId {
+    /// The id the source at `path` has once opened.
+    pub fn of_path(path: &Path) -> Self {
+        SourceId(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string())
+    }
+}
 
 /// How many frames a question looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -141,7 +141,7 @@ impl OpenWindow {
                 ui.separator();
             }
             let hint = match kind {
-                OpenKind::Source => "/path/to/video.mp4, a folder of frames, a .safetensors reconstruction or a .svstate",
+                OpenKind::Source => "a video, a folder of frames, a .safetensors reconstruction, a .svstate or a VSI-Bench run folder",
                 OpenKind::SaveState => "/path/to/session.svstate",
                 OpenKind::Export => "/path/to/a file or a new folder",
                 _ => "a folder, or a Hugging Face repo id such as facebook/VGGT-1B",

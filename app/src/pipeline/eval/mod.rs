@@ -1,6 +1,7 @@
 //! VSI-Bench evaluation: upstream's scoring ([`scoring`]), the dataset as the hub lays it out
 //! ([`dataset`]), resumable and sharded runs ([`run`]), and their results ([`results`]).
 
+pub mod browse;
 pub mod dataset;
 pub mod results;
 pub mod run;
