@@ -1073,12 +1073,13 @@ fn results_browser_filters_and_opens_a_questions_frames() {
     run("run-a", ["A", "4", "B", "12", "A", "3"]);
     run("run-b", ["A", "5", "B", "12", "B", "3"]);
     let script = serde_json::json!({"steps": [
+        {"load_weights": {"vggt": vggt_tiny()}},
         {"open_eval_run": {"path": "run-a", "compare": "run-b"}},
         {"eval_filter": {"correctness": "changed"}}, {"dump_state": "changed.json"},
         {"eval_filter": {"task": "route_planning"}}, {"dump_state": "task.json"},
         {"eval_filter": {"correctness": "wrong", "search": "question 2"}}, {"dump_state": "search.json"},
         {"eval_filter": {}},
-        {"select_question": 3}, {"wait_idle": 60}, {"wait_frames": 10}, {"dump_state": "selected.json"}, {"screenshot": "browser.png"}, {"quit": true}]});
+        {"select_question": 3}, {"wait_idle": 120}, {"wait_frames": 10}, {"dump_state": "selected.json"}, {"screenshot": "browser.png"}, {"quit": true}]});
     let out = run_script(&dir, &script.to_string());
     assert!(out.status.success(), "viewer failed: {}", String::from_utf8_lossy(&out.stderr));
     let shown = |f: &str| read_json(&dir.join(f))["eval"]["shown"].clone();
@@ -1090,6 +1091,11 @@ fn results_browser_filters_and_opens_a_questions_frames() {
     assert_eq!(state["source"]["name"], "scene-b.mp4", "{}", state["source"]);
     assert_eq!(state["sampled"], serde_json::json!([0, 8, 23, 39]));
     assert!(state["sampled_label"].as_str().unwrap().starts_with("frames used by question 103"), "{}", state["sampled_label"]);
+    // VGGT reconstructed the question's frames with the candidates, so their cameras are in 3D.
+    let geometry_frames: Vec<u64> = state["geometry"]["source_frames"].as_array().unwrap().iter().map(|f| f.as_u64().unwrap()).collect();
+    for f in [0, 8, 23, 39] {
+        assert!(geometry_frames.contains(&f), "frame {f} not reconstructed: {geometry_frames:?}");
+    }
     // The four frames are marked on the timeline.
     let img = load_rgb(&dir.join("browser.png"));
     let timeline = (img.height() - 110)..(img.height() - 24);

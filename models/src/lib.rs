@@ -10,7 +10,7 @@
 //! * [`checkpoint`]: reading and checking released checkpoints without loading tensor data.
 
 #[macro_use]
-mod multiversion;
+pub mod multiversion;
 pub mod blas;
 pub mod checkpoint;
 mod cpu;

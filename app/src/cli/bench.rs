@@ -61,6 +61,14 @@ pub enum BenchCommand {
     /// Qwen2.5-VL-3B's language model (the LLM of Spatial-MLLM) with constant weights: prefill
     /// tokens/s over a prompt of --prompt-tokens (a 16-frame 476x644 question is about 3200) and
     /// greedy decode tokens/s with the KV cache; --vision-frames also times the vision tower.
+    /// Single-precision matrix products at sizes where the hardware peak shows: OpenBLAS (the
+    /// kernel its DYNAMIC_ARCH picked) next to the gemm crate candle uses without it; GFLOP/s.
+    Blas {
+        #[arg(long, value_delimiter = ',', default_values_t = [1024usize, 2048, 4096])]
+        sizes: Vec<usize>,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+    },
     Mllm {
         #[arg(long, default_value_t = 512)]
         prompt_tokens: usize,
@@ -132,7 +140,8 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
             let (median, st) = times[times.len() / 2];
             let flops = estimate_flops(&cfg, s, height, width);
             println!(
-                "| {s} | {width}x{height} | {dtype:?} | {median:.2} | {:.1} / {:.1} / {:.1} / {:.1} | {:.0} | {:.0} | {:.0} | {init:.1} |",
+                "| {s} | {width}x{height} | {dtype:?} | {} | {median:.2} | {:.1} / {:.1} / {:.1} / {:.1} | {:.0} | {:.0} | {:.0} | {init:.1} |",
+                spatial_models::multiversion::simd_level().name(),
                 st.aggregator,
                 st.camera,
                 st.depth,
@@ -144,26 +153,73 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
             Ok(0)
         }
         BenchCommand::Seek { video, seeks } => bench_seek(video, seeks),
+        BenchCommand::Blas { sizes, repeats } => bench_blas(&sizes, repeats),
         BenchCommand::Sample { frames, height, width, repeats } => bench_sample(frames, height, width, repeats),
         BenchCommand::Mllm { prompt_tokens, decode_tokens, vision_frames, device, dtype } => bench_mllm(prompt_tokens, decode_tokens, vision_frames, &device, &dtype),
         BenchCommand::Vggt { frames: None, device, dtype, repeats, .. } => {
             println!("VGGT-1B (constant weights, resident in memory), device {device}, dtype {dtype}, median of {repeats} run(s) (after a warm-up when more than one)");
-            println!("| frames | size | dtype | seconds | aggregator / camera / depth / points s | GFLOP/s | RSS after load MiB | peak RSS MiB | init s |");
-            println!("|---|---|---|---|---|---|---|---|---|");
+            println!("CPU: {}; BLAS: {}", cpu_model(), spatial_models::blas::backend());
+            println!("| frames | size | dtype | SIMD | seconds | aggregator / camera / depth / points s | GFLOP/s | RSS after load MiB | peak RSS MiB | init s |");
+            println!("|---|---|---|---|---|---|---|---|---|---|");
             let exe = std::env::current_exe()?;
+            // Each case at each vector width the CPU has, side by side in one run.
+            let levels: &[&str] = match spatial_models::multiversion::simd_level() {
+                spatial_models::multiversion::SimdLevel::Avx512 => &["avx2", "avx512"],
+                _ => &["native"],
+            };
             for (s, h, w) in [(2usize, 224usize, 224usize), (8, 294, 518)] {
-                let status = std::process::Command::new(&exe)
-                    .args(["bench", "vggt", "--frames", &s.to_string(), "--height", &h.to_string(), "--width", &w.to_string()])
-                    .args(["--device", &device, "--dtype", &dtype, "--repeats", &repeats.to_string()])
-                    .status()
-                    .context("spawning the benchmark case")?;
-                if !status.success() {
-                    anyhow::bail!("benchmark case {s} frames {w}x{h} failed");
+                for level in levels {
+                    let mut cmd = std::process::Command::new(&exe);
+                    cmd.args(["bench", "vggt", "--frames", &s.to_string(), "--height", &h.to_string(), "--width", &w.to_string()]).args(["--device", &device, "--dtype", &dtype, "--repeats", &repeats.to_string()]);
+                    if *level != "native" {
+                        cmd.env("SPATIAL_SIMD", level);
+                    }
+                    let status = cmd.status().context("spawning the benchmark case")?;
+                    if !status.success() {
+                        anyhow::bail!("benchmark case {s} frames {w}x{h} failed");
+                    }
                 }
             }
             Ok(0)
         }
     }
+}
+
+fn bench_blas(sizes: &[usize], repeats: usize) -> Result<i32> {
+    use candle_core::{Device, Tensor};
+    println!("f32 matrix products (M = N = K), best of {repeats}; CPU: {}", cpu_model());
+    println!("OpenBLAS: {}", spatial_models::blas::backend());
+    println!("| size | OpenBLAS GFLOP/s | gemm crate GFLOP/s |");
+    println!("|---|---|---|");
+    for &n in sizes {
+        let a = Tensor::full(0.5f32, (n, n), &Device::Cpu)?;
+        let b = Tensor::full(0.25f32, (n, n), &Device::Cpu)?;
+        let best = |f: &dyn Fn() -> Result<Tensor>| -> Result<f64> {
+            let mut best = f64::INFINITY;
+            for _ in 0..repeats.max(1) {
+                let t = std::time::Instant::now();
+                let c = f()?;
+                best = best.min(t.elapsed().as_secs_f64());
+                // The product is used, so nothing is optimised away; every entry is n / 8.
+                anyhow::ensure!((c.get(0)?.get(0)?.to_scalar::<f32>()? - n as f32 / 8.0).abs() < 1e-2 * n as f32, "wrong product");
+            }
+            Ok(2.0 * (n as f64).powi(3) / best / 1e9)
+        };
+        let blas = best(&|| Ok(spatial_models::blas::matmul(&a, &b)?))?;
+        let gemm = best(&|| Ok(a.matmul(&b)?))?;
+        println!("| {n} | {blas:.0} | {gemm:.0} |");
+    }
+    Ok(0)
+}
+
+/// The CPU's model name (`/proc/cpuinfo`), for benchmark tables.
+pub fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let name = info.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()).unwrap_or_else(|| "unknown".into());
+    let flags = info.lines().find(|l| l.starts_with("flags")).unwrap_or_default();
+    let cores = info.lines().filter(|l| l.starts_with("processor")).count();
+    let simd = if flags.contains(" avx512f") { "AVX-512" } else if flags.contains(" avx2") { "AVX2" } else { "no AVX2" };
+    format!("{name} ({cores} cores, {simd})")
 }
 
 /// VGGT-1B with constant weights (aggregator in `dtype`, heads in f32, as `Vggt::load` does).

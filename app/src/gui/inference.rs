@@ -124,8 +124,15 @@ fn startup_weights(opts: Res<StartupOptions>, mut loads: MessageWriter<LoadVggt>
 }
 
 /// The plan for `source` with the panel's settings.
-fn plan_for(source: &Source, state: &VggtState) -> ReconstructPlan {
-    ReconstructPlan { width: state.width, ..ReconstructPlan::candidates(source, state.frames) }
+/// The candidates, plus the frames an evaluation question used (so they show in 3D too).
+fn plan_for(source: &Source, state: &VggtState, question: &QuestionFrames) -> ReconstructPlan {
+    let mut plan = ReconstructPlan { width: state.width, ..ReconstructPlan::candidates(source, state.frames) };
+    if let Some((_, frames, _)) = question.0.as_ref().filter(|(id, _, _)| *id == source.id()) {
+        plan.frames.extend(frames.iter().copied().filter(|&f| f < source.len()));
+        plan.frames.sort_unstable();
+        plan.frames.dedup();
+    }
+    plan
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -141,7 +148,7 @@ fn handle(
     mut computes: MessageReader<SetCompute>,
     mut scenes: MessageWriter<SceneLoaded>,
     mut status: ResMut<StatusLine>,
-    settings: Res<ViewSettings>,
+    (settings, question): (Res<ViewSettings>, Res<QuestionFrames>),
     mut app_settings: ResMut<Settings>,
     mut requested: Local<(DeviceRequest, DTypeRequest)>,
     // The source whose geometry came from a saved state.
@@ -204,7 +211,7 @@ fn handle(
         // Opened videos and folders are reconstructed by themselves; geometry sources (the demo, a
         // saved reconstruction) only when asked.
         if let Some(source) = newest.or_else(|| opened.source.clone()).filter(|s| explicit || !matches!(s, Source::Geometry(_))) {
-            let plan = plan_for(&source, &state);
+            let plan = plan_for(&source, &state, &question);
             let run = vggt.next_run;
             vggt.next_run += 1;
             vggt.thread.send(Request::Reconstruct { source, plan, budget: settings.point_budget, point_source: settings.source, run });
