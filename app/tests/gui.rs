@@ -1079,15 +1079,31 @@ fn results_browser_filters_and_opens_a_questions_frames() {
         {"eval_filter": {"task": "route_planning"}}, {"dump_state": "task.json"},
         {"eval_filter": {"correctness": "wrong", "search": "question 2"}}, {"dump_state": "search.json"},
         {"eval_filter": {}},
-        {"select_question": 3}, {"wait_idle": 120}, {"wait_frames": 10}, {"dump_state": "selected.json"}, {"screenshot": "browser.png"}, {"quit": true}]});
-    let out = run_script(&dir, &script.to_string());
+        {"select_question": 2}, {"wait_idle": 120}, {"wait_frames": 5}, {"dump_state": "scripted.json"},
+        // Then a real click on row 3's line in the table.
+        {"wait_for_file": "clicked"}, {"wait_frames": 5}, {"wait_idle": 120}, {"wait_frames": 10}, {"dump_state": "selected.json"}, {"screenshot": "browser.png"}, {"quit": true}]});
+    let out = run_script_with(&dir, &script.to_string(), |display| {
+        let scripted = dir.join("scripted.json");
+        wait_for(&scripted);
+        let state = read_json(&scripted);
+        let row = state["eval"]["rows"].as_array().unwrap().iter().find(|r| r["key"] == "row 3").expect("row 3 is listed").clone();
+        let r: Vec<f64> = row["rect"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let (x, y) = (r[0] + r[2] * 0.3, r[1] + r[3] / 2.0);
+        xdotool(display, &["mousemove", &format!("{}", x.round()), &format!("{}", y.round()), "sleep", "0.3", "click", "1"]);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        std::fs::write(dir.join("clicked"), b"").unwrap();
+    });
     assert!(out.status.success(), "viewer failed: {}", String::from_utf8_lossy(&out.stderr));
     let shown = |f: &str| read_json(&dir.join(f))["eval"]["shown"].clone();
     assert_eq!(shown("changed.json"), serde_json::json!(["row 1", "row 4"]));
     assert_eq!(shown("task.json"), serde_json::json!(["row 0", "row 4"]));
     assert_eq!(shown("search.json"), serde_json::json!(["row 2"]));
+    let scripted = read_json(&dir.join("scripted.json"));
+    assert_eq!(scripted["eval"]["selected"], "row 2");
+    assert_eq!(scripted["source"]["name"], "scene-a.mp4", "{}", scripted["source"]);
+    assert_eq!(scripted["sampled"], serde_json::json!([0, 7, 22, 39]));
     let state = read_json(&dir.join("selected.json"));
-    assert_eq!(state["eval"]["selected"], "row 3");
+    assert_eq!(state["eval"]["selected"], "row 3", "the click did not select row 3");
     assert_eq!(state["source"]["name"], "scene-b.mp4", "{}", state["source"]);
     assert_eq!(state["sampled"], serde_json::json!([0, 8, 23, 39]));
     assert!(state["sampled_label"].as_str().unwrap().starts_with("frames used by question 103"), "{}", state["sampled_label"]);

@@ -49,6 +49,9 @@ pub struct ResultsBrowser {
     /// The selected question's key ([`RunSummary::key`]).
     pub selected: Option<String>,
     pub error: Option<String>,
+    /// Where each listed question's row was drawn last frame (logical pixels: x, y, w, h), for
+    /// tests that click them.
+    pub row_rects: Vec<(String, [f32; 4])>,
     loading: Option<Receiver<Loaded>>,
 }
 
@@ -230,6 +233,7 @@ fn window(mut contexts: EguiContexts, mut browser: ResMut<ResultsBrowser>, opene
         ui.label(format!("{} of {} questions", shown.len(), run.results.len()));
         ui.label(egui::RichText::new(format!("{:<12}{:<28}{:<9}{:<11}{}", "", "task", "truth", "answer", "reward")).monospace().weak());
         let other = compare.as_ref().map(|c| c.by_key());
+        let mut rects = Vec::new();
         let row_height = ui.text_style_height(&egui::TextStyle::Body) + 4.0;
         egui::ScrollArea::vertical().id_salt("questions").max_height(200.0).auto_shrink([false, true]).show_rows(ui, row_height, shown.len(), |ui, range| {
             for r in &shown[range] {
@@ -245,11 +249,14 @@ fn window(mut contexts: EguiContexts, mut browser: ResMut<ResultsBrowser>, opene
                 );
                 let selected = browser.selected.as_deref() == Some(key.as_str());
                 // One line per question (the rows are drawn lazily at a fixed height).
-                if ui.add(egui::Button::selectable(selected, egui::RichText::new(text).monospace()).wrap_mode(egui::TextWrapMode::Truncate)).clicked() {
+                let row = ui.add(egui::Button::selectable(selected, egui::RichText::new(text).monospace()).wrap_mode(egui::TextWrapMode::Truncate));
+                rects.push((key.clone(), [row.rect.min.x, row.rect.min.y, row.rect.width(), row.rect.height()]));
+                if row.clicked() {
                     clicked = Some(key);
                 }
             }
         });
+        browser.row_rects = rects;
         ui.separator();
         if let Some(r) = browser.selected_result() {
             egui::ScrollArea::vertical().id_salt("question").show(ui, |ui| {

@@ -526,6 +526,7 @@ fn run_script(
                         "compare": browser.compare.as_ref().map(|c| c.dir.clone()),
                         "shown": browser.shown().iter().map(|r| crate::pipeline::eval::browse::RunSummary::key(r)).collect::<Vec<_>>(),
                         "selected": browser.selected,
+                        "rows": browser.row_rects.iter().map(|(k, r)| serde_json::json!({"key": k, "rect": r})).collect::<Vec<_>>(),
                         "window_open": browser.open,
                     })),
                     "frustums": list.iter().map(|f| serde_json::json!({
