@@ -3,17 +3,13 @@
 //! ground truth, exported as safetensors beside them.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 mod common;
 
-fn viewer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_spatial-viewer")).args(args).output().expect("run spatial-viewer")
-}
+use common::viewer;
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
+use common::text;
 
 /// A virtual environment with the readers, made once per target folder.
 fn python() -> PathBuf {
@@ -21,10 +17,7 @@ fn python() -> PathBuf {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sv-exports-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp_dir("exports", name)
 }
 
 fn export(format: &str, out: &Path, extra: &[&str]) {

@@ -111,7 +111,8 @@ struct HeaderEntry {
     end: u64,
 }
 
-fn read_header_entries(path: &Path) -> Result<BTreeMap<String, HeaderEntry>> {
+/// A safetensors header's JSON, with the file's length and the header's.
+fn read_header_json(path: &Path) -> Result<(serde_json::Value, u64, u64)> {
     use std::io::Read;
     let mut file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let file_len = file.metadata()?.len();
@@ -124,6 +125,17 @@ fn read_header_entries(path: &Path) -> Result<BTreeMap<String, HeaderEntry>> {
     let mut header = vec![0u8; header_len as usize];
     file.read_exact(&mut header)?;
     let json: serde_json::Value = serde_json::from_slice(&header).with_context(|| format!("{}: safetensors header is not valid JSON", path.display()))?;
+    Ok((json, file_len, header_len))
+}
+
+/// A safetensors file's `__metadata__` (string to string), without reading tensor data.
+pub fn read_safetensors_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
+    let (json, _, _) = read_header_json(path)?;
+    Ok(json.get("__metadata__").and_then(|m| m.as_object()).map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect()).unwrap_or_default())
+}
+
+fn read_header_entries(path: &Path) -> Result<BTreeMap<String, HeaderEntry>> {
+    let (json, file_len, header_len) = read_header_json(path)?;
     let obj = json.as_object().with_context(|| format!("{}: safetensors header is not an object", path.display()))?;
     let data_len = file_len - 8 - header_len;
     let mut out = BTreeMap::new();

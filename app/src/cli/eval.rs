@@ -149,7 +149,7 @@ fn run_eval(a: RunArgs) -> Result<i32> {
     let mut progress = |p: crate::pipeline::eval::run::EvalProgress| {
         line.stage(&format!("{}/{} ({} from before), {:.1} questions/min; {}", p.done, p.total, p.resumed, p.questions_per_minute, p.last), p.done as f64 / p.total.max(1) as f64, p.eta_s);
     };
-    let metrics = run(&settings, &mut models, &compute, &a.out, &Cancel::new(), &mut progress)?;
+    let metrics = run(&settings, &questions, &mut models, &compute, &a.out, &Cancel::new(), &mut progress)?;
     line.finish();
     eprintln!("wrote {} and {}", a.out.join("results.json").display(), a.out.join("metrics.json").display());
     print_metrics(&metrics);

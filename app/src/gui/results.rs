@@ -53,6 +53,17 @@ pub struct ResultsBrowser {
     /// tests that click them.
     pub row_rects: Vec<(String, [f32; 4])>,
     loading: Option<Receiver<Loaded>>,
+    /// The rows the filters let through, and the filters they are for (recomputed only when
+    /// a filter or a run changes, not every frame).
+    shown_cache: Option<(FilterKey, Vec<usize>)>,
+}
+
+#[derive(Clone, PartialEq)]
+struct FilterKey {
+    task: Option<String>,
+    correctness: Correctness,
+    search: String,
+    runs: (usize, usize),
 }
 
 impl ResultsBrowser {
@@ -60,20 +71,32 @@ impl ResultsBrowser {
         self.loading.is_some()
     }
 
-    /// The results the filters let through, in row order.
-    pub fn shown(&self) -> Vec<&Value> {
-        let Some(run) = &self.run else { return Vec::new() };
-        let other = self.compare.as_ref().map(|c| c.by_key());
-        let correct = match self.correctness {
-            Correctness::Correct => Some(true),
-            Correctness::Wrong => Some(false),
-            _ => None,
-        };
-        run.results
-            .iter()
-            .filter(|r| matches(r, self.task.as_deref(), correct, &self.search))
-            .filter(|r| self.correctness != Correctness::Changed || changed(r, other.as_ref().and_then(|o| o.get(&RunSummary::key(r)))))
-            .collect()
+    /// Positions (in the run's results) of the questions the filters let through, in row order.
+    pub fn shown(&mut self) -> &[usize] {
+        let ptr = |r: &Option<Arc<RunSummary>>| r.as_ref().map_or(0, |r| Arc::as_ptr(r) as usize);
+        let key = FilterKey { task: self.task.clone(), correctness: self.correctness, search: self.search.clone(), runs: (ptr(&self.run), ptr(&self.compare)) };
+        if self.shown_cache.as_ref().is_none_or(|(k, _)| *k != key) {
+            let rows = match &self.run {
+                None => Vec::new(),
+                Some(run) => {
+                    let correct = match self.correctness {
+                        Correctness::Correct => Some(true),
+                        Correctness::Wrong => Some(false),
+                        _ => None,
+                    };
+                    let compare = self.compare.as_deref();
+                    (0..run.results.len())
+                        .filter(|&i| {
+                            let r = &run.results[i];
+                            matches(r, self.task.as_deref(), correct, &self.search)
+                                && (self.correctness != Correctness::Changed || changed(r, compare.and_then(|c| c.get(&RunSummary::key(r)))))
+                        })
+                        .collect()
+                }
+            };
+            self.shown_cache = Some((key, rows));
+        }
+        &self.shown_cache.as_ref().expect("filled above").1
     }
 
     pub fn selected_result(&self) -> Option<&Value> {
@@ -97,7 +120,12 @@ fn load(mut requests: MessageReader<OpenEvalRun>, mut browser: ResMut<ResultsBro
         browser.open = true;
     }
     let Some(rx) = &browser.loading else { return };
-    let Ok(loaded) = rx.try_recv() else { return };
+    let loaded = match rx.try_recv() {
+        Ok(l) => l,
+        Err(crossbeam_channel::TryRecvError::Empty) => return,
+        // The reading thread panicked: say so rather than wait for ever.
+        Err(crossbeam_channel::TryRecvError::Disconnected) => Err("reading the evaluation run failed unexpectedly (the reader crashed)".to_string()),
+    };
     browser.loading = None;
     match loaded {
         Ok((run, compare)) => {
@@ -229,17 +257,16 @@ fn window(mut contexts: EguiContexts, mut browser: ResMut<ResultsBrowser>, opene
             }
             ui.add(egui::TextEdit::singleline(&mut browser.search).hint_text("search").desired_width(140.0));
         });
-        let shown: Vec<Value> = browser.shown().into_iter().cloned().collect();
+        let shown: Vec<usize> = browser.shown().to_vec();
         ui.label(format!("{} of {} questions", shown.len(), run.results.len()));
         ui.label(egui::RichText::new(format!("{:<12}{:<28}{:<9}{:<11}{}", "", "task", "truth", "answer", "reward")).monospace().weak());
-        let other = compare.as_ref().map(|c| c.by_key());
         let mut rects = Vec::new();
         let row_height = ui.text_style_height(&egui::TextStyle::Body) + 4.0;
         egui::ScrollArea::vertical().id_salt("questions").max_height(200.0).auto_shrink([false, true]).show_rows(ui, row_height, shown.len(), |ui, range| {
-            for r in &shown[range] {
+            for r in shown[range].iter().map(|&i| &run.results[i]) {
                 let key = RunSummary::key(r);
                 let mark = if r["correct"].as_bool() == Some(true) { "ok " } else { "-- " };
-                let then = other.as_ref().and_then(|o| o.get(&key)).filter(|o| changed(r, Some(o))).map(|o| format!("  (was {})", short(&o["cleaned_model_output"]))).unwrap_or_default();
+                let then = compare.as_ref().and_then(|o| o.get(&key)).filter(|o| changed(r, Some(o))).map(|o| format!("  (was {})", short(&o["cleaned_model_output"]))).unwrap_or_default();
                 let text = format!(
                     "{mark}{key:>7}  {:<27} {:<8} {:<10} {:.2}{then}",
                     r["sample"]["question_type"].as_str().unwrap_or("?"),
@@ -265,7 +292,7 @@ fn window(mut contexts: EguiContexts, mut browser: ResMut<ResultsBrowser>, opene
                 ui.label(format!("truth: {}", r["sample"]["ground_truth"].as_str().unwrap_or_default()));
                 ui.label(format!("answer: {}", r["model_output"].as_str().unwrap_or_default()));
                 ui.label(format!("reward {:.3}, frames used {}", r["reward"].as_f64().unwrap_or(0.0), r["frames_used"]));
-                if let Some(o) = other.as_ref().and_then(|o| o.get(&RunSummary::key(r))) {
+                if let Some(o) = compare.as_ref().and_then(|o| o.get(&RunSummary::key(r))) {
                     ui.label(format!("compared run: {} (reward {:.3})", o["model_output"].as_str().unwrap_or_default(), o["reward"].as_f64().unwrap_or(0.0)));
                 }
             });

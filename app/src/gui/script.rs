@@ -495,6 +495,7 @@ fn run_script(
                 let project = |p: Vec3| camera.world_to_viewport(transform, p).ok().map(|v| [v.x, v.y]);
                 let mut list: Vec<_> = frustums.iter().collect();
                 list.sort_by_key(|f| f.frame);
+                let shown_rows = browser.shown().to_vec();
                 let json = serde_json::json!({
                     "frame": player.current,
                     "frame_count": player.frame_count,
@@ -524,7 +525,7 @@ fn run_script(
                         "run": run.dir,
                         "results": run.results.len(),
                         "compare": browser.compare.as_ref().map(|c| c.dir.clone()),
-                        "shown": browser.shown().iter().map(|r| crate::pipeline::eval::browse::RunSummary::key(r)).collect::<Vec<_>>(),
+                        "shown": shown_rows.iter().map(|&i| crate::pipeline::eval::browse::RunSummary::key(&run.results[i])).collect::<Vec<_>>(),
                         "selected": browser.selected,
                         "rows": browser.row_rects.iter().map(|(k, r)| serde_json::json!({"key": k, "rect": r})).collect::<Vec<_>>(),
                         "window_open": browser.open,

@@ -197,10 +197,13 @@ fn restore(
             vggt_last_run: state["vggt_last_run"].as_str().map(String::from),
             applied: 0,
         });
+        if let Some(w) = &r.warning {
+            problems.insert(0, w.clone());
+        }
         if problems.is_empty() {
             status.info(format!("reopened {}", r.path.display()));
         } else {
-            status.error(format!("{}: some settings could not be restored: {}", r.path.display(), problems.join("; ")));
+            status.error(format!("{}: reopened, but {}", r.path.display(), problems.join("; ")));
         }
     }
 }

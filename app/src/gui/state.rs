@@ -408,6 +408,8 @@ pub struct Restore {
     pub rec: Option<Arc<Reconstruction>>,
     /// The state file.
     pub path: PathBuf,
+    /// Why the source may not be what was saved (its content changed), said when it reopens.
+    pub warning: Option<String>,
 }
 
 /// Open an evaluation run's folder in the results browser (and another to compare with).

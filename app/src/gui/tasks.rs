@@ -136,8 +136,17 @@ fn open_state(spec: SourceSpec, path: &std::path::Path, relocated: Option<PathBu
         Ok(l) => l,
         Err(e) => return JobOutput::OpenFailed(spec, format!("{e:#}")),
     };
+    let mut warning = loaded.source_problem.clone();
     let source_spec = match relocated {
-        Some(p) => SourceSpec::Path(p),
+        Some(p) => {
+            // The file at its new place is checked against the saved fingerprint too.
+            warning = match crate::pipeline::state_file::fingerprint(&p) {
+                Ok(f) if Some(f.as_str()) == loaded.state["source"]["fingerprint"].as_str() => None,
+                Ok(_) => Some(format!("{}: not the content the state was saved with (edited, re-encoded, or another file)", p.display())),
+                Err(e) => Some(format!("{e:#}")),
+            };
+            SourceSpec::Path(p)
+        }
         None => {
             if let Some(problem) = loaded.source_problem.as_ref().filter(|_| matches!(&loaded.source, SourceSpec::Path(p) if !p.exists())) {
                 return JobOutput::SourceMissing(spec, path.to_path_buf(), problem.clone());
@@ -154,7 +163,7 @@ fn open_state(spec: SourceSpec, path: &std::path::Path, relocated: Option<PathBu
             return JobOutput::OpenFailed(spec, format!("{}: the geometry does not fit {} ({e:#})", path.display(), source.name()));
         }
     }
-    let restore = Restore { state: loaded.state, rec: loaded.rec.map(Arc::new), path: path.to_path_buf() };
+    let restore = Restore { state: loaded.state, rec: loaded.rec.map(Arc::new), path: path.to_path_buf(), warning };
     JobOutput::Opened(spec, source, Some(Arc::new(restore)))
 }
 

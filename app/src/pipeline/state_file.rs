@@ -20,11 +20,12 @@ pub fn is_state_path(p: &Path) -> bool {
     p.extension().is_some_and(|e| e.eq_ignore_ascii_case("svstate"))
 }
 
-/// A cheap fingerprint of a file's or folder's content: sizes, and the first and last 64 KiB of
-/// each file (a moved file keeps it; an edited or re-encoded one does not).
+/// A cheap fingerprint of a file's or folder's content: sizes, names in a folder, and the first
+/// and last 64 KiB of each file (a moved file keeps it; an edited or re-encoded one does not).
+/// CRC-32 rather than std's hasher, whose algorithm may change between Rust releases.
 pub fn fingerprint(path: &Path) -> Result<String> {
-    use std::hash::Hasher;
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    use std::io::Seek;
+    let mut h = crc32fast::Hasher::new();
     let mut files: Vec<PathBuf> = if path.is_dir() {
         let mut v: Vec<PathBuf> = std::fs::read_dir(path)?.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
         v.sort();
@@ -33,24 +34,23 @@ pub fn fingerprint(path: &Path) -> Result<String> {
         vec![path.to_path_buf()]
     };
     files.retain(|f| !f.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')));
+    let mut buf = vec![0u8; 64 << 10];
     for f in &files {
         let mut file = std::fs::File::open(f).with_context(|| format!("{}: cannot read", f.display()))?;
         let len = file.metadata()?.len();
-        h.write_u64(len);
+        h.update(&len.to_le_bytes());
         if path.is_dir() {
-            h.write(f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes());
+            h.update(f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes());
         }
-        let mut buf = vec![0u8; 64 << 10];
         let n = file.read(&mut buf)?;
-        h.write(&buf[..n]);
+        h.update(&buf[..n]);
         if len > (128 << 10) {
-            use std::io::Seek;
             file.seek(std::io::SeekFrom::End(-(64 << 10)))?;
             let n = file.read(&mut buf)?;
-            h.write(&buf[..n]);
+            h.update(&buf[..n]);
         }
     }
-    Ok(format!("{:016x}", h.finish()))
+    Ok(format!("crc32:{:08x}:{}", h.finalize(), files.len()))
 }
 
 /// The source as a state records it.
@@ -93,15 +93,14 @@ pub struct LoadedState {
 }
 
 pub fn read(path: &Path) -> Result<LoadedState> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| anyhow::anyhow!("{}: not a saved state ({e})", path.display()))?;
-    let text = meta.metadata().as_ref().and_then(|m| m.get(METADATA_KEY)).with_context(|| format!("{}: not a saved state (no viewer state in it)", path.display()))?;
+    // The header only: the geometry is read (and checked) once, below.
+    let meta = spatial_models::checkpoint::read_safetensors_metadata(path).map_err(|e| anyhow::anyhow!("{}: not a saved state ({e:#})", path.display()))?;
+    let text = meta.get(METADATA_KEY).with_context(|| format!("{}: not a saved state (no viewer state in it)", path.display()))?;
     let state: serde_json::Value = serde_json::from_str(text).with_context(|| format!("{}: the saved state is not valid JSON", path.display()))?;
     let version = state["version"].as_u64().unwrap_or(0);
     if version > STATE_VERSION {
         bail!("{}: saved by a newer spatial-viewer (state version {version}; this one reads up to {STATE_VERSION})", path.display());
     }
-    drop(bytes);
     let rec = Reconstruction::load(path).with_context(|| format!("{}: the saved geometry", path.display()))?;
     let rec = (rec.frames > 0).then_some(rec);
     let (source, source_problem) = match state["source"]["kind"].as_str() {

@@ -5,7 +5,7 @@ use super::results::{METRICS, read_run};
 use super::scoring::calculate_metrics;
 use anyhow::Result;
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Whether a folder is an evaluation run (a journal, or results with metrics).
@@ -20,6 +20,8 @@ pub struct RunSummary {
     /// In row order (or file order for results without rows).
     pub results: Vec<Value>,
     pub metrics: Value,
+    /// Each result's position by its [`RunSummary::key`].
+    index: HashMap<String, usize>,
 }
 
 impl RunSummary {
@@ -32,7 +34,8 @@ impl RunSummary {
             Some(m) if dir.join(super::results::RESULTS).exists() && !dir.join(super::results::JOURNAL).exists() => m,
             _ => calculate_metrics(&results),
         };
-        Ok(Self { dir: dir.to_path_buf(), results, metrics })
+        let index = results.iter().enumerate().map(|(i, r)| (Self::key(r), i)).collect();
+        Ok(Self { dir: dir.to_path_buf(), results, metrics, index })
     }
 
     pub fn question_types(&self) -> Vec<String> {
@@ -47,8 +50,9 @@ impl RunSummary {
         }
     }
 
-    pub fn by_key(&self) -> BTreeMap<String, &Value> {
-        self.results.iter().map(|r| (Self::key(r), r)).collect()
+    /// The result with this key (the same question in another run).
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.index.get(key).map(|&i| &self.results[i])
     }
 
     /// Per type: (score here, score there, count here), for every type in either run.
@@ -66,7 +70,7 @@ impl RunSummary {
 }
 
 /// Whether a result answered differently in another run (its cleaned answer or its reward).
-pub fn changed(a: &Value, b: Option<&&Value>) -> bool {
+pub fn changed(a: &Value, b: Option<&Value>) -> bool {
     b.is_some_and(|b| a["cleaned_model_output"] != b["cleaned_model_output"] || a["reward"] != b["reward"])
 }
 
@@ -111,9 +115,9 @@ mod tests {
         assert!(!matches(&a, None, None, "chair"));
         assert!(matches(&a, None, None, " S1 "));
         let mut b = a.clone();
-        assert!(!changed(&a, Some(&&b)));
+        assert!(!changed(&a, Some(&b)));
         b["cleaned_model_output"] = json!("b");
-        assert!(changed(&a, Some(&&b)));
+        assert!(changed(&a, Some(&b)));
         assert!(!changed(&a, None));
         assert_eq!(RunSummary::key(&a), "row 3");
     }

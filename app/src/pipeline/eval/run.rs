@@ -120,8 +120,9 @@ pub struct EvalModels {
     pub vggt: Option<LoadedVggt>,
 }
 
-/// Runs (or continues) the evaluation into `out`; returns the metrics of all its results.
-pub fn run(settings: &EvalSettings, models: &mut EvalModels, compute: &Compute, out: &Path, cancel: &Cancel, progress: &mut dyn FnMut(EvalProgress)) -> Result<Value> {
+/// Runs (or continues) the evaluation of `questions` (from [`select_questions`]) into `out`;
+/// returns the metrics of all its results.
+pub fn run(settings: &EvalSettings, questions: &[BenchQuestion], models: &mut EvalModels, compute: &Compute, out: &Path, cancel: &Cancel, progress: &mut dyn FnMut(EvalProgress)) -> Result<Value> {
     crate::pipeline::fsio::create_dir_all(out)?;
     let record = settings.record();
     let settings_path = out.join(SETTINGS);
@@ -133,7 +134,6 @@ pub fn run(settings: &EvalSettings, models: &mut EvalModels, compute: &Compute, 
     } else {
         write_json(&settings_path, &record)?;
     }
-    let questions = select_questions(settings)?;
     let journal_path = out.join(JOURNAL);
     let (mut results, good_end) = read_journal(&journal_path)?;
     let done_rows: std::collections::HashSet<u64> = results.iter().filter_map(|r| r["row"].as_u64()).collect();

@@ -74,12 +74,8 @@ pub fn clean_text(text: &str) -> String {
             in_space = false;
         }
     }
-    python_lower(folded.trim_matches(is_python_space).trim_end_matches('.'))
-}
-
-/// Python's `str.lower` (full Unicode lowercase mapping, like Rust's).
-fn python_lower(s: &str) -> String {
-    s.to_lowercase()
+    // Rust's lowercase is Python's `str.lower` (full Unicode mapping, final sigma included).
+    folded.trim_matches(is_python_space).trim_end_matches('.').to_lowercase()
 }
 
 /// Python's `float()` on a string with commas removed (upstream's `normalize_number`): surrounding
