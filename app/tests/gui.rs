@@ -464,6 +464,8 @@ fn chat_asks_about_the_space_aware_picks_of_the_demo() {
     let script = serde_json::json!({"steps": [
         {"open": "demo"}, {"load_weights": {"mllm": weights}}, {"wait_idle": 120},
         {"set": {"control": "max_new_tokens", "value": 4}}, {"ask": "Where is the sofa?"},
+        // A region selected: the question's note says how many of its frames see it.
+        {"select_region": {"frame": 40, "rect": [20, 20, 40, 40]}},
         {"set": {"control": "spatial", "value": false}}, {"ask": "Where is the sofa?"},
         {"dump_state": "state.json"}, {"quit": true}]});
     let out = run_script(&dir, &script.to_string());
@@ -477,7 +479,33 @@ fn chat_asks_about_the_space_aware_picks_of_the_demo() {
     assert_eq!(chat[1]["state"], "done");
     assert!(chat[1]["note"].as_str().unwrap().contains("16 frames"), "{}", chat[1]);
     // With the spatial branch off the same frames go to plain Qwen2.5-VL.
-    assert!(chat[2]["note"].as_str().unwrap().contains("base model"), "{}", chat[2]);
+    assert!(
+        chat[2]["note"].as_str().unwrap().contains("base model"),
+        "{}",
+        chat[2]
+    );
+    assert!(
+        !chat[0]["note"].as_str().unwrap().contains("region"),
+        "{}",
+        chat[0]
+    );
+    let seeing: Vec<&serde_json::Value> = state["region"]["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .collect();
+    let used = chat[2]["frames"].as_array().unwrap();
+    let visible = used.iter().filter(|f| seeing.contains(f)).count();
+    assert!(
+        visible < used.len(),
+        "pick a region some used frames miss: {state}"
+    );
+    let said = format!("is visible in {visible} of the {} frames used", used.len());
+    assert!(
+        chat[2]["note"].as_str().unwrap().contains(&said),
+        "expected `{said}` in {}",
+        chat[2]
+    );
     assert_eq!(chat[3]["state"], "done");
 }
 
@@ -940,7 +968,23 @@ fn looking_through_cameras_follows_the_video_and_cameras_can_be_thinned() {
 /// What a state must give back: everything `dump_state` reports about the source's frames, the
 /// geometry, the picks, the view, the cameras and the chat (not the status line or the paths).
 fn assert_same_session(a: &serde_json::Value, b: &serde_json::Value) {
-    for key in ["frame", "frame_count", "sampled", "sampled_label", "compare", "chat", "look_through", "model", "vggt", "vggt_last_run"] {
+    for key in [
+        "frame",
+        "frame_count",
+        "sampled",
+        "sampled_label",
+        "compare",
+        "chat",
+        "look_through",
+        "model",
+        "vggt",
+        "vggt_last_run",
+        "pins",
+        "measurements",
+        "scale",
+        "region",
+        "inspect_tool",
+    ] {
         assert_eq!(a[key], b[key], "{key} differs:\n{a}\n{b}");
     }
     for key in ["label", "frames", "width", "height", "points", "frame_indices", "source_frames"] {
@@ -995,7 +1039,9 @@ fn a_saved_state_reopens_exactly_and_finds_a_moved_source() {
         {"set": {"control": "color_mode", "value": "confidence"}}, {"set": {"control": "conf_percentile", "value": 40}},
         {"set": {"control": "point_size", "value": 5}}, {"set": {"control": "cameras", "value": "picks"}},
         {"set": {"control": "max_new_tokens", "value": 4}}, {"ask": "How far is the chair from the door?"},
-        {"look_through": 1}, {"seek": 4}, {"wait_idle": 60}, {"wait_frames": 10},
+        {"look_through": 1}, {"seek": 4}, {"wait_idle": 60},
+        {"pin": {"frame": 1, "pixel": [40, 30]}}, {"pin": {"frame": 2, "pixel": [60, 40]}}, {"set_scale": 0.5},
+        {"select_region": {"frame": 1, "rect": [10, 10, 30, 25]}}, {"inspect_tool": "measure"}, {"wait_frames": 10},
         {"dump_state": "saved.json"}, {"screenshot": "saved.png"}, {"save_state": "session.svstate"}, {"quit": true}]});
     let out = run_script(&dir, &script.to_string());
     assert!(out.status.success(), "first run failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -1003,6 +1049,8 @@ fn a_saved_state_reopens_exactly_and_finds_a_moved_source() {
     assert_eq!(saved["chat"].as_array().unwrap().len(), 2, "{saved}");
     assert_eq!(saved["frame"], 4);
     assert!(saved["look_through"].is_number(), "{saved}");
+    assert_eq!(saved["pins"].as_array().unwrap().len(), 2, "{saved}");
+    assert!(saved["region"]["points"].as_u64().unwrap() > 0, "{saved}");
 
     // `spatial-viewer STATE_FILE`, with none of the weights loaded by hand.
     let reopen = serde_json::json!({"steps": [{"wait_idle": 300}, {"wait_frames": 10}, {"dump_state": "reopened.json"}, {"screenshot": "reopened.png"}, {"quit": true}]});
@@ -1117,4 +1165,379 @@ fn results_browser_filters_and_opens_a_questions_frames() {
     let timeline = (img.height() - 110)..(img.height() - 24);
     let cols: std::collections::BTreeSet<u32> = timeline.flat_map(|y| (0..img.width()).filter(|&x| near(img.get_pixel(x, y), SAMPLED, 30)).collect::<Vec<_>>()).map(|x| x / 6).collect();
     assert!(cols.len() >= 4, "{} orange marks on the timeline", cols.len());
+}
+
+/// The demo's ground truth, read back from its safetensors export.
+struct DemoTruth {
+    frames: usize,
+    h: usize,
+    w: usize,
+    depth: Vec<f32>,
+    extrinsic: Vec<f32>,
+    intrinsic: Vec<f32>,
+}
+
+impl DemoTruth {
+    fn load(dir: &Path) -> Self {
+        let out = dir.join("demo.safetensors");
+        let o = Command::new(env!("CARGO_BIN_EXE_spatial-viewer"))
+            .args([
+                "export",
+                "--demo",
+                "--format",
+                "safetensors",
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let t = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+        let v = |k: &str| t[k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (frames, h, w, _) = t["depth"].dims4().unwrap();
+        Self {
+            frames,
+            h,
+            w,
+            depth: v("depth"),
+            extrinsic: v("extrinsic"),
+            intrinsic: v("intrinsic"),
+        }
+    }
+
+    /// Pixel coordinates (VGGT's convention) and z-depth of a world point in frame `f`.
+    fn project(&self, f: usize, p: [f32; 3]) -> Option<(f32, f32, f32)> {
+        let e = &self.extrinsic[f * 12..f * 12 + 12];
+        let k = &self.intrinsic[f * 9..f * 9 + 9];
+        let c = [0, 1, 2]
+            .map(|r| e[r * 4] * p[0] + e[r * 4 + 1] * p[1] + e[r * 4 + 2] * p[2] + e[r * 4 + 3]);
+        (c[2] > 1e-6).then(|| (k[0] * c[0] / c[2] + k[2], k[4] * c[1] / c[2] + k[5], c[2]))
+    }
+
+    fn depth_at(&self, f: usize, x: usize, y: usize) -> f32 {
+        self.depth[(f * self.h + y) * self.w + x]
+    }
+
+    /// The sample (x, y) of frame `f` that sees `p` by the 2% depth test.
+    fn sees(&self, f: usize, p: [f32; 3]) -> Option<(usize, usize)> {
+        let (u, v, z) = self.project(f, p)?;
+        let (x, y) = (u.round(), v.round());
+        if x < 0.0 || y < 0.0 || x >= self.w as f32 || y >= self.h as f32 {
+            return None;
+        }
+        let d = self.depth_at(f, x as usize, y as usize);
+        (d > 0.0 && (z - d).abs() <= 0.02 * d).then_some((x as usize, y as usize))
+    }
+
+    /// The depth of sample (x, y) of frame `f` unprojected with its camera.
+    fn unproject(&self, f: usize, x: usize, y: usize) -> [f32; 3] {
+        let e = &self.extrinsic[f * 12..f * 12 + 12];
+        let k = &self.intrinsic[f * 9..f * 9 + 9];
+        let d = self.depth_at(f, x, y);
+        let c = [
+            (x as f32 - k[2]) * d / k[0],
+            (y as f32 - k[5]) * d / k[4],
+            d,
+        ];
+        let t = [e[3], e[7], e[11]];
+        // R^T (c - t)
+        [0, 1, 2].map(|i| (0..3).map(|r| e[r * 4 + i] * (c[r] - t[r])).sum())
+    }
+}
+
+/// A point of the demo's room (metres, y up; `pipeline::demo::furniture`) in its world, which is
+/// the first camera of the walk-through (`pipeline::demo::camera_pose(0, frames)`).
+fn demo_room_to_world(p: [f32; 3]) -> [f32; 3] {
+    let angle = -0.6f32;
+    let center = [1.55 * angle.cos(), 1.45, 1.3 * angle.sin()];
+    let target = [
+        0.35 * (angle * 0.7).cos(),
+        0.6,
+        -0.2 + 0.3 * (angle * 0.5).sin(),
+    ];
+    let norm = |v: [f32; 3]| {
+        let n = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
+        v.map(|c| c / n)
+    };
+    let cross = |a: [f32; 3], b: [f32; 3]| {
+        [
+            a[1] * b[2] - a[2] * b[1],
+            a[2] * b[0] - a[0] * b[2],
+            a[0] * b[1] - a[1] * b[0],
+        ]
+    };
+    let forward = norm([
+        target[0] - center[0],
+        target[1] - center[1],
+        target[2] - center[2],
+    ]);
+    let right = norm(cross(forward, [0.0, 1.0, 0.0]));
+    let down = cross(forward, right);
+    let d = [p[0] - center[0], p[1] - center[1], p[2] - center[2]];
+    [right, down, forward].map(|a| a[0] * d[0] + a[1] * d[1] + a[2] * d[2])
+}
+
+fn json_vec(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// Inspect and measure on the demo (ground truth in metres). Script steps: two table corners
+/// pinned at the pixels where a demo camera projects them measure the table's true 1.2 m within
+/// 1 cm; a scale makes it metres; a rectangle on the sofa is seen by exactly the frames whose
+/// ground-truth depth maps see one of its points; a hovered window pixel reports the point drawn
+/// there (GPU pick). Real input (xdotool): hovering and clicking in 3D and on the video frame pin
+/// those points; a drag on the video frame selects a region. The screenshot shows the pins.
+#[test]
+fn inspect_and_measure_the_demo() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmp_dir("inspect");
+    let truth = DemoTruth::load(&dir);
+    // The table's front top edge, from corner to corner: 1.2 m.
+    let corners = [[-0.6, 0.45, 0.3], [0.6, 0.45, 0.3]].map(demo_room_to_world);
+    let (pin_frame, pins) = (0..truth.frames)
+        .filter_map(|f| {
+            let px: Vec<(usize, usize)> =
+                corners.iter().filter_map(|&c| truth.sees(f, c)).collect();
+            let far = corners
+                .iter()
+                .filter_map(|&c| truth.project(f, c))
+                .map(|p| p.2)
+                .fold(0.0, f32::max);
+            (px.len() == 2).then_some((f, px, far))
+        })
+        .min_by(|a, b| a.2.total_cmp(&b.2))
+        .map(|(f, px, _)| (f, px))
+        .expect("a frame sees both table corners");
+    // A small rectangle on the sofa's seat, seen by some frame.
+    let seat = demo_room_to_world([-1.0, 0.8, -2.0]);
+    let region_frame = (0..truth.frames)
+        .rev()
+        .find(|&f| truth.sees(f, seat).is_some())
+        .expect("a frame sees the sofa");
+    let (sx, sy) = truth.sees(region_frame, seat).unwrap();
+    let rect = [sx as i64 - 4, sy as i64 - 3, sx as i64 + 4, sy as i64 + 3];
+    let lifted: Vec<[f32; 3]> = (rect[1]..=rect[3])
+        .flat_map(|y| (rect[0]..=rect[2]).map(move |x| (x as usize, y as usize)))
+        .map(|(x, y)| truth.unproject(region_frame, x, y))
+        .collect();
+    let expected_frames: Vec<u64> = (0..truth.frames)
+        .filter(|&f| lifted.iter().any(|&p| truth.sees(f, p).is_some()))
+        .map(|f| f as u64)
+        .collect();
+    assert!(
+        expected_frames.len() < truth.frames,
+        "the sofa is seen by every frame"
+    );
+
+    let script = format!(
+        r#"{{"steps": [{{"open": "demo"}}, {{"wait_idle": 120}}, {{"seek": {pin_frame}}}, {{"wait_idle": 30}},
+        {{"pin": {{"frame": {pin_frame}, "pixel": [{}, {}]}}}}, {{"pin": {{"frame": {pin_frame}, "pixel": [{}, {}]}}}}, {{"dump_state": "measured.json"}},
+        {{"set_scale": 1.2}}, {{"select_region": {{"frame": {region_frame}, "rect": [{}, {}, {}, {}]}}}}, {{"dump_state": "scaled.json"}},
+        {{"hover": [630, 350]}}, {{"dump_state": "hovered.json"}}, {{"clear_pins": true}}, {{"clear_region": true}},
+        {{"inspect_tool": "measure"}}, {{"video_overlay": "depth"}}, {{"wait_frames": 5}}, {{"dump_state": "ready.json"}},
+        {{"wait_for_file": "moved3d"}}, {{"wait_frames": 10}}, {{"dump_state": "mouse3d.json"}},
+        {{"wait_for_file": "clicked3d"}}, {{"wait_frames": 5}}, {{"dump_state": "click3d.json"}},
+        {{"wait_for_file": "movedvideo"}}, {{"wait_frames": 10}}, {{"dump_state": "video.json"}},
+        {{"wait_for_file": "clickedvideo"}}, {{"wait_frames": 5}}, {{"inspect_tool": "region"}}, {{"dump_state": "clickvideo.json"}},
+        {{"wait_for_file": "dragged"}}, {{"wait_frames": 10}}, {{"screenshot": "inspect.png"}}, {{"dump_state": "final.json"}}, {{"quit": true}}]}}"#,
+        pins[0].0, pins[0].1, pins[1].0, pins[1].1, rect[0], rect[1], rect[2], rect[3]
+    );
+    let mouse = std::cell::Cell::new(([0.0f64; 2], [0.0f64; 2]));
+    let out = run_script_with(&dir, &script, |display| {
+        wait_for(&dir.join("ready.json"));
+        let ready = read_json(&dir.join("ready.json"));
+        let vp = json_vec(&ready["viewport"]);
+        let in_3d = [
+            (vp[0] + vp[2] * 0.5 + 37.0).round(),
+            (vp[1] + vp[3] * 0.5 + 23.0).round(),
+        ];
+        let video = json_vec(&ready["video_panel"]["rect"]);
+        let on_video = [
+            (video[0] + video[2] * 0.37).round(),
+            (video[1] + video[3] * 0.61).round(),
+        ];
+        mouse.set((in_3d, on_video));
+        let go = |p: [f64; 2]| {
+            xdotool(
+                display,
+                &["mousemove", &format!("{}", p[0]), &format!("{}", p[1])],
+            )
+        };
+        go(in_3d);
+        std::fs::write(dir.join("moved3d"), b"").unwrap();
+        wait_for(&dir.join("mouse3d.json"));
+        xdotool(display, &["click", "1"]);
+        std::fs::write(dir.join("clicked3d"), b"").unwrap();
+        wait_for(&dir.join("click3d.json"));
+        go(on_video);
+        std::fs::write(dir.join("movedvideo"), b"").unwrap();
+        wait_for(&dir.join("video.json"));
+        xdotool(display, &["click", "1"]);
+        std::fs::write(dir.join("clickedvideo"), b"").unwrap();
+        wait_for(&dir.join("clickvideo.json"));
+        // Drag a rectangle on the video frame with the region tool.
+        let from = [
+            (video[0] + video[2] * 0.3).round(),
+            (video[1] + video[3] * 0.3).round(),
+        ];
+        let to = [
+            (video[0] + video[2] * 0.45).round(),
+            (video[1] + video[3] * 0.5).round(),
+        ];
+        go(from);
+        xdotool(display, &["mousedown", "1"]);
+        for i in 1..=5 {
+            let t = i as f64 / 5.0;
+            go([
+                from[0] + (to[0] - from[0]) * t,
+                from[1] + (to[1] - from[1]) * t,
+            ]);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        xdotool(display, &["mouseup", "1"]);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        std::fs::write(dir.join("dragged"), b"").unwrap();
+    });
+    assert!(
+        out.status.success(),
+        "viewer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Measuring: the true length within a centimetre, in scene units (the demo's are metres).
+    let measured = read_json(&dir.join("measured.json"));
+    let m = &measured["measurements"][0];
+    let length = m["length"].as_f64().unwrap();
+    assert!(
+        (length - 1.2).abs() < 0.01,
+        "the table's edge measures {length} (pins {} in frame {pin_frame} at {pins:?})",
+        measured["pins"]
+    );
+    assert!(m["metres"].is_null() && measured["scale"].is_null());
+    for (pin, c) in measured["pins"].as_array().unwrap().iter().zip(corners) {
+        let p = json_vec(&pin["position"]);
+        let err = ((p[0] - c[0] as f64).powi(2)
+            + (p[1] - c[1] as f64).powi(2)
+            + (p[2] - c[2] as f64).powi(2))
+        .sqrt();
+        assert!(err < 0.01, "pin {pin} is {err} m from the corner");
+        assert_eq!(pin["frame"], pin_frame as u64);
+    }
+    let scaled = read_json(&dir.join("scaled.json"));
+    assert!((scaled["measurements"][0]["metres"].as_f64().unwrap() - 1.2).abs() < 1e-5);
+    assert!((scaled["scale"].as_f64().unwrap() - 1.2 / length).abs() < 1e-5);
+    // The region: exactly the frames the ground-truth depth maps say; the picks among them.
+    let region = &scaled["region"];
+    let frames: Vec<u64> = region["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        frames, expected_frames,
+        "frames seeing the sofa rectangle of frame {region_frame}"
+    );
+    let sampled: Vec<u64> = scaled["sampled"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let picks: Vec<u64> = region["sampled_frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        picks,
+        expected_frames
+            .iter()
+            .copied()
+            .filter(|f| sampled.contains(f))
+            .collect::<Vec<_>>()
+    );
+    // A hovered window pixel: the point drawn there, which is that sample's point.
+    let check_hover = |state: &serde_json::Value, at: [f64; 2], from: &str| {
+        let h = &state["hovered"];
+        assert_eq!(h["from"], from, "{h}");
+        let (f, px) = (h["frame"].as_u64().unwrap() as usize, json_vec(&h["pixel"]));
+        let truth_p = truth.unproject(f, px[0] as usize, px[1] as usize);
+        let p = json_vec(&h["position"]);
+        assert!(
+            (0..3).all(|a| (p[a] - truth_p[a] as f64).abs() < 1e-3),
+            "{h} vs {truth_p:?}"
+        );
+        if from == "3d" {
+            let w = json_vec(&h["window"]);
+            let d = ((w[0] - at[0]).powi(2) + (w[1] - at[1]).powi(2)).sqrt();
+            assert!(
+                d <= 2.5,
+                "hovered at {at:?}, the reported point projects to {w:?}"
+            );
+        }
+    };
+    check_hover(&read_json(&dir.join("hovered.json")), [630.0, 350.0], "3d");
+    let (in_3d, on_video) = mouse.get();
+    let mouse3d = read_json(&dir.join("mouse3d.json"));
+    check_hover(&mouse3d, in_3d, "3d");
+    // A click with the measure tool pins the hovered point.
+    let click3d = read_json(&dir.join("click3d.json"));
+    assert_eq!(
+        click3d["pins"].as_array().unwrap().len(),
+        1,
+        "{}",
+        click3d["pins"]
+    );
+    assert_eq!(
+        click3d["pins"][0]["position"],
+        mouse3d["hovered"]["position"]
+    );
+    // On the video frame: the sample under the cursor, in the geometry's pixels.
+    let video = read_json(&dir.join("video.json"));
+    check_hover(&video, on_video, "video");
+    let panel = json_vec(&video["video_panel"]["rect"]);
+    let px = json_vec(&video["hovered"]["pixel"]);
+    let want = [
+        ((on_video[0] - panel[0]) / panel[2] * truth.w as f64).floor(),
+        ((on_video[1] - panel[1]) / panel[3] * truth.h as f64).floor(),
+    ];
+    assert!(
+        (px[0] - want[0]).abs() <= 1.0 && (px[1] - want[1]).abs() <= 1.0,
+        "video pixel {px:?}, expected {want:?}"
+    );
+    assert_eq!(video["hovered"]["source_frame"], video["frame"]);
+    let clickvideo = read_json(&dir.join("clickvideo.json"));
+    let pins = clickvideo["pins"].as_array().unwrap();
+    assert_eq!(pins.len(), 2);
+    assert_eq!(pins[1]["pixel"], video["hovered"]["pixel"]);
+    assert_eq!(clickvideo["measurements"].as_array().unwrap().len(), 1);
+    // The drag selected a region on the current frame; the timeline marks its frames.
+    let fin = read_json(&dir.join("final.json"));
+    let region = &fin["region"];
+    assert!(region["points"].as_u64().unwrap() > 100, "{region}");
+    assert!(
+        region["frames"].as_array().unwrap().contains(&fin["frame"]),
+        "{region}"
+    );
+    // The pins are drawn where they project (magenta), with the segment's length between them.
+    let img = load_rgb(&dir.join("inspect.png"));
+    for pin in pins {
+        let w = json_vec(&pin["window"]);
+        let found = (-2..=2)
+            .flat_map(|dy| (-2..=2).map(move |dx| (dx, dy)))
+            .any(|(dx, dy)| {
+                near(
+                    img.get_pixel((w[0] as i32 + dx) as u32, (w[1] as i32 + dy) as u32),
+                    [255, 60, 200],
+                    40,
+                )
+            });
+        assert!(found, "no pin drawn at {w:?}");
+    }
 }

@@ -131,6 +131,7 @@ fn handle(
     opened: Res<Opened>,
     sampled: Res<SampledFrames>,
     mut app_settings: ResMut<Settings>,
+    (inspection, geometry): (Res<Inspection>, Res<Geometry>),
 ) {
     for SetCompute(d, t) in computes.read() {
         thread.requested = (*d, *t);
@@ -195,9 +196,32 @@ fn handle(
             continue;
         };
         let use_spatial = settings.use_spatial && chat.has_spatial;
-        let note = format!("{how}{}", if use_spatial { "" } else { ", base model (no spatial branch)" });
-        chat.messages.push(ChatMessage { from_user: true, text: question.to_string(), state: AnswerState::Done, frames: frames.clone(), note });
-        chat.messages.push(ChatMessage { from_user: false, text: String::new(), state: AnswerState::Streaming, frames: frames.clone(), note: String::new() });
+        let mut note = format!(
+            "{how}{}",
+            if use_spatial {
+                ""
+            } else {
+                ", base model (no spatial branch)"
+            }
+        );
+        // Whether the frames the model is given contain the region the user selected.
+        if let Some(region) = super::inspect::region_note(&inspection, &geometry, &frames) {
+            note = format!("{note}; {region}");
+        }
+        chat.messages.push(ChatMessage {
+            from_user: true,
+            text: question.to_string(),
+            state: AnswerState::Done,
+            frames: frames.clone(),
+            note,
+        });
+        chat.messages.push(ChatMessage {
+            from_user: false,
+            text: String::new(),
+            state: AnswerState::Streaming,
+            frames: frames.clone(),
+            note: String::new(),
+        });
         chat.answering = true;
         thread.thread.send(Request::Ask { source, frames, question: Box::new(question_of(question, &settings, use_spatial)) });
     }
@@ -241,6 +265,22 @@ fn handle(
                     }
                     m.state = if stop == StopReason::Cancelled { AnswerState::Cancelled } else { AnswerState::Done };
                     m.note = if stop == StopReason::MaxTokens { format!("{note}; stopped at the token limit") } else { note };
+                }
+                // A numeric answer next to what the user measured.
+                let n = chat.messages.len();
+                if n >= 2 && chat.messages[n - 1].state == AnswerState::Done {
+                    if let Some(check) = super::inspect::measured_note(
+                        &inspection,
+                        &chat.messages[n - 2].text,
+                        &chat.messages[n - 1].text,
+                    ) {
+                        let m = &mut chat.messages[n - 1];
+                        m.note = if m.note.is_empty() {
+                            check
+                        } else {
+                            format!("{}; {check}", m.note)
+                        };
+                    }
                 }
             }
             Event::AskFailed(e) => {

@@ -25,6 +25,8 @@ pub struct PointCloudBuffers {
     pub points: Vec<PointInstance>,
     pub frame_starts: Vec<u32>,
     pub centers: Vec<[f32; 3]>,
+    /// The geometry sample (index into S*H*W) each point came from: what a picked point is.
+    pub samples: Vec<u32>,
 }
 
 /// Uniform block, laid out as `PointUniform` in the WGSL.
@@ -49,6 +51,8 @@ pub struct CloudIndex {
     pub frame_conf: Vec<Vec<f32>>,
     /// 5th..95th percentile extent of the points (scene scale, for frustum sizes).
     pub scene_scale: f32,
+    /// The same extent per axis (x, y, z; the view's axes, same lengths as the world's).
+    pub extent: [f32; 3],
     pub depth_range: (f32, f32),
     pub centers: Vec<[f32; 3]>,
 }
@@ -90,7 +94,16 @@ pub fn build_cloud(rec: &Reconstruction, source: PointSource, budget: usize) -> 
                 extent[a].push(p[a]);
             }
             conf_all.push(c);
-            buffers.points.push(PointInstance { position: p, color_rank: [rec.images[i * 3], rec.images[i * 3 + 1], rec.images[i * 3 + 2], 0] });
+            buffers.samples.push(i as u32);
+            buffers.points.push(PointInstance {
+                position: p,
+                color_rank: [
+                    rec.images[i * 3],
+                    rec.images[i * 3 + 1],
+                    rec.images[i * 3 + 2],
+                    0,
+                ],
+            });
         }
     }
     buffers.frame_starts.push(buffers.points.len() as u32);
@@ -110,8 +123,9 @@ pub fn build_cloud(rec: &Reconstruction, source: PointSource, budget: usize) -> 
         *v.select_nth_unstable_by(k, f32::total_cmp).1
     };
     let mut scale = 0f32;
-    for axis in extent.iter_mut() {
+    for (a, axis) in extent.iter_mut().enumerate() {
         let (lo, hi) = (pct(axis, 0.05), pct(axis, 0.95));
+        index.extent[a] = hi - lo;
         scale += (hi - lo) * (hi - lo);
     }
     index.scene_scale = scale.sqrt().max(1e-3);

@@ -21,6 +21,8 @@ pub mod camera;
 pub mod chat;
 pub mod cloud;
 pub mod inference;
+pub mod inspect;
+pub mod picking;
 pub mod player;
 pub mod renderer;
 pub mod results;
@@ -85,7 +87,8 @@ pub fn run(opts: GuiOptions) -> anyhow::Result<i32> {
             session::SessionPlugin,
             results::ResultsBrowserPlugin,
             chat::ChatPlugin,
-        ));
+        ))
+        .add_plugins((picking::PickingPlugin, inspect::InspectPlugin));
     let exit = app.run();
     // Dropping the app drops the thread handles: each cancels its work and is joined.
     drop(app);

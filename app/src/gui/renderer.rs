@@ -111,12 +111,13 @@ impl SpecializedMeshPipeline for PointPipeline {
 
 /// GPU state of the point cloud in the render world.
 #[derive(Resource, Default)]
-struct PointCloudGpu {
-    version: u64,
-    instances: Option<Buffer>,
+pub(super) struct PointCloudGpu {
+    /// The version of [`PointCloudRender::data`] in `instances` (what a picked index refers to).
+    pub(super) version: u64,
+    pub(super) instances: Option<Buffer>,
     uniform: Option<Buffer>,
     bind_group: Option<BindGroup>,
-    draws: Vec<(u32, u32)>,
+    pub(super) draws: Vec<(u32, u32)>,
 }
 
 fn prepare_points(

@@ -335,7 +335,13 @@ fn pick(
     buttons: Res<ButtonInput<MouseButton>>,
     mut hovered: ResMut<HoveredCamera>,
     mut seek: MessageWriter<SeekRequest>,
-    (settings, look, player, sampled): (Res<ViewSettings>, Res<LookThrough>, Res<Player>, Res<SampledFrames>),
+    (settings, look, player, sampled, inspection): (
+        Res<ViewSettings>,
+        Res<LookThrough>,
+        Res<Player>,
+        Res<SampledFrames>,
+        Res<Inspection>,
+    ),
     mut contexts: EguiContexts,
     mut press_at: Local<Option<Vec2>>,
 ) {
@@ -357,7 +363,8 @@ fn pick(
     }
     if buttons.just_released(MouseButton::Left) {
         if let (Some(start), Some(frame)) = (press_at.take(), hovered.0) {
-            if start.distance(cursor) < 4.0 {
+            // While measuring or selecting, a click is the tool's, not a seek.
+            if start.distance(cursor) < 4.0 && inspection.tool == InspectTool::Look {
                 seek.write(SeekRequest(frame));
             }
         }

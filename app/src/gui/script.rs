@@ -54,10 +54,32 @@ pub enum Step {
     CancelReconstruction,
     /// Waits (up to 60 s) until a file exists: lets a test drive real input between steps.
     WaitForFile(PathBuf),
+    /// Hovers a window pixel (logical) in the 3D view and waits for the GPU pick: `dump_state`'s
+    /// `hovered` is then the point there (or null). Held until the mouse moves.
+    Hover([f32; 2]),
+    /// Pins a geometry sample (`{"frame": F, "pixel": [X, Y]}`) or the hovered point (`"hovered"`).
+    Pin(Option<(usize, [usize; 2])>),
+    /// Says the last measured segment is this many metres long.
+    SetScale(f64),
+    ClearPins,
+    /// Selects the samples of a frame in a pixel rectangle (`{"frame": F, "rect": [X0, Y0, X1, Y1]}`)
+    /// or the points in a world box (`{"box": {"min": [..], "max": [..]}}`), and the frames that see them.
+    SelectRegion(RegionChoice),
+    ClearRegion,
+    /// What clicks do: "look", "measure" or "region".
+    InspectTool(InspectTool),
+    /// The video frame's overlay: "none", "depth", "confidence" or "covered".
+    VideoOverlay(VideoOverlay),
     /// Writes JSON with the current frame, the viewport and every frustum projected to the window
     /// (logical pixels), so tests can check a screenshot against the projection.
     DumpState(PathBuf),
     Quit,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RegionChoice {
+    Rect { frame: usize, rect: [i64; 4] },
+    Box { min: [f32; 3], max: [f32; 3] },
 }
 
 #[derive(Debug, Clone)]
@@ -143,9 +165,97 @@ fn parse_step(v: &Value) -> Result<Step> {
             }
             Step::LoadWeights { vggt, mllm }
         }
-        "dump_state" => Step::DumpState(PathBuf::from(arg.as_str().context("`dump_state` takes a path")?)),
+        "hover" => {
+            let xy = arg
+                .as_array()
+                .filter(|a| a.len() == 2)
+                .and_then(|a| Some([a[0].as_f64()? as f32, a[1].as_f64()? as f32]))
+                .context("`hover` takes a window pixel [X, Y]")?;
+            Step::Hover(xy)
+        }
+        "pin" => match arg {
+            Value::String(s) if s == "hovered" => Step::Pin(None),
+            _ => {
+                let frame = arg
+                    .get("frame")
+                    .and_then(Value::as_u64)
+                    .context("`pin` takes {\"frame\": F, \"pixel\": [X, Y]} or \"hovered\"")?
+                    as usize;
+                let pixel = arg
+                    .get("pixel")
+                    .and_then(Value::as_array)
+                    .filter(|a| a.len() == 2)
+                    .and_then(|a| Some([a[0].as_u64()? as usize, a[1].as_u64()? as usize]))
+                    .context("`pin`: pixel is [X, Y] (whole numbers)")?;
+                Step::Pin(Some((frame, pixel)))
+            }
+        },
+        "set_scale" => {
+            let m = arg
+                .as_f64()
+                .context("`set_scale` takes the last segment's length in metres")?;
+            if !(m.is_finite() && m > 0.0) {
+                bail!("`set_scale` takes a positive length in metres, got {m}");
+            }
+            Step::SetScale(m)
+        }
+        "clear_pins" => Step::ClearPins,
+        "clear_region" => Step::ClearRegion,
+        "select_region" => {
+            let xyz = |v: Option<&Value>| {
+                v.and_then(Value::as_array)
+                    .filter(|a| a.len() == 3)
+                    .and_then(|a| {
+                        Some([
+                            a[0].as_f64()? as f32,
+                            a[1].as_f64()? as f32,
+                            a[2].as_f64()? as f32,
+                        ])
+                    })
+            };
+            if let Some(b) = arg.get("box") {
+                let (min, max) = xyz(b.get("min"))
+                    .zip(xyz(b.get("max")))
+                    .context("`select_region`: box is {\"min\": [x, y, z], \"max\": [x, y, z]}")?;
+                Step::SelectRegion(RegionChoice::Box { min, max })
+            } else {
+                let frame = arg.get("frame").and_then(Value::as_u64).context("`select_region` takes {\"frame\": F, \"rect\": [X0, Y0, X1, Y1]} or {\"box\": ...}")? as usize;
+                let rect = arg
+                    .get("rect")
+                    .and_then(Value::as_array)
+                    .filter(|a| a.len() == 4)
+                    .and_then(|a| {
+                        Some([
+                            a[0].as_i64()?,
+                            a[1].as_i64()?,
+                            a[2].as_i64()?,
+                            a[3].as_i64()?,
+                        ])
+                    })
+                    .context("`select_region`: rect is [X0, Y0, X1, Y1] (whole pixels)")?;
+                Step::SelectRegion(RegionChoice::Rect { frame, rect })
+            }
+        }
+        "inspect_tool" => Step::InspectTool(match arg.as_str() {
+            Some("look") => InspectTool::Look,
+            Some("measure") => InspectTool::Measure,
+            Some("region") => InspectTool::Region,
+            _ => bail!("`inspect_tool` is \"look\", \"measure\" or \"region\""),
+        }),
+        "video_overlay" => Step::VideoOverlay(match arg.as_str() {
+            Some("none") => VideoOverlay::None,
+            Some("depth") => VideoOverlay::Depth,
+            Some("confidence") => VideoOverlay::Confidence,
+            Some("covered") => VideoOverlay::Covered,
+            _ => bail!("`video_overlay` is \"none\", \"depth\", \"confidence\" or \"covered\""),
+        }),
+        "dump_state" => Step::DumpState(PathBuf::from(
+            arg.as_str().context("`dump_state` takes a path")?,
+        )),
         "quit" => Step::Quit,
-        other => bail!("unknown step `{other}` (known: open, seek, select_camera, look_through, reset_view, set, wait_frames, wait_idle, screenshot, ask, cancel_answer, load_weights, export, save_state, open_eval_run, eval_filter, select_question, reconstruct, wait_reconstructing, cancel_reconstruction, set_device, wait_for_file, dump_state, quit)"),
+        other => bail!(
+            "unknown step `{other}` (known: open, seek, select_camera, look_through, reset_view, set, wait_frames, wait_idle, screenshot, ask, cancel_answer, load_weights, export, save_state, open_eval_run, eval_filter, select_question, reconstruct, wait_reconstructing, cancel_reconstruction, set_device, hover, pin, set_scale, clear_pins, select_region, clear_region, inspect_tool, video_overlay, wait_for_file, dump_state, quit)"
+        ),
     })
 }
 
@@ -262,7 +372,17 @@ fn run_script(
     views: Query<(&Camera, &GlobalTransform), With<Camera3d>>,
     frustums: Query<&super::scene::Frustum>,
     (orbit, look): (Res<super::camera::OrbitCamera>, Res<LookThrough>),
-    (mut browser, mut question_frames, mut eval_runs): (ResMut<super::results::ResultsBrowser>, ResMut<QuestionFrames>, MessageWriter<OpenEvalRun>),
+    (mut browser, mut question_frames, mut eval_runs): (
+        ResMut<super::results::ResultsBrowser>,
+        ResMut<QuestionFrames>,
+        MessageWriter<OpenEvalRun>,
+    ),
+    (mut inspection, mut pick_query, pick_results, video_panel): (
+        ResMut<Inspection>,
+        ResMut<super::picking::PickQuery>,
+        Res<super::picking::PickResults>,
+        Res<VideoPanel>,
+    ),
 ) {
     let Some(mut r) = runner else { return };
     let now = time.elapsed_secs();
@@ -496,6 +616,31 @@ fn run_script(
                 let mut list: Vec<_> = frustums.iter().collect();
                 list.sort_by_key(|f| f.frame);
                 let shown_rows = browser.shown().to_vec();
+                // What inspecting shows (its own object: one json! would pass the macro recursion limit).
+                let inspected = serde_json::json!({
+                    "hovered": inspection.hovered.map(|h| serde_json::json!({
+                        "position": h.point.position,
+                        "frame": h.point.frame,
+                        "pixel": h.point.pixel,
+                        "confidence": h.point.confidence,
+                        "depth": h.point.depth,
+                        "percentile": h.percentile,
+                        "source_frame": h.source_frame,
+                        "from": match h.from { HoverFrom::View3d => "3d", HoverFrom::Video => "video" },
+                        "first_pick": h.coverage.and_then(|c| c.0),
+                        "picks_seeing": h.coverage.map(|c| c.1),
+                        "window": project(Vec3::from(super::cloud::to_view(h.point.position))),
+                    })),
+                    "pins": inspection.measuring.pins.iter().map(|p| serde_json::json!({"position": p.position, "frame": p.frame, "pixel": p.pixel, "window": project(Vec3::from(super::cloud::to_view(p.position)))})).collect::<Vec<_>>(),
+                    "measurements": inspection.measuring.measurements().iter().map(|m| serde_json::json!({"from": m.from, "to": m.to, "length": m.length, "metres": m.metres})).collect::<Vec<_>>(),
+                    "scale": inspection.measuring.scale,
+                    "region": inspection.region.as_ref().map(|sel| {
+                        let picks: Vec<usize> = sel.region.frames.iter().zip(&sel.source_frames).filter(|(_, s)| sampled.frames.contains(s)).map(|(g, _)| *g).collect();
+                        serde_json::json!({"frames": sel.region.frames, "sampled_frames": picks, "source_frames": sel.source_frames, "points": sel.region.points.len(), "label": sel.region.label})
+                    }),
+                    "inspect_tool": format!("{:?}", inspection.tool).to_lowercase(),
+                    "video_panel": video_panel.rect.map(|(min, max)| serde_json::json!({"rect": [min.x, min.y, max.x - min.x, max.y - min.y], "frame": video_panel.frame})),
+                });
                 let json = serde_json::json!({
                     "frame": player.current,
                     "frame_count": player.frame_count,
@@ -538,6 +683,12 @@ fn run_script(
                         "corners": f.scaled_corners(settings.camera_scale).iter().map(|c| project(*c)).collect::<Vec<_>>(),
                     })).collect::<Vec<_>>(),
                 });
+                let mut json = json;
+                if let (Some(all), serde_json::Value::Object(more)) =
+                    (json.as_object_mut(), inspected)
+                {
+                    all.extend(more);
+                }
                 match std::fs::write(path, json.to_string()) {
                     Ok(()) => Outcome::Done,
                     Err(e) => Outcome::Fail(format!("{}: cannot write ({e})", path.display())),
@@ -573,6 +724,89 @@ fn run_script(
             } else {
                 Outcome::Wait
             }
+        }
+        Step::Hover(xy) => {
+            if first {
+                inspection.script_hover = Some(Vec2::from(*xy));
+                // Pick again even where the cursor already was.
+                pick_query.serial += 1;
+                Outcome::Wait
+            } else if pick_results
+                .last
+                .is_some_and(|p| p.serial == pick_query.serial)
+                && r.frames_in_step > 2
+            {
+                Outcome::Done
+            } else if geometry.scene.is_none() {
+                Outcome::Fail("nothing to hover: no geometry is shown".into())
+            } else if waited > 20.0 {
+                Outcome::Fail(format!("the pick at {xy:?} gave no result within 20 s"))
+            } else {
+                Outcome::Wait
+            }
+        }
+        Step::Pin(target) => {
+            let result = match target {
+                Some((frame, [x, y])) => {
+                    super::inspect::pin_sample(&mut inspection, &geometry, *frame, *x, *y)
+                }
+                None => match inspection.hovered {
+                    Some(h) => {
+                        inspection
+                            .measuring
+                            .pins
+                            .push(crate::pipeline::inspect::Pin {
+                                position: h.point.position,
+                                frame: Some(h.point.frame),
+                                pixel: Some(h.point.pixel),
+                            });
+                        Ok(())
+                    }
+                    None => Err("no point is hovered".to_string()),
+                },
+            };
+            match result {
+                Ok(()) => Outcome::Done,
+                Err(e) => Outcome::Fail(format!("pin: {e}")),
+            }
+        }
+        Step::SetScale(m) => match inspection.measuring.set_scale(*m) {
+            Ok(_) => Outcome::Done,
+            Err(e) => Outcome::Fail(format!("set_scale: {e}")),
+        },
+        Step::ClearPins => {
+            inspection.measuring.pins.clear();
+            Outcome::Done
+        }
+        Step::ClearRegion => {
+            inspection.region = None;
+            Outcome::Done
+        }
+        Step::SelectRegion(choice) => {
+            let result = match choice {
+                RegionChoice::Rect { frame, rect } => {
+                    super::inspect::select_rect(&mut inspection, &geometry, *frame, *rect)
+                }
+                RegionChoice::Box { min, max } => {
+                    let centre = [0, 1, 2].map(|a| (min[a] + max[a]) / 2.0);
+                    let half = (0..3)
+                        .map(|a| (max[a] - min[a]).abs() / 2.0)
+                        .fold(0.0, f32::max);
+                    super::inspect::select_box(&mut inspection, &geometry, &settings, centre, half)
+                }
+            };
+            match result {
+                Ok(()) => Outcome::Done,
+                Err(e) => Outcome::Fail(format!("select_region: {e}")),
+            }
+        }
+        Step::InspectTool(t) => {
+            inspection.tool = *t;
+            Outcome::Done
+        }
+        Step::VideoOverlay(o) => {
+            inspection.overlay = *o;
+            Outcome::Done
         }
         Step::Quit => {
             exit.write(AppExit::Success);
@@ -638,6 +872,35 @@ mod tests {
         let err = format!("{:#}", Script::parse(r#"{"steps": [{"open": "demo"}, {"fly": 1}]}"#).unwrap_err());
         assert!(err.contains("step 2") && err.contains("unknown step `fly`"), "{err}");
         assert!(Script::parse("{").is_err());
+        let s = Script::parse(r#"{"steps": [{"hover": [10, 20.5]}, {"pin": {"frame": 2, "pixel": [3, 4]}}, {"pin": "hovered"}, {"set_scale": 1.5},
+            {"select_region": {"frame": 1, "rect": [0, 0, 5, 5]}}, {"select_region": {"box": {"min": [0, 0, 0], "max": [1, 1, 1]}}}, {"clear_pins": true},
+            {"clear_region": true}, {"inspect_tool": "measure"}, {"video_overlay": "covered"}]}"#)
+        .unwrap();
+        assert_eq!(s.steps[1], Step::Pin(Some((2, [3, 4]))));
+        assert_eq!(
+            s.steps[4],
+            Step::SelectRegion(RegionChoice::Rect {
+                frame: 1,
+                rect: [0, 0, 5, 5]
+            })
+        );
+        for (bad, says) in [
+            (r#"{"set_scale": -1}"#, "positive length"),
+            (r#"{"set_scale": "big"}"#, "length in metres"),
+            (r#"{"pin": {"frame": 1}}"#, "pixel is [X, Y]"),
+            (r#"{"hover": [1]}"#, "window pixel"),
+            (
+                r#"{"select_region": {"frame": 1, "rect": [0, 0, 1]}}"#,
+                "rect is [X0, Y0, X1, Y1]",
+            ),
+            (r#"{"inspect_tool": "lasso"}"#, "look"),
+        ] {
+            let err = format!(
+                "{:#}",
+                Script::parse(&format!(r#"{{"steps": [{bad}]}}"#)).unwrap_err()
+            );
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -19,6 +19,119 @@ use serde_json::{Value, json};
 #[derive(Resource, Default)]
 struct PendingRestore(Option<Pending>);
 
+/// Pins, scale and region of a reopened state, restored once that source's geometry is shown.
+#[derive(Resource, Default)]
+struct PendingInspect(Option<(SourceId, Value)>);
+
+/// Pins, scale, region, tool and overlay as a saved state keeps them.
+fn inspect_state(inspection: &Inspection) -> Value {
+    use crate::pipeline::inspect::RegionOrigin;
+    json!({
+        "pins": inspection.measuring.pins.iter().map(|p| json!({"position": p.position, "frame": p.frame, "pixel": p.pixel})).collect::<Vec<_>>(),
+        "scale": inspection.measuring.scale,
+        "region": inspection.region.as_ref().map(|r| match r.region.origin {
+            RegionOrigin::Rect { frame, rect } => json!({"frame": frame, "rect": rect}),
+            RegionOrigin::Box { min, max, threshold } => json!({"box": {"min": min, "max": max, "threshold": threshold}}),
+        }),
+        "tool": format!("{:?}", inspection.tool),
+        "overlay": format!("{:?}", inspection.overlay),
+    })
+}
+
+/// Puts saved pins, scale and region back on the geometry they were made on.
+fn restore_inspection(
+    inspection: &mut Inspection,
+    geometry: &Geometry,
+    v: &Value,
+) -> Result<(), String> {
+    let floats = |v: &Value| -> Option<Vec<f32>> {
+        v.as_array()?
+            .iter()
+            .map(|x| x.as_f64().map(|x| x as f32))
+            .collect()
+    };
+    inspection.measuring.pins = v["pins"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let pos = floats(&p["position"]).filter(|a| a.len() == 3)?;
+            let pixel = p["pixel"]
+                .as_array()
+                .filter(|a| a.len() == 2)
+                .and_then(|a| Some([a[0].as_u64()? as usize, a[1].as_u64()? as usize]));
+            Some(crate::pipeline::inspect::Pin {
+                position: [pos[0], pos[1], pos[2]],
+                frame: p["frame"].as_u64().map(|f| f as usize),
+                pixel,
+            })
+        })
+        .collect();
+    inspection.measuring.scale = v["scale"]
+        .as_f64()
+        .map(|s| s as f32)
+        .filter(|s| s.is_finite() && *s > 0.0);
+    inspection.tool = [InspectTool::Look, InspectTool::Measure, InspectTool::Region]
+        .into_iter()
+        .find(|t| v["tool"] == format!("{t:?}"))
+        .unwrap_or_default();
+    inspection.overlay = VideoOverlay::ALL
+        .into_iter()
+        .find(|o| v["overlay"] == format!("{o:?}"))
+        .unwrap_or_default();
+    let region = &v["region"];
+    if let Some(b) = region.get("box") {
+        let (min, max) = (
+            floats(&b["min"])
+                .filter(|a| a.len() == 3)
+                .ok_or("a saved region box has no min")?,
+            floats(&b["max"])
+                .filter(|a| a.len() == 3)
+                .ok_or("a saved region box has no max")?,
+        );
+        let threshold = b["threshold"]
+            .as_f64()
+            .map_or(f32::NEG_INFINITY, |t| t as f32);
+        super::inspect::select_box_with(inspection, geometry, [min[0], min[1], min[2]], [max[0], max[1], max[2]], threshold)?;
+    } else if let (Some(frame), Some(rect)) = (
+        region["frame"].as_u64(),
+        region["rect"].as_array().filter(|a| a.len() == 4),
+    ) {
+        let rect: Vec<i64> = rect.iter().filter_map(Value::as_i64).collect();
+        if rect.len() == 4 {
+            super::inspect::select_rect(
+                inspection,
+                geometry,
+                frame as usize,
+                [rect[0], rect[1], rect[2], rect[3]],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn finish_inspect(
+    mut pending: ResMut<PendingInspect>,
+    opened: Res<Opened>,
+    geometry: Res<Geometry>,
+    mut inspection: ResMut<Inspection>,
+    mut status: ResMut<StatusLine>,
+) {
+    let Some((id, _)) = &pending.0 else { return };
+    if *id != opened.id {
+        pending.0 = None;
+        return;
+    }
+    if geometry.scene.as_ref().is_none_or(|s| s.source_id != *id) {
+        return;
+    }
+    if let Some((_, v)) = pending.0.take()
+        && let Err(e) = restore_inspection(&mut inspection, &geometry, &v)
+    {
+        status.error(format!("the saved measurements could not be restored: {e}"));
+    }
+}
+
 struct Pending {
     source_id: SourceId,
     wait_for_geometry: bool,
@@ -94,8 +207,21 @@ fn absolute_spec(spec: &Option<String>) -> Value {
 #[allow(clippy::too_many_arguments)]
 fn save(
     mut requests: MessageReader<SaveState>,
-    (opened, geometry, view, sampler, sampled): (Res<Opened>, Res<Geometry>, Res<ViewSettings>, Res<SamplerSettings>, Res<SampledFrames>),
-    (orbit, look, player, chat, vggt): (Res<OrbitCamera>, Res<LookThrough>, Res<Player>, Res<ChatState>, Res<VggtState>),
+    (opened, geometry, view, sampler, sampled): (
+        Res<Opened>,
+        Res<Geometry>,
+        Res<ViewSettings>,
+        Res<SamplerSettings>,
+        Res<SampledFrames>,
+    ),
+    (orbit, look, player, chat, vggt): (
+        Res<OrbitCamera>,
+        Res<LookThrough>,
+        Res<Player>,
+        Res<ChatState>,
+        Res<VggtState>,
+    ),
+    inspection: Res<Inspection>,
     mut worker: ResMut<Worker>,
     mut activity: ResMut<Activity>,
     mut status: ResMut<StatusLine>,
@@ -132,6 +258,7 @@ fn save(
             "picks": {"frames": sampled.frames, "label": sampled.label, "compare": sampled.compare},
             "chat": messages,
             "weights": {"vggt": absolute_spec(&vggt.spec), "mllm": absolute_spec(&chat.spec)},
+            "inspect": inspect_state(&inspection),
         });
         status.info(format!("saving the state to {}...", path.display()));
         worker.submit(&mut activity, Job::SaveState { path: path.clone(), state, source, rec });
@@ -149,8 +276,14 @@ fn parse_camera(v: &Value) -> Option<OrbitCamera> {
 #[allow(clippy::too_many_arguments)]
 fn restore(
     mut opened_msgs: MessageReader<SourceOpened>,
-    mut pending: ResMut<PendingRestore>,
-    (mut view, mut sampler, mut vggt, mut chat, mut player): (ResMut<ViewSettings>, ResMut<SamplerSettings>, ResMut<VggtState>, ResMut<ChatState>, ResMut<Player>),
+    (mut pending, mut pending_inspect): (ResMut<PendingRestore>, ResMut<PendingInspect>),
+    (mut view, mut sampler, mut vggt, mut chat, mut player): (
+        ResMut<ViewSettings>,
+        ResMut<SamplerSettings>,
+        ResMut<VggtState>,
+        ResMut<ChatState>,
+        ResMut<Player>,
+    ),
     mut load_vggt: MessageWriter<LoadVggt>,
     mut load_mllm: MessageWriter<LoadMllm>,
     mut status: ResMut<StatusLine>,
@@ -158,9 +291,14 @@ fn restore(
     for SourceOpened(source, restore) in opened_msgs.read() {
         let Some(r) = restore else {
             pending.0 = None;
+            pending_inspect.0 = None;
             continue;
         };
         let state = &r.state;
+        pending_inspect.0 = state
+            .get("inspect")
+            .filter(|v| v.is_object())
+            .map(|v| (source.id(), v.clone()));
         let mut problems = Vec::new();
         for pair in state["controls"].as_array().into_iter().flatten() {
             let (Some(name), Some(value)) = (pair[0].as_str(), pair.get(1)) else { continue };
@@ -242,6 +380,9 @@ pub struct SessionPlugin;
 
 impl Plugin for SessionPlugin {
     fn build(&self, app: &mut App) {
-        app.init_resource::<PendingRestore>().add_systems(Update, (save, restore)).add_systems(PostUpdate, finish_restore);
+        app.init_resource::<PendingRestore>()
+            .init_resource::<PendingInspect>()
+            .add_systems(Update, (save, restore))
+            .add_systems(PostUpdate, (finish_restore, finish_inspect));
     }
 }

@@ -249,6 +249,106 @@ pub struct LookThrough(pub Option<usize>);
 #[derive(Resource, Default)]
 pub struct HoveredCamera(pub Option<usize>);
 
+/// Where a hovered point was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoverFrom {
+    /// The GPU pick under the cursor in the 3D view.
+    View3d,
+    /// The pixel under the cursor on the video frame.
+    Video,
+}
+
+/// The point under the cursor, with what the sampler made of it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HoveredPoint {
+    pub point: crate::pipeline::inspect::SamplePoint,
+    pub source_frame: usize,
+    pub from: HoverFrom,
+    /// Percentile of its confidence among the geometry's (0-100).
+    pub percentile: f32,
+    /// The space-aware pick (source frame) that first covered its voxel, and how many picks see
+    /// that voxel (None: no voxel sets, or the point is below the sampler's confidence).
+    pub coverage: Option<(Option<usize>, usize)>,
+}
+
+/// What clicks in the 3D view and on the video frame do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InspectTool {
+    /// Orbit and hover only.
+    #[default]
+    Look,
+    /// A click pins the point under the cursor.
+    Measure,
+    /// A drag on the video frame selects a rectangle; a click in 3D a box around the point.
+    Region,
+}
+
+/// Overlays on the video frame, from the geometry of that frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VideoOverlay {
+    #[default]
+    None,
+    Depth,
+    Confidence,
+    /// Whether the space-aware picks cover each pixel's voxel.
+    Covered,
+}
+
+impl VideoOverlay {
+    pub const ALL: [VideoOverlay; 4] = [Self::None, Self::Depth, Self::Confidence, Self::Covered];
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Depth => "depth",
+            Self::Confidence => "confidence",
+            Self::Covered => "covered by the picks",
+        }
+    }
+}
+
+/// A selected region and the frames that see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegionSelection {
+    pub region: crate::pipeline::inspect::Region,
+    /// Source frame of each of `region.frames`.
+    pub source_frames: Vec<usize>,
+}
+
+/// Hover, pins, scale and region: what inspecting and measuring the geometry shows. Pins and the
+/// region belong to the geometry on screen and go when another is shown.
+#[derive(Resource, Default)]
+pub struct Inspection {
+    pub hovered: Option<HoveredPoint>,
+    pub measuring: crate::pipeline::inspect::Measuring,
+    pub region: Option<RegionSelection>,
+    pub tool: InspectTool,
+    pub overlay: VideoOverlay,
+    /// A hover a script asked for (window logical pixels), held until the mouse moves.
+    pub script_hover: Option<Vec2>,
+    /// Why the last pin, scale or region failed (shown in the measure panel).
+    pub error: Option<String>,
+    /// Half the side of the box a click in 3D selects (scene units; 0: 5 % of the scene).
+    pub box_half: f32,
+}
+
+impl Inspection {
+    /// Half the side of the box a click in 3D selects: as set, else 5 % of the scene's size.
+    pub fn box_half_for(&self, scene_scale: f32) -> f32 {
+        if self.box_half > 0.0 {
+            self.box_half
+        } else {
+            0.05 * scene_scale
+        }
+    }
+}
+
+/// The video frame's rectangle in the left panel (logical pixels) and the source frame it shows.
+#[derive(Resource, Default, Clone, Copy, PartialEq)]
+pub struct VideoPanel {
+    pub rect: Option<(Vec2, Vec2)>,
+    pub frame: usize,
+}
+
 /// The 3D viewport's rectangle in physical pixels, set by the UI after laying out the panels.
 #[derive(Resource, Default, Clone, Copy, PartialEq)]
 pub struct ViewportRect(pub Option<(UVec2, UVec2)>);
@@ -516,6 +616,8 @@ pub fn register(app: &mut App) {
         .init_resource::<HoveredCamera>()
         .init_resource::<LookThrough>()
         .init_resource::<ViewportRect>()
+        .init_resource::<Inspection>()
+        .init_resource::<VideoPanel>()
         .init_resource::<VggtState>()
         .init_resource::<ChatState>()
         .add_message::<OpenRequest>()

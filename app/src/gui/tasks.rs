@@ -183,7 +183,12 @@ pub fn coverage_colours(cloud: &PointCloudBuffers, sets: &VoxelSets, picks: &[(u
             PointInstance { position: p.position, color_rank: [rgb[0], rgb[1], rgb[2], p.color_rank[3]] }
         })
         .collect();
-    PointCloudBuffers { points, frame_starts: cloud.frame_starts.clone(), centers: cloud.centers.clone() }
+    PointCloudBuffers {
+        points,
+        frame_starts: cloud.frame_starts.clone(),
+        centers: cloud.centers.clone(),
+        samples: cloud.samples.clone(),
+    }
 }
 
 /// Distinct colours for the picks in greedy order (a hue wheel, as the frame-index mode uses).
@@ -228,8 +233,19 @@ pub fn synthetic_scene(n: usize) -> LoadedScene {
         frame_indices: vec![0],
     };
     let quantiles = crate::pipeline::points::ConfidenceQuantiles::build(&conf);
-    let index = super::cloud::CloudIndex { frame_conf: vec![conf], scene_scale: 2.3, depth_range: (1.8, 4.2), centers: vec![[0.0, 0.0, 0.0]] };
-    let cloud = PointCloudBuffers { points, frame_starts: vec![0, n as u32], centers: vec![[0.0, 0.0, 0.0]] };
+    let index = super::cloud::CloudIndex {
+        frame_conf: vec![conf],
+        scene_scale: 2.3,
+        extent: [2.3, 2.3, 0.35],
+        depth_range: (1.8, 4.2),
+        centers: vec![[0.0, 0.0, 0.0]],
+    };
+    let cloud = PointCloudBuffers {
+        points,
+        frame_starts: vec![0, n as u32],
+        centers: vec![[0.0, 0.0, 0.0]],
+        samples: (0..n as u32).collect(),
+    };
     LoadedScene {
         label: format!("benchmark: {n} synthetic points"),
         rec: Arc::new(rec),

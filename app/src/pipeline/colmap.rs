@@ -7,6 +7,7 @@
 //! and `DIR/sparse/0/{cameras,images,points3D}.{bin,txt}`.
 
 use super::fsio;
+use super::inspect::{DEPTH_TOLERANCE, project};
 use super::points::{PointFilter, filtered, points_of};
 use anyhow::Result;
 use spatial_models::reconstruction::Reconstruction;
@@ -14,10 +15,6 @@ use spatial_models::vggt::Camera;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-
-/// A point's depth must agree with the depth a frame measured at its pixel within this fraction
-/// for the frame to count as seeing it (occluded points fail).
-const DEPTH_TOLERANCE: f32 = 0.02;
 
 /// The model before it is written.
 #[derive(Debug, Clone)]
@@ -50,18 +47,6 @@ pub struct PointEntry {
 /// The name a frame's image gets (its source frame number).
 pub fn image_name(source_frame: i64) -> String {
     format!("frame_{source_frame:06}.png")
-}
-
-/// Where `p` (world) lands in `camera`'s image, in VGGT's pixel convention (pixel (0, 0)'s centre
-/// is 0, 0), with its depth along the camera's z.
-fn project(camera: &Camera, p: [f32; 3]) -> Option<(f32, f32, f32)> {
-    let e = &camera.extrinsic;
-    let xc = [0, 1, 2].map(|r| e[r][0] * p[0] + e[r][1] * p[1] + e[r][2] * p[2] + e[r][3]);
-    if xc[2] <= 1e-6 {
-        return None;
-    }
-    let k = &camera.intrinsic;
-    Some((k[0][0] * xc[0] / xc[2] + k[0][2], k[1][1] * xc[1] / xc[2] + k[1][2], xc[2]))
 }
 
 /// Builds the model: the filtered points, one per voxel of `voxel_size` (scene units; None: 1/300

@@ -12,6 +12,7 @@ pub mod eval;
 pub mod export;
 pub mod fsio;
 pub mod glb;
+pub mod inspect;
 pub mod models;
 pub mod points;
 pub mod previews;

@@ -77,6 +77,16 @@ impl ConfidenceQuantiles {
         Self { table }
     }
 
+    /// The percentile (0-100) of a confidence among the geometry's: the inverse of [`Self::threshold`]
+    /// at 0.1 % steps.
+    pub fn percentile_of(&self, value: f32) -> f32 {
+        if self.table.is_empty() {
+            return 0.0;
+        }
+        let below = self.table.partition_point(|&t| t <= value);
+        (below.saturating_sub(1)).min(Self::STEPS) as f32 / Self::STEPS as f32 * 100.0
+    }
+
     /// The threshold for `percentile` (0-100): exact at multiples of 0.1 %, interpolated between.
     pub fn threshold(&self, percentile: f64) -> f32 {
         if percentile <= 0.0 || self.table.is_empty() {
@@ -123,5 +133,11 @@ mod tests {
         }
         assert_eq!(q.threshold(25.0), confidence_threshold(&conf, 25.0));
         assert_eq!(q.threshold(0.0), f32::NEG_INFINITY);
+        for p in [0.0f64, 12.5, 50.0, 99.0] {
+            let back = q.percentile_of(q.threshold(p.max(0.1))) as f64;
+            assert!((back - p).abs() <= 0.2, "p {p}: {back}");
+        }
+        assert_eq!(q.percentile_of(-1.0), 0.0);
+        assert_eq!(q.percentile_of(1e9), 100.0);
     }
 }

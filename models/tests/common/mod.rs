@@ -5,8 +5,11 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+/// `SPATIAL_MODELS_DIR` points the tests at another copy of this crate's folder: on a GPU machine
+/// the test binaries built elsewhere read the fixtures of the repository there.
 pub fn fixture(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)
+    let crate_dir = std::env::var_os("SPATIAL_MODELS_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    crate_dir.join("tests/fixtures").join(path)
 }
 
 /// Where the parity tests run: the CPU, or the device `SPATIAL_TEST_DEVICE` names (`cuda`,

@@ -2,7 +2,7 @@
 //! (bottom), the badge naming the geometry's origin, hover labels and the F1 help overlay.
 //! The 3D camera renders into whatever rectangle the panels leave.
 
-mod colorbar;
+pub mod colorbar;
 mod open_window;
 mod panels;
 
@@ -50,6 +50,8 @@ pub struct UiState {
     show_settings: bool,
     /// The cache's size and entries, and when they were read.
     cache_usage: Option<(std::time::Instant, u64, usize)>,
+    /// The length typed for "set scale", in metres.
+    scale_text: String,
 }
 
 /// Results of file dialogs, which run on their own thread so the UI never blocks on them.
@@ -237,7 +239,9 @@ fn dialog_results(dialogs: Res<Dialogs>, mut open: MessageWriter<OpenRequest>, m
     }
 }
 
-fn timeline(ui: &mut egui::Ui, player: &Player, sampled: &SampledFrames, seek: &mut Option<usize>) {
+/// The timeline: ticks, the picks (orange) and the compared picks (blue), the frames that see the
+/// selected region (green bars; picks among them ringed in green), the current frame.
+fn timeline(ui: &mut egui::Ui, player: &Player, sampled: &SampledFrames, region: Option<&RegionSelection>, seek: &mut Option<usize>) {
     let n = player.frame_count;
     let (rect, response) = ui.allocate_exact_size(egui::vec2(ui.available_width(), 46.0), egui::Sense::click_and_drag());
     let painter = ui.painter_at(rect);
@@ -253,9 +257,17 @@ fn timeline(ui: &mut egui::Ui, player: &Player, sampled: &SampledFrames, seek: &
         let top = if major { rect.top() + 8.0 } else { rect.top() + 14.0 };
         painter.line_segment([egui::pos2(x, top), egui::pos2(x, rect.bottom() - 14.0)], egui::Stroke::new(1.0, egui::Color32::from_gray(if major { 150 } else { 90 })));
     }
+    let region_frames: &[usize] = region.map_or(&[], |r| &r.source_frames);
+    for &f in region_frames.iter().filter(|&&f| f < n) {
+        let x = x_of(f);
+        painter.line_segment([egui::pos2(x, rect.top() + 11.0), egui::pos2(x, rect.bottom() - 14.0)], egui::Stroke::new(3.0, REGION_GREEN));
+    }
     for &f in &sampled.frames {
         let x = x_of(f);
         painter.circle_filled(egui::pos2(x, rect.bottom() - 7.0), 4.0, egui::Color32::from_rgb(255, 115, 25));
+        if region_frames.contains(&f) {
+            painter.circle_stroke(egui::pos2(x, rect.bottom() - 7.0), 5.5, egui::Stroke::new(1.5, REGION_GREEN));
+        }
     }
     for &f in &sampled.compare {
         let x = x_of(f);
@@ -296,7 +308,7 @@ fn ui_system(
     window: Single<&Window, With<PrimaryWindow>>,
     dialogs: Res<Dialogs>,
     keys: Res<ButtonInput<KeyCode>>,
-    (mut sampler, sampling_state): (ResMut<SamplerSettings>, Res<SamplingState>),
+    (mut sampler, sampling_state, mut inspection, mut video_panel): (ResMut<SamplerSettings>, Res<SamplingState>, ResMut<Inspection>, ResMut<VideoPanel>),
     (mut open, mut seek, mut shots, mut camera_cmd, mut exit): (MessageWriter<OpenRequest>, MessageWriter<SeekRequest>, MessageWriter<ScreenshotRequest>, MessageWriter<CameraCommand>, MessageWriter<AppExit>),
     (mut asks_out, mut cancel_answer, mut reconstruct, mut cancel_run, mut set_compute): (
         MessageWriter<AskQuestion>,
@@ -431,7 +443,7 @@ fn ui_system(
                 ui.colored_label(egui::Color32::from_rgb(90, 160, 255), "o uniform (for comparison)");
             }
         });
-        timeline(ui, &player, &sampled, &mut seek_to);
+        timeline(ui, &player, &sampled, inspection.region.as_ref(), &mut seek_to);
     });
 
     let mut vggt_actions = panels::VggtActions::default();
@@ -454,7 +466,12 @@ fn ui_system(
                 if let Some((_, tex)) = &state.frame_texture {
                     let w = ui.available_width();
                     let h = w * frame.height as f32 / frame.width as f32;
-                    ui.image((tex.id(), egui::vec2(w, h)));
+                    // Sensing drags keeps the panel from scrolling while a region is dragged on it.
+                    let r = ui.add(egui::Image::new((tex.id(), egui::vec2(w, h))).sense(egui::Sense::click_and_drag())).rect;
+                    let panel = VideoPanel { rect: Some((Vec2::new(r.min.x, r.min.y), Vec2::new(r.max.x, r.max.y))), frame: idx };
+                    if *video_panel != panel {
+                        *video_panel = panel;
+                    }
                 }
                 // One line, whatever the state: the panel must not jump while playing.
                 let caption = match (&player.frame_error, player.shows_current()) {
@@ -466,6 +483,9 @@ fn ui_system(
                 let error = player.frame_error.as_ref().is_some_and(|(f, _)| *f == player.current);
                 ui.add(egui::Label::new(egui::RichText::new(caption).color(if error { ERROR_RED } else { egui::Color32::from_gray(200) })).truncate());
             } else {
+                if video_panel.rect.is_some() {
+                    *video_panel = VideoPanel::default();
+                }
                 ui.label("no video open (File > Open..., or drop a file or folder)");
             }
             ui.separator();
@@ -479,6 +499,12 @@ fn ui_system(
                     camera_cmd.write(CameraCommand::LookThrough(player.current));
                 }
             });
+            if let Some(scene) = geometry.scene.clone() {
+                ui.separator();
+                egui::CollapsingHeader::new(egui::RichText::new("Inspect & measure").heading()).default_open(true).show(ui, |ui| {
+                    panels::inspect_section(ui, &mut inspection, &scene, &mut state.scale_text);
+                });
+            }
             ui.separator();
             ui.heading("VGGT");
             panels::vggt_section(ui, &mut vggt, &opened, &mut vggt_actions);
@@ -643,13 +669,20 @@ fn ui_system(
     Ok(())
 }
 
+/// The region's colour on the timeline.
+const REGION_GREEN: egui::Color32 = egui::Color32::from_rgb(80, 255, 200);
+
+/// The panels' layout (systems drawing over the panels run after it).
+#[derive(SystemSet, Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UiSystems;
+
 pub struct UiPlugin;
 
 impl Plugin for UiPlugin {
     fn build(&self, app: &mut App) {
         app.init_resource::<UiState>()
             .add_systems(Startup, setup)
-            .add_systems(EguiPrimaryContextPass, (add_cjk_font, ui_system).chain())
+            .add_systems(EguiPrimaryContextPass, (add_cjk_font, ui_system).chain().in_set(UiSystems))
             .add_systems(Update, (take_screenshots, dropped_files, dialog_results));
     }
 }

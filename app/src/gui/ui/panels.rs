@@ -3,6 +3,7 @@
 
 use super::super::state::*;
 use super::super::tasks::pick_colour;
+use crate::pipeline::inspect;
 use crate::pipeline::points::PointSource;
 use bevy_egui::egui;
 
@@ -257,4 +258,165 @@ pub fn chat_panel(ui: &mut egui::Ui, chat: &mut ChatState, actions: &mut ChatAct
             actions.cancel = true;
         }
     });
+}
+
+fn describe_hover(h: &HoveredPoint, m: &inspect::Measuring) -> String {
+    let p = h.point.position;
+    let mut s = format!(
+        "({:.3}, {:.3}, {:.3})  depth {}\nconfidence {:.3} ({:.0}th percentile)\nframe {} (geometry {}), pixel ({}, {})",
+        p[0],
+        p[1],
+        p[2],
+        m.describe(h.point.depth),
+        h.point.confidence,
+        h.percentile,
+        h.source_frame,
+        h.point.frame,
+        h.point.pixel[0],
+        h.point.pixel[1]
+    );
+    match h.coverage {
+        Some((Some(first), n)) => {
+            s += &format!("\nfirst covered by pick {first}; {n} picks see its voxel")
+        }
+        Some((None, _)) => s += "\nno pick sees its voxel",
+        None => {}
+    }
+    s
+}
+
+/// Inspect and measure: what clicks do, the video overlay, what is hovered, pins and lengths, the
+/// scale, the region.
+pub fn inspect_section(
+    ui: &mut egui::Ui,
+    inspection: &mut Inspection,
+    scene: &LoadedScene,
+    scale_text: &mut String,
+) {
+    {
+        ui.horizontal(|ui| {
+            ui.label("click:");
+            ui.selectable_value(&mut inspection.tool, InspectTool::Look, "look").on_hover_text("orbit; hover shows the point under the cursor");
+            ui.selectable_value(&mut inspection.tool, InspectTool::Measure, "measure").on_hover_text("a click in 3D or on the video frame pins the point");
+            ui.selectable_value(&mut inspection.tool, InspectTool::Region, "region").on_hover_text("drag a rectangle on the video frame, or click a point in 3D for a box around it");
+        });
+        egui::ComboBox::from_label("video overlay")
+            .selected_text(inspection.overlay.name())
+            .show_ui(ui, |ui| {
+                for o in VideoOverlay::ALL {
+                    ui.selectable_value(&mut inspection.overlay, o, o.name());
+                }
+            });
+        ui.separator();
+        match &inspection.hovered {
+            Some(h) => ui.label(
+                egui::RichText::new(describe_hover(h, &inspection.measuring))
+                    .small()
+                    .monospace(),
+            ),
+            None => ui.label(
+                egui::RichText::new("hover a point in 3D or a pixel of the video frame")
+                    .small()
+                    .weak(),
+            ),
+        };
+        ui.separator();
+        let measurements = inspection.measuring.measurements();
+        ui.label(format!("{} pins", inspection.measuring.pins.len()));
+        for m in &measurements {
+            ui.label(format!(
+                "{} → {}: {}",
+                m.from + 1,
+                m.to + 1,
+                inspection.measuring.describe(m.length)
+            ));
+        }
+        if measurements.len() > 1 {
+            ui.label(format!(
+                "path: {}",
+                inspection.measuring.describe(inspection.measuring.total())
+            ));
+        }
+        ui.horizontal(|ui| {
+            ui.label("last segment is");
+            ui.add(egui::TextEdit::singleline(scale_text).desired_width(50.0));
+            ui.label("m");
+            if ui
+                .add_enabled(!measurements.is_empty(), egui::Button::new("set scale"))
+                .clicked()
+            {
+                let r = scale_text
+                    .trim()
+                    .parse::<f64>()
+                    .map_err(|_| format!("`{}` is not a length in metres", scale_text.trim()))
+                    .and_then(|m| inspection.measuring.set_scale(m));
+                inspection.error = r.err();
+            }
+        });
+        ui.horizontal(|ui| {
+            if ui.button("undo pin").clicked() {
+                inspection.measuring.pins.pop();
+            }
+            if ui.button("clear pins").clicked() {
+                inspection.measuring.pins.clear();
+            }
+            if inspection.measuring.scale.is_some() && ui.button("clear scale").clicked() {
+                inspection.measuring.scale = None;
+            }
+        });
+        if let Some(scale) = inspection.measuring.scale {
+            let e = scene.index.extent;
+            ui.label(format!(
+                "scene: {} x {} x {} (5th-95th percentile box)",
+                inspect::format_metres(e[0] * scale),
+                inspect::format_metres(e[1] * scale),
+                inspect::format_metres(e[2] * scale)
+            ));
+            ui.label(format!(
+                "camera path: {}  ({scale:.4} m per unit)",
+                inspect::format_metres(inspect::camera_path_length(&scene.rec) * scale)
+            ));
+        }
+        ui.separator();
+        match &inspection.region {
+            Some(sel) => {
+                ui.label(format!(
+                    "region: {}, {} points, seen by {} of {} frames",
+                    sel.region.label,
+                    sel.region.points.len(),
+                    sel.region.frames.len(),
+                    scene.rec.frames
+                ));
+                if ui.button("clear region").clicked() {
+                    inspection.region = None;
+                }
+            }
+            None => {
+                ui.label(
+                    egui::RichText::new("no region: choose the region tool")
+                        .small()
+                        .weak(),
+                );
+            }
+        }
+        if inspection.tool == InspectTool::Region {
+            let mut half = inspection.box_half_for(scene.index.scene_scale);
+            if ui
+                .add(
+                    egui::Slider::new(
+                        &mut half,
+                        0.001 * scene.index.scene_scale..=0.5 * scene.index.scene_scale,
+                    )
+                    .text("box half size")
+                    .logarithmic(true),
+                )
+                .changed()
+            {
+                inspection.box_half = half;
+            }
+        }
+        if let Some(e) = &inspection.error {
+            ui.colored_label(ERROR_RED, e);
+        }
+    }
 }

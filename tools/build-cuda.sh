@@ -1,0 +1,83 @@
+#!/bin/sh
+# Builds the CUDA binaries (the app and the test binaries) on a CPU-only Debian machine and packs
+# what a GPU machine without a Rust toolchain or network needs to run them.
+#
+#   tools/build-cuda.sh [OUT.tar.xz]        (default: target-cuda/spatial-viewer-cuda.tar.xz)
+#
+# The CUDA compiler, headers and runtime libraries come from NVIDIA's PyPI wheels (no system CUDA,
+# no root). CUDA_COMPUTE_CAP picks the GPU generation (default 90: H100/H200). Slow steps are
+# cached: the wheels' venv and the cargo target folder (candle's kernels are compiled once per
+# compute capability) live in $SPATIAL_CUDA_CACHE (default ~/.cache/spatial-viewer-cuda).
+#
+# On the GPU machine, in the repository's root: tools/device-check.sh target-cuda/spatial-viewer-cuda.tar.xz
+set -eu
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+out=${1:-$repo/target-cuda/spatial-viewer-cuda.tar.xz}
+cache=${SPATIAL_CUDA_CACHE:-$HOME/.cache/spatial-viewer-cuda}
+cap=${CUDA_COMPUTE_CAP:-90}
+# CUDA 13.0: the GPU machines' driver (580) runs its PTX (a newer nvcc's PTX would be refused) and
+# their image has its libraries (cuBLAS, cuRAND, NVRTC, the runtime), which the binaries load there.
+# Only the compiler, the runtime (headers, libcudart to link) and CCCL's headers are needed here.
+cuda_wheels="nvidia-cuda-nvcc==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85"
+started=$(date +%s)
+say() { echo "[$(( $(date +%s) - started )) s] $*"; }
+
+mkdir -p "$cache"
+if [ ! -x "$cache/venv/bin/pip" ]; then
+    say "making the wheels' venv"
+    python3 -m venv "$cache/venv" || { echo "python3-venv is needed: apt-get install python3-venv" >&2; exit 1; }
+fi
+if [ ! -f "$cache/venv/wheels-$(echo "$cuda_wheels" | md5sum | cut -c1-8)" ]; then
+    say "installing the CUDA compiler and libraries from PyPI"
+    "$cache/venv/bin/pip" install --quiet $cuda_wheels
+    touch "$cache/venv/wheels-$(echo "$cuda_wheels" | md5sum | cut -c1-8)"
+fi
+
+# One CUDA_HOME in the layout the build tools expect (bin/nvcc, include, lib64) from the wheels'
+# folders, with the unversioned library names the linker looks for.
+nv=$(echo "$cache"/venv/lib/python3*/site-packages/nvidia)
+home=$cache/cuda-home
+rm -rf "$home" && mkdir -p "$home/bin" "$home/include" "$home/lib64"
+# (CUDA 13 wheels share nvidia/cu13/; CUDA 12 ones had a folder per package.)
+for d in "$nv"/*/ "$nv"/*/*/; do
+    [ -d "$d/bin" ] && for f in "$d"/bin/*; do ln -sf "$f" "$home/bin/"; done
+    [ -d "$d/include" ] && for f in "$d"/include/*; do ln -sf "$f" "$home/include/"; done
+    [ -d "$d/lib" ] && for f in "$d"/lib/*; do ln -sf "$f" "$home/lib64/"; done
+    # nvcc finds its own tools (cicc, libdevice) in nvvm/ beside bin/.
+    [ -d "$d/nvvm" ] && ln -sfn "$d/nvvm" "$home/nvvm"
+done
+for lib in "$home"/lib64/lib*.so.*; do
+    base=$(basename "$lib" | sed 's/\.so\..*/.so/')
+    [ -e "$home/lib64/$base" ] || ln -s "$lib" "$home/lib64/$base"
+done
+"$home/bin/nvcc" --version | tail -1
+
+export CUDA_HOME=$home CUDA_PATH=$home CUDA_ROOT=$home CUDA_COMPUTE_CAP=$cap
+export PATH=$home/bin:$PATH
+# The linker's search path (not RUSTFLAGS: that would rebuild every crate when it changes).
+export LIBRARY_PATH=$home/lib64${LIBRARY_PATH:+:$LIBRARY_PATH}
+export CARGO_TARGET_DIR=$cache/target-sm$cap
+
+say "building the app and the test binaries with --features cuda for compute capability $cap"
+cd "$repo"
+cargo build --release -p spatial-viewer --no-default-features --features cuda
+tests=$(cargo test --release --workspace --no-default-features --features cuda --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["target"]["name"] + " " + m["executable"])')
+
+say "packing"
+# What travels to a GPU machine: the binaries (stripped, compressed; the repository's own copy
+# there has the fixtures and scripts). The CUDA libraries are the machine's own.
+pack=$repo/target-cuda/bin
+rm -rf "$pack" && mkdir -p "$pack"
+cp "$CARGO_TARGET_DIR/release/spatial-viewer" "$pack/"
+echo "$tests" | while read -r name exe; do
+    case "$name" in vggt_parity|spatial_mllm_parity|cli) cp "$exe" "$pack/$name" ;; esac
+done
+strip "$pack"/*
+tar cJf "$out" -C "$repo/target-cuda" bin
+say "wrote $out ($(du -h "$out" | cut -f1)); compute capability $cap"

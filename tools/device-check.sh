@@ -1,0 +1,66 @@
+#!/bin/sh
+# The GPU check, in one go on a GPU machine without a Rust toolchain or network (under 8 minutes on
+# an H100/H200). Run in the repository's root with the binaries tools/build-cuda.sh packed:
+#
+#   tools/device-check.sh [target-cuda/spatial-viewer-cuda.tar.xz] [OUT_DIR]
+#
+# Prints one table: the parity tests on CUDA (f32 against upstream's fixtures, the half-precision
+# paths against f32), `bench vggt` at 8, 32, 100 and 128 frames of 518x392 (f32 and bf16: time and
+# peak GPU memory), `bench mllm` prefill and decode, and an `ask` end to end with the tiny fixture
+# weights through the pipeline the GUI's chat thread uses. Each row's log is kept in OUT_DIR.
+set -u
+pack=${1:-target-cuda/spatial-viewer-cuda.tar.xz}
+logs=${2:-${OUT:-/tmp}/device-check}
+mkdir -p "$logs"
+dir=$(mktemp -d)
+tar xJf "$pack" -C "$dir" || { echo "cannot unpack $pack (make it with tools/build-cuda.sh)" >&2; exit 1; }
+bin=$dir/bin
+# The CUDA libraries of the machine's own PyTorch (cuBLAS, cuRAND, NVRTC, the runtime).
+nvidia=$(python3 -c 'import nvidia, os; print(os.path.dirname(list(nvidia.__path__)[0]) + "/nvidia")' 2>/dev/null)
+libs=$(find "$nvidia" /usr/local/cuda/lib64 -name 'lib*.so*' 2>/dev/null | xargs -r -n1 dirname | sort -u | tr '\n' ':')
+export LD_LIBRARY_PATH=${libs}${LD_LIBRARY_PATH:-}
+# The tests find the fixtures in this copy of the repository.
+export SPATIAL_MODELS_DIR=$PWD/models SPATIAL_TEST_DEVICE=cuda
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/GPU: /'
+
+row() { printf '| %s | %s | %s |\n' "$1" "$2" "$3"; }
+# run NAME LIMIT_S COMMAND...: runs with a time limit, keeps the log, says pass/fail and seconds.
+run() {
+    name=$1 limit=$2
+    shift 2
+    start=$(date +%s.%N)
+    timeout "$limit" "$@" >"$logs/$name.log" 2>&1
+    rc=$?
+    secs=$(echo "$(date +%s.%N) - $start" | bc)
+    if [ $rc -eq 0 ]; then status=ok; elif [ $rc -eq 124 ]; then status="timed out after $limit s"; else status="FAILED (exit $rc)"; fi
+    printf '%s %.1f' "$status" "$secs"
+}
+
+echo
+echo "| check | result (s) | detail |"
+echo "|---|---|---|"
+r=$(run vggt_parity 120 "$bin/vggt_parity" --test-threads 1)
+row "VGGT parity on CUDA (f32 within 1e-3 of upstream; bf16/f16 against f32)" "$r" "$(grep -E 'test result' "$logs/vggt_parity.log" | tail -1)"
+r=$(run spatial_mllm_parity 120 "$bin/spatial_mllm_parity" --test-threads 1)
+row "Spatial-MLLM parity on CUDA" "$r" "$(grep -E 'test result' "$logs/spatial_mllm_parity.log" | tail -1)"
+for dtype in f32 bf16; do
+    for frames in 8 32 100 128; do
+        r=$(run "vggt-$dtype-$frames" 90 "$bin/spatial-viewer" bench vggt --frames "$frames" --width 518 --height 392 --device cuda --dtype "$dtype")
+        row "bench vggt $frames x 518x392 $dtype" "$r" "$(grep -E '^\|' "$logs/vggt-$dtype-$frames.log" | tail -1)"
+    done
+done
+r=$(run mllm 120 "$bin/spatial-viewer" bench mllm --prompt-tokens 3200 --decode-tokens 64 --vision-frames 16 --device cuda --dtype bf16)
+row "bench mllm 3200 prompt tokens, 64 new, 16 frames, bf16" "$r" "$(grep -E '^\|' "$logs/mllm.log" | tail -2 | tr '\n' ' ')"
+frames=$(mktemp -d)
+python3 - "$frames" <<'PY'
+import sys, numpy as np
+from PIL import Image
+for i in range(4):
+    y, x = np.mgrid[0:112, 0:168]
+    Image.fromarray(np.stack([(x * 3 + i * 20) % 256, (y * 2 + i * 7) % 256, (x + y + i * 40) % 256], -1).astype(np.uint8)).save(f"{sys.argv[1]}/{i:03}.png")
+PY
+gunzip -c models/tests/fixtures/qwen-tokenizer/tokenizer.json.gz >"$logs/tokenizer.json"
+weights=$(mktemp -d)
+cp models/tests/fixtures/spatial-mllm-tiny/config.json models/tests/fixtures/spatial-mllm-tiny/model.safetensors "$logs/tokenizer.json" "$weights/"
+r=$(run ask 60 "$bin/spatial-viewer" ask --weights "$weights" --input "$frames" --frames 4 --question "How many chairs are in the room?" --max-new-tokens 8 --device cuda)
+row "ask end to end, tiny weights, cuda" "$r" "$(tail -1 "$logs/ask.log")"
