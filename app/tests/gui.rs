@@ -887,7 +887,9 @@ fn a_playing_video_never_blanks_the_panel() {
         assert!(s["shown"].is_object(), "nothing shown while playing at dump {i}: {s}");
         frames.push(s["frame"].as_u64().unwrap());
     }
-    assert!(frames.last() > frames.first(), "the video did not play: {frames:?}");
+    // Playing moves forward (and loops at the end: a fast machine can get there within the dumps).
+    let forward = frames.windows(2).filter(|w| w[1] > w[0]).count();
+    assert!(forward * 2 >= frames.len(), "the video did not play: {frames:?}");
 }
 
 /// Reconstruction on demand and a sampler with a choice: a video is reconstructed at more
