@@ -18,8 +18,9 @@ cache=${SPATIAL_CUDA_CACHE:-$HOME/.cache/spatial-viewer-cuda}
 cap=${CUDA_COMPUTE_CAP:-90}
 # CUDA 13.0: the GPU machines' driver (580) runs its PTX (a newer nvcc's PTX would be refused) and
 # their image has its libraries (cuBLAS, cuRAND, NVRTC, the runtime), which the binaries load there.
-# Only the compiler, the runtime (headers, libcudart to link) and CCCL's headers are needed here.
-cuda_wheels="nvidia-cuda-nvcc==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85"
+# Only the compiler (nvcc, its NVVM and CRT pinned to the same release: unpinned they would come
+# from the newest CUDA), the runtime (headers, libcudart to link) and CCCL's headers are needed here.
+cuda_wheels="nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85"
 started=$(date +%s)
 say() { echo "[$(( $(date +%s) - started )) s] $*"; }
 
@@ -59,10 +60,10 @@ export PATH=$home/bin:$PATH
 export LIBRARY_PATH=$home/lib64${LIBRARY_PATH:+:$LIBRARY_PATH}
 export CARGO_TARGET_DIR=$cache/target-sm$cap
 
-say "building the app and the test binaries with --features cuda for compute capability $cap"
+say "building the app and the parity test binaries with --features cuda for compute capability $cap"
 cd "$repo"
 cargo build --release -p spatial-viewer --no-default-features --features cuda
-tests=$(cargo test --release --workspace --no-default-features --features cuda --no-run --message-format=json 2>/dev/null \
+tests=$(cargo test --release -p spatial-models --no-default-features --features cuda --no-run --message-format=json 2>/dev/null \
     | python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
@@ -76,7 +77,7 @@ pack=$repo/target-cuda/bin
 rm -rf "$pack" && mkdir -p "$pack"
 cp "$CARGO_TARGET_DIR/release/spatial-viewer" "$pack/"
 echo "$tests" | while read -r name exe; do
-    case "$name" in vggt_parity|spatial_mllm_parity|cli) cp "$exe" "$pack/$name" ;; esac
+    case "$name" in vggt_parity|spatial_mllm_parity) cp "$exe" "$pack/$name" ;; esac
 done
 strip "$pack"/*
 tar cJf "$out" -C "$repo/target-cuda" bin
