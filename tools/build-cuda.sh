@@ -2,18 +2,17 @@
 # Builds the CUDA binaries (the app and the test binaries) on a CPU-only Debian machine and packs
 # what a GPU machine without a Rust toolchain or network needs to run them.
 #
-#   tools/build-cuda.sh [OUT.tar.xz]        (default: target-cuda/spatial-viewer-cuda.tar.xz)
+#   tools/build-cuda.sh        (writes target-cuda/app.tar.xz and target-cuda/tests.tar.xz)
 #
 # The CUDA compiler, headers and runtime libraries come from NVIDIA's PyPI wheels (no system CUDA,
 # no root). CUDA_COMPUTE_CAP picks the GPU generation (default 90: H100/H200). Slow steps are
 # cached: the wheels' venv and the cargo target folder (candle's kernels are compiled once per
 # compute capability) live in $SPATIAL_CUDA_CACHE (default ~/.cache/spatial-viewer-cuda).
 #
-# On the GPU machine, in the repository's root: tools/device-check.sh target-cuda/spatial-viewer-cuda.tar.xz
+# On the GPU machine, in the repository's root: tools/device-check.sh (carrying target-cuda/).
 set -eu
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-out=${1:-$repo/target-cuda/spatial-viewer-cuda.tar.xz}
 cache=${SPATIAL_CUDA_CACHE:-$HOME/.cache/spatial-viewer-cuda}
 cap=${CUDA_COMPUTE_CAP:-90}
 # CUDA 13.0: the GPU machines' driver (580) runs its PTX (a newer nvcc's PTX would be refused) and
@@ -54,6 +53,23 @@ for lib in "$home"/lib64/lib*.so.*; do
 done
 "$home/bin/nvcc" --version | tail -1
 
+# Link-time stand-ins for the libraries candle's cudarc links to (the driver, cuBLAS, cuBLASLt,
+# cuRAND, NVRTC): every function cudarc declares, with the real libraries' sonames, so the binaries
+# load the GPU machine's own libraries there (as CUDA's own libcuda stub is used). No 1 GB of
+# cuBLAS wheels to download for a link.
+cudarc=$(cd "$repo" && cargo metadata --format-version 1 --features spatial-models/cuda 2>/dev/null | python3 -c 'import json, sys, os
+m = json.load(sys.stdin)
+print(next(os.path.dirname(p["manifest_path"]) for p in m["packages"] if p["name"] == "cudarc"))')
+for spec in driver:cuda:libcuda.so.1 cublas:cublas:libcublas.so.13 cublaslt:cublasLt:libcublasLt.so.13 curand:curand:libcurand.so.10 nvrtc:nvrtc:libnvrtc.so.13; do
+    module=${spec%%:*}; rest=${spec#*:}; lib=${rest%%:*}; soname=${rest#*:}
+    python3 - "$cudarc/src/$module/sys/mod.rs" >"$home/stub-$lib.c" <<'PY'
+import re, sys
+names = sorted(set(re.findall(r"^\s+fn (\w+)\(", open(sys.argv[1]).read(), re.M)))
+print("\n".join(f"void {n}(void) {{}}" for n in names))
+PY
+    cc -shared -fPIC -o "$home/lib64/lib$lib.so" -Wl,-soname,"$soname" "$home/stub-$lib.c"
+done
+
 export CUDA_HOME=$home CUDA_PATH=$home CUDA_ROOT=$home CUDA_COMPUTE_CAP=$cap
 export PATH=$home/bin:$PATH
 # The linker's search path (not RUSTFLAGS: that would rebuild every crate when it changes).
@@ -71,14 +87,16 @@ for line in sys.stdin:
         print(m["target"]["name"] + " " + m["executable"])')
 
 say "packing"
-# What travels to a GPU machine: the binaries (stripped, compressed; the repository's own copy
-# there has the fixtures and scripts). The CUDA libraries are the machine's own.
-pack=$repo/target-cuda/bin
-rm -rf "$pack" && mkdir -p "$pack"
-cp "$CARGO_TARGET_DIR/release/spatial-viewer" "$pack/"
+# What travels to a GPU machine: the binaries, stripped and compressed (the repository's own copy
+# there has the fixtures and scripts; the CUDA libraries are the machine's own). Two archives, so
+# each fits beside the repository in one device call (64 MiB): the app, and the parity tests.
+pack=$repo/target-cuda
+rm -rf "$pack/bin" && mkdir -p "$pack/bin"
+cp "$CARGO_TARGET_DIR/release/spatial-viewer" "$pack/bin/"
 echo "$tests" | while read -r name exe; do
-    case "$name" in vggt_parity|spatial_mllm_parity) cp "$exe" "$pack/$name" ;; esac
+    case "$name" in vggt_parity|spatial_mllm_parity) cp "$exe" "$pack/bin/$name" ;; esac
 done
-strip "$pack"/*
-tar cJf "$out" -C "$repo/target-cuda" bin
-say "wrote $out ($(du -h "$out" | cut -f1)); compute capability $cap"
+strip "$pack"/bin/*
+tar cJf "$pack/app.tar.xz" -C "$pack" bin/spatial-viewer
+tar cJf "$pack/tests.tar.xz" -C "$pack" bin/vggt_parity bin/spatial_mllm_parity
+say "wrote $pack/app.tar.xz ($(du -h "$pack/app.tar.xz" | cut -f1)) and $pack/tests.tar.xz ($(du -h "$pack/tests.tar.xz" | cut -f1)); compute capability $cap"
