@@ -1279,6 +1279,10 @@ fn demo_room_to_world(p: [f32; 3]) -> [f32; 3] {
     [right, down, forward].map(|a| a[0] * d[0] + a[1] * d[1] + a[2] * d[2])
 }
 
+fn json_u64s(v: &serde_json::Value) -> Vec<u64> {
+    v.as_array().unwrap_or_else(|| panic!("not an array: {v}")).iter().map(|x| x.as_u64().unwrap()).collect()
+}
+
 fn json_vec(v: &serde_json::Value) -> Vec<f64> {
     v.as_array()
         .unwrap_or_else(|| panic!("not an array: {v}"))
@@ -1434,28 +1438,13 @@ fn inspect_and_measure_the_demo() {
     assert!((scaled["scale"].as_f64().unwrap() - 1.2 / length).abs() < 1e-5);
     // The region: exactly the frames the ground-truth depth maps say; the picks among them.
     let region = &scaled["region"];
-    let frames: Vec<u64> = region["frames"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
+    let frames: Vec<u64> = json_u64s(&region["frames"]);
     assert_eq!(
         frames, expected_frames,
         "frames seeing the sofa rectangle of frame {region_frame}"
     );
-    let sampled: Vec<u64> = scaled["sampled"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
-    let picks: Vec<u64> = region["sampled_frames"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
+    let sampled: Vec<u64> = json_u64s(&scaled["sampled"]);
+    let picks: Vec<u64> = json_u64s(&region["sampled_frames"]);
     assert_eq!(
         picks,
         expected_frames

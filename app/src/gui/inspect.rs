@@ -596,7 +596,8 @@ fn video_panel(
 }
 
 pub const PIN_COLOUR: egui::Color32 = egui::Color32::from_rgb(255, 60, 200);
-pub const REGION_COLOUR: egui::Color32 = egui::Color32::from_rgb(80, 255, 200);
+/// The region's colour: the timeline's.
+const REGION_COLOUR: egui::Color32 = super::ui::REGION_GREEN;
 pub const HOVER_COLOUR: egui::Color32 = egui::Color32::from_rgb(255, 255, 255);
 
 #[derive(Clone, PartialEq)]

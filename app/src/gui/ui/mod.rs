@@ -669,8 +669,8 @@ fn ui_system(
     Ok(())
 }
 
-/// The region's colour on the timeline.
-const REGION_GREEN: egui::Color32 = egui::Color32::from_rgb(80, 255, 200);
+/// The selected region's colour (timeline, video frame, 3D view).
+pub const REGION_GREEN: egui::Color32 = egui::Color32::from_rgb(80, 255, 200);
 
 /// The panels' layout (systems drawing over the panels run after it).
 #[derive(SystemSet, Debug, Clone, PartialEq, Eq, Hash)]
