@@ -9,7 +9,8 @@
 #
 # Prints one table: the parity tests on CUDA (f32 against upstream's fixtures, the half-precision
 # paths against f32), `bench vggt` at 8, 32, 100 and 128 frames of 518x392 (f32 and bf16: time and
-# peak GPU memory), `bench mllm` prefill and decode, and an `ask` end to end with the tiny fixture
+# peak GPU memory), `bench mllm` prefill and decode, `bench ask` (a whole 16-frame question, stage
+# by stage), and an `ask` end to end with the tiny fixture
 # weights through the pipeline the GUI's chat thread uses. Each row's log is kept in OUT_DIR.
 set -u
 pack=${1:-target-cuda}
@@ -66,6 +67,8 @@ for dtype in f32 bf16; do
 done
 r=$(run mllm 120 "$bin/spatial-viewer" bench mllm --prompt-tokens 3200 --decode-tokens 64 --vision-frames 16 --device cuda --dtype bf16)
 row "bench mllm 3200 prompt tokens, 64 new, 16 frames, bf16" "$r" "$(why mllm "$(grep -E '^\|' "$logs/mllm.log" | tail -2 | tr '\n' ' ')")"
+r=$(run ask-bench 180 "$bin/spatial-viewer" bench ask --decode-tokens 64 --device cuda --dtype bf16)
+row "bench ask: 16 frames of 476x644, 3200 prompt tokens, 64 new, bf16 (goal under 2 s)" "$r" "$(why ask-bench "$(grep -E '^\| \*\*total|^prefill' "$logs/ask-bench.log" | tr '\n' ' ')")"
 frames=$(mktemp -d)
 # Two real frames from the fixtures.
 cp models/tests/fixtures/vggt-preprocess/bikes_1.png models/tests/fixtures/vggt-preprocess/bikes_2.png "$frames/"

@@ -725,9 +725,10 @@ fn the_device_each_model_thread_runs_on_is_shown() {
     let out = run_viewer(&dir, &script, &["--device", "cpu", "--dtype", "bf16"], |_, _| {});
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let state = read_json(&dir.join("state.json"));
-    assert_eq!(state["compute"]["vggt"], "cpu bf16", "{state}");
+    // Half-precision weights on the CPU compute in f32, and the label says so.
+    assert_eq!(state["compute"]["vggt"], "cpu bf16 weights, f32", "{state}");
     assert!(state["compute"]["vggt_note"].is_null());
-    assert_eq!(state["compute"]["chat"], "cpu bf16");
+    assert_eq!(state["compute"]["chat"], "cpu bf16 weights, f32");
 }
 
 /// The viewer's X window, once it is mapped.

@@ -10,6 +10,7 @@
 
 use crate::blas::sgemm_raw;
 use candle_core::{Result, Storage, Tensor};
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 /// A raw pointer that rayon tasks may share because each writes a disjoint range.
@@ -239,6 +240,91 @@ pub(crate) fn linear_nobias(x: &[f32], k: usize, w: &[f32]) -> Vec<f32> {
     // SAFETY: x is [rows, k], w is [n, k], y is [rows, n], all row-major and fully sized.
     unsafe { par_sgemm(false, true, rows, n, k, x.as_ptr(), k, w.as_ptr(), k, 0.0, y.as_mut_ptr(), n) };
     y
+}
+
+/// Rows up to which a product with half-precision weights reads them straight from memory
+/// (decoding: one token's row; the bandwidth of the weights is the limit there).
+const HALF_WEIGHT_DOT_ROWS: usize = 8;
+/// Weight rows widened to f32 at a time for larger products (a few MB, cache-sized pieces).
+const HALF_WEIGHT_BLOCK: usize = 256;
+
+multiversion! {
+    /// `out[r] = x[r] · w` for the `rows` rows of `x` ([rows, k]) and one bf16 weight row `w` [k],
+    /// widening in registers (bf16 is the top half of an f32). 64 lanes: independent
+    /// accumulators, so the loop runs at the memory's pace rather than the adder's latency.
+    fn dot_rows_bf16(x: &[f32], k: usize, w: &[u16], out: &mut [f32]) {
+        for (xr, o) in x.chunks_exact(k).zip(out.iter_mut()) {
+            let mut acc = [0f32; 64];
+            let mut xs = xr.chunks_exact(64);
+            let mut ws = w.chunks_exact(64);
+            for (a, b) in (&mut xs).zip(&mut ws) {
+                for i in 0..64 {
+                    acc[i] += a[i] * f32::from_bits((b[i] as u32) << 16);
+                }
+            }
+            let mut total: f32 = acc.iter().sum();
+            for (a, b) in xs.remainder().iter().zip(ws.remainder()) {
+                total += a * f32::from_bits((*b as u32) << 16);
+            }
+            *o = total;
+        }
+    }
+}
+
+/// `x[rows, k] · w[n, k]^T` for f32 `x` and bf16 or f16 weights `w` on the CPU (the checkpoint's
+/// precision kept in memory, half the bytes): up to [`HALF_WEIGHT_DOT_ROWS`] rows read each weight
+/// once, widening in registers (bf16); more rows widen [`HALF_WEIGHT_BLOCK`] weight rows at a time
+/// for the sgemm. Widening is exact, so the result is the f32 product of the same values. None
+/// when `w` is not a half-precision CPU tensor.
+pub(crate) fn linear_half_weights(x: &[f32], k: usize, w: &Tensor) -> Result<Option<Vec<f32>>> {
+    use candle_core::DType;
+    if !w.device().is_cpu() || !matches!(w.dtype(), DType::BF16 | DType::F16) || w.rank() != 2 || w.dim(1)? != k {
+        return Ok(None);
+    }
+    let w = w.contiguous()?;
+    let n = w.dim(0)?;
+    let rows = x.len() / k.max(1);
+    let (storage, layout) = w.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else { return Ok(None) };
+    let Some((start, end)) = layout.contiguous_offsets() else { return Ok(None) };
+    let mut y = vec![0f32; rows * n];
+    if w.dtype() == DType::BF16 && rows <= HALF_WEIGHT_DOT_ROWS {
+        let bits: &[u16] = cpu.as_slice::<half::bf16>()?[start..end].reinterpret_cast();
+        // yt[j] holds output column j for every row; transposed into y afterwards.
+        let mut yt = vec![0f32; n * rows];
+        yt.par_chunks_mut(64 * rows).enumerate().for_each(|(chunk, out)| {
+            for (i, o) in out.chunks_exact_mut(rows).enumerate() {
+                let j = chunk * 64 + i;
+                dot_rows_bf16(x, k, &bits[j * k..(j + 1) * k], o);
+            }
+        });
+        for j in 0..n {
+            for r in 0..rows {
+                y[r * n + j] = yt[j * rows + r];
+            }
+        }
+        return Ok(Some(y));
+    }
+    let _single = SingleThreadedBlas::new();
+    let mut block = vec![0f32; HALF_WEIGHT_BLOCK.min(n) * k];
+    for j0 in (0..n).step_by(HALF_WEIGHT_BLOCK) {
+        let nb = HALF_WEIGHT_BLOCK.min(n - j0);
+        let piece = &mut block[..nb * k];
+        let range = start + j0 * k..start + (j0 + nb) * k;
+        match w.dtype() {
+            DType::BF16 => {
+                let src = &cpu.as_slice::<half::bf16>()?[range];
+                piece.par_chunks_mut(k).zip(src.par_chunks(k)).for_each(|(o, s)| o.iter_mut().zip(s).for_each(|(o, s)| *o = f32::from_bits((s.to_bits() as u32) << 16)));
+            }
+            _ => {
+                let src = &cpu.as_slice::<half::f16>()?[range];
+                piece.par_chunks_mut(k).zip(src.par_chunks(k)).for_each(|(o, s)| o.iter_mut().zip(s).for_each(|(o, s)| *o = s.to_f32()));
+            }
+        }
+        // SAFETY: x is [rows, k]; the block is [nb, k]; columns j0..j0+nb of y ([rows, n]).
+        unsafe { par_sgemm(false, true, rows, nb, k, x.as_ptr(), k, piece.as_ptr(), k, 0.0, y.as_mut_ptr().add(j0), n) };
+    }
+    Ok(Some(y))
 }
 
 /// Single-threaded BLAS while in scope: the fused kernels split each product over rayon's
@@ -493,6 +579,71 @@ pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], b: usize, heads: usize,
     Ok(out)
 }
 
+/// Causal softmax attention with grouped-query heads (the language model's): q [b, heads, tq, d],
+/// k and v [b, kv_heads, tk, d]; query i sits at absolute position `q_offset + i` and sees keys
+/// 0..=q_offset+i; head h reads kv head h / (heads / kv_heads). Returns [b, heads, tq, d]. As
+/// [`attention`]: (batch, head, block of queries) items over the cores, each scoring only the keys
+/// its block can see ([QUERY_BLOCK, visible] in cache), masking the diagonal, softmax and `p v`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn causal_attention(q: &[f32], k: &[f32], v: &[f32], b: usize, heads: usize, kv_heads: usize, tq: usize, tk: usize, d: usize, q_offset: usize, scale: f32) -> Result<Vec<f32>> {
+    if kv_heads == 0 || heads % kv_heads != 0 || q_offset + tq > tk {
+        candle_core::bail!("causal attention: {heads} heads over {kv_heads} kv heads, {tq} queries after {q_offset} of {tk} keys");
+    }
+    let rep = heads / kv_heads;
+    let mut out = vec![0f32; b * heads * tq * d];
+    let block = QUERY_BLOCK.min(tq.max(1));
+    let blocks = tq.div_ceil(block);
+    // A short run of queries (decoding: one) takes all the heads that share a kv head in one
+    // item, so each kv head's keys and values are read once per layer rather than once per head.
+    // Their rows are consecutive ([rep, tq, d] with the whole run in one block).
+    let heads_per_item = if blocks == 1 { rep } else { 1 };
+    let head_groups = heads / heads_per_item;
+    let items = b * head_groups * blocks;
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    let group = 16 * rayon::current_num_threads().max(1);
+    let _blas = SingleThreadedBlas::new();
+    let mut first = 0;
+    while first < items {
+        crate::nn::check_cancelled()?;
+        let last = (first + group).min(items);
+        (first..last).into_par_iter().for_each_init(
+            || (vec![0f32; heads_per_item * block * tk], vec![0f32; heads_per_item * block]),
+            |(scores, sums), item| {
+                let (bg, qb) = (item / blocks, item % blocks);
+                let (bi, first_head) = (bg / head_groups, bg % head_groups * heads_per_item);
+                let kv = bi * kv_heads + first_head / rep;
+                let q0 = qb * block;
+                let len = block.min(tq - q0);
+                let rows = heads_per_item * len;
+                // The block's last query sees keys 0..visible; earlier rows are masked below.
+                let visible = q_offset + q0 + len;
+                let s = &mut scores[..rows * visible];
+                let q_base = ((bi * heads + first_head) * tq + q0) * d;
+                // SAFETY: q rows [rows, d], k [visible, d] of this kv head, scores [rows, visible].
+                unsafe { sgemm_raw(false, true, rows, visible, d, scale, q.as_ptr().add(q_base), d, k.as_ptr().add(kv * tk * d), d, 0.0, s.as_mut_ptr(), visible, false) };
+                for r in 0..rows {
+                    let sees = q_offset + q0 + r % len + 1;
+                    s[r * visible + sees..(r + 1) * visible].fill(f32::NEG_INFINITY);
+                }
+                softmax_rows_unnormalised(s, visible, &mut sums[..rows]);
+                // SAFETY: probabilities [rows, visible] times v [visible, d] into this item's own
+                // rows of the output.
+                unsafe {
+                    let dst = out_ptr.ptr().add(q_base);
+                    sgemm_raw(false, false, rows, d, visible, 1.0, s.as_ptr(), visible, v.as_ptr().add(kv * tk * d), d, 0.0, dst, d, false);
+                    for (r, sum) in sums[..rows].iter().enumerate() {
+                        let row = std::slice::from_raw_parts_mut(dst.add(r * d), d);
+                        let inv = 1.0 / sum;
+                        row.iter_mut().for_each(|v| *v *= inv);
+                    }
+                }
+            },
+        );
+        first = last;
+    }
+    Ok(out)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Convolution.
 
@@ -605,6 +756,30 @@ pub(crate) fn upsample_bilinear_align_corners(x: &[f32], planes: usize, h: usize
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn half_precision_weights_give_the_f32_product_of_their_values() {
+        use candle_core::DType;
+        let dev = candle_core::Device::Cpu;
+        // Rows on both sides of the one-row path's limit; k and n not multiples of the 64 lanes
+        // or the 256-row widening block.
+        for (rows, k, n) in [(1usize, 70usize, 257usize), (3, 2053, 600), (8, 64, 1), (9, 130, 513), (300, 96, 700)] {
+            let x = Tensor::randn(0f32, 1.0, (rows, k), &dev).unwrap();
+            for dtype in [DType::BF16, DType::F16] {
+                let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap().to_dtype(dtype).unwrap();
+                // The reference: the same (rounded) weight values in f32, through candle.
+                let want = x.matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let got = linear_half_weights(&x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), k, &w).unwrap().expect("half weights take this path");
+                assert_eq!(got.len(), rows * n);
+                let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0f32, f32::max);
+                // Only the summation order differs from the f32 product.
+                assert!(diff < 1e-4 * (k as f32).sqrt(), "{rows}x{k} by {n}x{k} {dtype:?}: {diff}");
+            }
+        }
+        // f32 weights are not this path's.
+        let w = Tensor::zeros((4, 8), DType::F32, &dev).unwrap();
+        assert!(linear_half_weights(&[0.0; 8], 8, &w).unwrap().is_none());
+    }
 
     #[test]
     fn bilinear_align_corners_equals_candle() {

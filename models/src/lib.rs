@@ -14,6 +14,7 @@ pub mod multiversion;
 pub mod blas;
 pub mod checkpoint;
 mod cpu;
+pub mod gpu_memory;
 pub mod interp;
 pub mod nn;
 pub mod qwen2_5_vl;

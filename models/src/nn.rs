@@ -84,6 +84,13 @@ pub fn layer_norm_plain(x: &Tensor, eps: f64) -> Result<Tensor> {
     candle_nn::ops::layer_norm(&x.contiguous()?, &ones, &zeros, eps as f32)
 }
 
+/// The dtype activations flow in for weights of `weights` on `device`: the weights' own on GPUs;
+/// f32 on the CPU, where half-precision weights are widened as they are read (exact), so bf16
+/// checkpoints take half the memory and give the f32 results.
+pub fn stream_dtype(weights: DType, device: &candle_core::Device) -> DType {
+    if device.is_cpu() { DType::F32 } else { weights }
+}
+
 /// `nn.Linear`: y = x W^T + b over the last dim, with the product through [`crate::blas`].
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -98,6 +105,18 @@ impl Linear {
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
+
+    /// An f32 stream through half-precision weights on the CPU: the product in f32 with the
+    /// weights widened as they are read (see [`crate::cpu::linear_half_weights`]). x: [rows, k].
+    fn forward_half_weights(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        if x.dtype() != DType::F32 || !x.device().is_cpu() || !matches!(self.weight.dtype(), DType::BF16 | DType::F16) {
+            return Ok(None);
+        }
+        let (rows, k) = x.dims2()?;
+        let Some(data) = crate::cpu::f32_data(x) else { return Ok(None) };
+        let Some(y) = crate::cpu::linear_half_weights(data.slice(), k, &self.weight)? else { return Ok(None) };
+        Ok(Some(Tensor::from_vec(y, (rows, self.weight.dim(0)?), x.device())?))
+    }
 }
 
 impl Module for Linear {
@@ -106,10 +125,15 @@ impl Module for Linear {
         let k = *dims.last().ok_or_else(|| candle_core::Error::Msg("Linear on a scalar".into()))?;
         let rows = x.elem_count() / k.max(1);
         let x2 = x.reshape((rows, k))?;
-        let x2 = if x2.dtype() == self.weight.dtype() { x2 } else { x2.to_dtype(self.weight.dtype())? };
-        let mut y = crate::blas::matmul(&x2, &self.weight.t()?)?;
+        let mut y = match self.forward_half_weights(&x2)? {
+            Some(y) => y,
+            None => {
+                let x2 = if x2.dtype() == self.weight.dtype() { x2 } else { x2.to_dtype(self.weight.dtype())? };
+                crate::blas::matmul(&x2, &self.weight.t()?)?
+            }
+        };
         if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
+            y = y.broadcast_add(&b.to_dtype(y.dtype())?)?;
         }
         let mut out_dims = dims;
         let last = out_dims.len() - 1; // x has at least one dim: k came from it
@@ -192,19 +216,46 @@ impl RotaryTables {
 /// Upper bound on the number of attention scores held at once (per call), in elements.
 /// 64M f32 scores = 256 MiB: global attention over many frames is computed in query chunks.
 const MAX_SCORE_ELEMENTS: usize = 64 * 1024 * 1024;
+/// The same bound on a GPU: chunks of a few hundred queries rather than tens, so 128 frames'
+/// global attention is a thousand large products per layer, not thousands of small launches
+/// (a few GB of scores at most, within the 20 GB that 128 frames in bf16 may take).
+const MAX_SCORE_ELEMENTS_GPU: usize = 512 * 1024 * 1024;
+
+fn max_score_elements(device: &candle_core::Device) -> usize {
+    if device.is_cpu() { MAX_SCORE_ELEMENTS } else { MAX_SCORE_ELEMENTS_GPU }
+}
+
+/// Head sizes Metal's fused `sdpa` kernels take (candle-nn 0.11).
+const METAL_SDPA_HEAD_DIMS: [usize; 8] = [32, 64, 72, 80, 96, 128, 256, 512];
+
+/// Metal's fused attention (`candle_nn::ops::sdpa`) where it applies: the scores never reach
+/// memory. `causal`: query i sees keys 0..=i (a whole prompt) or, for one query, every key.
+fn metal_sdpa(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal: bool) -> Result<Option<Tensor>> {
+    let d = q.dim(D::Minus1)?;
+    if !q.device().is_metal() || !METAL_SDPA_HEAD_DIMS.contains(&d) || (d == 512 && q.dtype() == DType::F32) {
+        return Ok(None);
+    }
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    // One query sees every key (the vector kernel); more queries take the causal flag.
+    let causal = causal && q.dim(2)? > 1;
+    Ok(Some(candle_nn::ops::sdpa(&q, &k, &v, None, causal, scale as f32, 1.0)?))
+}
 
 /// Softmax attention `softmax(q k^T * scale) v` for q, k, v of shape [B, heads, T, d], computed
 /// in chunks of queries so memory stays bounded for long sequences. Scores are accumulated in f32.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     let (b, h, t_q, _d) = q.dims4()?;
     let t_k = k.dim(2)?;
+    if let Some(out) = metal_sdpa(q, k, v, scale, false)? {
+        return Ok(out);
+    }
     let in_dtype = q.dtype();
     // Scaling the queries costs one pass over [Tq, d] instead of one over the [Tq, Tk] scores.
     let q = &(q * scale)?;
     let k_t = k.transpose(2, 3)?.contiguous()?;
     let v = v.contiguous()?;
     let per_query = b * h * t_k;
-    let chunk = (MAX_SCORE_ELEMENTS / per_query.max(1)).clamp(1, t_q.max(1));
+    let chunk = (max_score_elements(q.device()) / per_query.max(1)).clamp(1, t_q.max(1));
     let mut outputs = Vec::with_capacity(t_q.div_ceil(chunk));
     let mut start = 0;
     while start < t_q {
@@ -433,13 +484,26 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, q_offset
         candle_core::bail!("{h} query heads cannot share {kvh} key/value heads");
     }
     let rep = h / kvh;
+    // Only where the causal alignment cannot be in doubt: a whole prompt, or one new token.
+    if q_offset + t_q == t_k && (q_offset == 0 || t_q == 1) {
+        if let Some(out) = metal_sdpa(q, k, v, scale, true)? {
+            return Ok(out);
+        }
+    }
+    if crate::cpu::is_cpu_f32(q) && crate::cpu::is_cpu_f32(k) && crate::cpu::is_cpu_f32(v) && q_offset + t_q <= t_k {
+        let (qd, kd, vd) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        if let (Some(qs), Some(ks), Some(vs)) = (crate::cpu::f32_view(&qd), crate::cpu::f32_view(&kd), crate::cpu::f32_view(&vd)) {
+            let out = crate::cpu::causal_attention(qs.slice(), ks.slice(), vs.slice(), b, h, kvh, t_q, t_k, d, q_offset, scale as f32)?;
+            return Tensor::from_vec(out, (b, h, t_q, d), q.device());
+        }
+    }
     let in_dtype = q.dtype();
     let q = &(q * scale)?;
     let k_t = k.transpose(2, 3)?.contiguous()?;
     let v = v.contiguous()?;
     let per_query = b * h * t_k;
     // At most 512 queries a chunk, so the masked triangle's key blocks are mostly skipped.
-    let chunk = (MAX_SCORE_ELEMENTS / per_query.max(1)).clamp(1, t_q.max(1)).min(512);
+    let chunk = (max_score_elements(q.device()) / per_query.max(1)).clamp(1, t_q.max(1)).min(512);
     let mut outputs = Vec::with_capacity(t_q.div_ceil(chunk));
     let mut start = 0;
     while start < t_q {
@@ -479,7 +543,8 @@ mod tests {
     fn causal_attention_matches_the_naive_formula() {
         let dev = Device::Cpu;
         let (h, kvh, d) = (4, 2, 8);
-        for (t_q, offset) in [(1100usize, 0usize), (1, 40), (300, 700)] {
+        // One query (decoding) and a run within one block group the heads of a kv head.
+        for (t_q, offset) in [(1100usize, 0usize), (1, 40), (300, 700), (64, 9), (65, 0)] {
             let t_k = offset + t_q;
             let q = Tensor::randn(0f32, 1.0, (1, h, t_q, d), &dev).unwrap();
             let k = Tensor::randn(0f32, 1.0, (1, kvh, t_k, d), &dev).unwrap();

@@ -114,7 +114,7 @@ pub fn run(a: AskArgs) -> Result<i32> {
     let compute = a.compute.resolve();
     let weights = super::resolve_weights(&a.weights, WeightsKind::Mllm)?;
     let mut loaded = load_mllm(&weights, a.base_model, &compute).with_context(|| format!("{}: cannot load the question-answering model", weights.display()))?;
-    eprintln!("{}: {} loaded on {}", weights.display(), loaded.describe(), compute.label());
+    eprintln!("{}: {} loaded on {}", weights.display(), loaded.describe(), loaded.compute.label());
 
     let indices = if sampling == "uniform" { question_frames(source.len(), count)? } else { space_aware_indices(&a, &source, count, &compute)? };
     eprintln!("{}: {} frames, asking about {} of them: {:?}", a.input.display(), source.len(), indices.len(), indices);

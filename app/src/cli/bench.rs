@@ -58,9 +58,6 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         seeks: usize,
     },
-    /// Qwen2.5-VL-3B's language model (the LLM of Spatial-MLLM) with constant weights: prefill
-    /// tokens/s over a prompt of --prompt-tokens (a 16-frame 476x644 question is about 3200) and
-    /// greedy decode tokens/s with the KV cache; --vision-frames also times the vision tower.
     /// Single-precision matrix products at sizes where the hardware peak shows: OpenBLAS (the
     /// kernel its DYNAMIC_ARCH picked) next to the gemm crate candle uses without it; GFLOP/s.
     Blas {
@@ -69,6 +66,30 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         repeats: usize,
     },
+    /// One whole Spatial-MLLM question with constant weights (16 frames of 476x644 from a
+    /// synthetic clip: the vision tower, the VGGT aggregator, the connector, a prompt of about
+    /// 3,200 tokens, 32 greedy tokens): seconds, GFLOP/s against the machine's sgemm peak and peak
+    /// memory per stage. `models/benches/upstream_ask.py` is the same question upstream.
+    Ask {
+        #[arg(long, default_value_t = 16)]
+        frames: usize,
+        #[arg(long, default_value_t = 476)]
+        height: usize,
+        #[arg(long, default_value_t = 644)]
+        width: usize,
+        /// The prompt's length; question text fills what the template and video leave.
+        #[arg(long, default_value_t = 3200)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 32)]
+        decode_tokens: usize,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+    },
+    /// Qwen2.5-VL-3B's language model (the LLM of Spatial-MLLM) with constant weights: prefill
+    /// tokens/s over a prompt of --prompt-tokens (a 16-frame 476x644 question is about 3200) and
+    /// greedy decode tokens/s with the KV cache; --vision-frames also times the vision tower.
     Mllm {
         #[arg(long, default_value_t = 512)]
         prompt_tokens: usize,
@@ -82,6 +103,11 @@ pub enum BenchCommand {
         #[arg(long, default_value = "f32")]
         dtype: String,
     },
+}
+
+/// The device's peak memory since the last reset, in MiB ("-" on the CPU).
+pub fn gpu_peak_mib(device: &candle_core::Device) -> String {
+    spatial_models::gpu_memory::peak_bytes(device).map_or("-".into(), |b| format!("{:.0}", b as f64 / 1048576.0))
 }
 
 /// Peak resident memory of this process (VmHWM), in MiB.
@@ -129,6 +155,7 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
             if repeats > 1 {
                 model.forward(&images)?; // warm-up (allocator, kernels)
             }
+            spatial_models::gpu_memory::reset_peak(&device);
             let mut times = Vec::new();
             for _ in 0..repeats.max(1) {
                 let t = std::time::Instant::now();
@@ -140,7 +167,7 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
             let (median, st) = times[times.len() / 2];
             let flops = estimate_flops(&cfg, s, height, width);
             println!(
-                "| {s} | {width}x{height} | {dtype:?} | {} | {median:.2} | {:.1} / {:.1} / {:.1} / {:.1} | {:.0} | {:.0} | {:.0} | {init:.1} |",
+                "| {s} | {width}x{height} | {dtype:?} | {} | {median:.2} | {:.1} / {:.1} / {:.1} / {:.1} | {:.0} | {:.0} | {:.0} | {} | {init:.1} |",
                 spatial_models::multiversion::simd_level().name(),
                 st.aggregator,
                 st.camera,
@@ -148,19 +175,23 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
                 st.points,
                 flops / median / 1e9,
                 weights_mib,
-                peak_rss_mib().unwrap_or(f64::NAN)
+                peak_rss_mib().unwrap_or(f64::NAN),
+                gpu_peak_mib(&device)
             );
             Ok(0)
         }
         BenchCommand::Seek { video, seeks } => bench_seek(video, seeks),
         BenchCommand::Blas { sizes, repeats } => bench_blas(&sizes, repeats),
+        BenchCommand::Ask { frames, height, width, prompt_tokens, decode_tokens, device, dtype } => {
+            super::bench_ask::bench_ask(&super::bench_ask::AskShape { frames, height, width, prompt_tokens, decode_tokens }, &device, &dtype)
+        }
         BenchCommand::Sample { frames, height, width, repeats } => bench_sample(frames, height, width, repeats),
         BenchCommand::Mllm { prompt_tokens, decode_tokens, vision_frames, device, dtype } => bench_mllm(prompt_tokens, decode_tokens, vision_frames, &device, &dtype),
         BenchCommand::Vggt { frames: None, device, dtype, repeats, .. } => {
             println!("VGGT-1B (constant weights, resident in memory), device {device}, dtype {dtype}, median of {repeats} run(s) (after a warm-up when more than one)");
             println!("CPU: {}; BLAS: {}", cpu_model(), spatial_models::blas::backend());
-            println!("| frames | size | dtype | SIMD | seconds | aggregator / camera / depth / points s | GFLOP/s | RSS after load MiB | peak RSS MiB | init s |");
-            println!("|---|---|---|---|---|---|---|---|---|---|");
+            println!("| frames | size | dtype | SIMD | seconds | aggregator / camera / depth / points s | GFLOP/s | RSS after load MiB | peak RSS MiB | peak GPU MiB | init s |");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|");
             let exe = std::env::current_exe()?;
             // Each case at each vector width the CPU has, side by side in one run.
             let levels: &[&str] = match spatial_models::multiversion::simd_level() {
@@ -275,13 +306,14 @@ fn bench_mllm(prompt_tokens: usize, decode_tokens: usize, vision_frames: usize, 
         next = text.logits(&h)?.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?[0];
     }
     let decode = t.elapsed().as_secs_f64();
-    println!("| prompt tokens | prefill s | prefill tok/s | decode tokens | decode s | decode tok/s | RSS after load MiB | peak RSS MiB | init s |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| prompt tokens | prefill s | prefill tok/s | decode tokens | decode s | decode tok/s | RSS after load MiB | peak RSS MiB | peak GPU MiB | init s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {prompt_tokens} | {prefill:.2} | {:.1} | {decode_tokens} | {decode:.2} | {:.2} | {weights_mib:.0} | {:.0} | {init:.1} |",
+        "| {prompt_tokens} | {prefill:.2} | {:.1} | {decode_tokens} | {decode:.2} | {:.2} | {weights_mib:.0} | {:.0} | {} | {init:.1} |",
         prompt_tokens as f64 / prefill,
         decode_tokens as f64 / decode.max(1e-9),
-        peak_rss_mib().unwrap_or(f64::NAN)
+        peak_rss_mib().unwrap_or(f64::NAN),
+        gpu_peak_mib(&device)
     );
     Ok(0)
 }

@@ -142,14 +142,14 @@ fn run_eval(a: RunArgs) -> Result<i32> {
     eprintln!("{} questions (shard {}/{}, config {})", questions.len(), shard.0, shard.1, a.config);
     let compute = a.compute.resolve();
     let mllm = load_mllm(&settings.weights, a.base_model, &compute).with_context(|| format!("{}: cannot load the model", settings.weights.display()))?;
-    eprintln!("{}: {} on {}", settings.weights.display(), mllm.describe(), compute.label());
+    eprintln!("{}: {} on {}", settings.weights.display(), mllm.describe(), mllm.compute.label());
     let vggt = settings.vggt.as_ref().filter(|_| sampling == Sampling::SpaceAware).map(|d| LoadedVggt::load(d, &compute)).transpose()?;
     let mut models = EvalModels { mllm, vggt };
     let line = ProgressLine::new("VSI-Bench");
     let mut progress = |p: crate::pipeline::eval::run::EvalProgress| {
         line.stage(&format!("{}/{} ({} from before), {:.1} questions/min; {}", p.done, p.total, p.resumed, p.questions_per_minute, p.last), p.done as f64 / p.total.max(1) as f64, p.eta_s);
     };
-    let metrics = run(&settings, &questions, &mut models, &compute, &a.out, &Cancel::new(), &mut progress)?;
+    let metrics = run(&settings, &questions, &mut models, &a.out, &Cancel::new(), &mut progress)?;
     line.finish();
     eprintln!("wrote {} and {}", a.out.join("results.json").display(), a.out.join("metrics.json").display());
     print_metrics(&metrics);

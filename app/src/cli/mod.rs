@@ -3,6 +3,7 @@
 
 pub mod ask;
 pub mod bench;
+mod bench_ask;
 mod bench_backend;
 pub mod eval;
 pub mod export;
@@ -22,7 +23,8 @@ pub struct ComputeArgs {
     /// auto (the first of CUDA, Metal, CPU this build supports), cpu, cuda[:N] or metal.
     #[arg(long, default_value = "auto")]
     pub device: DeviceRequest,
-    /// auto (f32 on the CPU, bf16 on a GPU), f32, bf16 or f16.
+    /// auto (on the CPU: f32, but a bf16/f16 Spatial-MLLM checkpoint keeps its precision in memory
+    /// with f32 activations; bf16 on a GPU), f32, bf16 or f16.
     #[arg(long, default_value = "auto")]
     pub dtype: DTypeRequest,
 }

@@ -42,10 +42,11 @@ fn serve(model: &mut Option<LoadedMllm>, req: Request, ctx: &Ctx<Event>) {
             });
             match loaded {
                 Ok((m, dir)) => {
-                    let desc = format!("{} from {} on {}", m.describe(), dir.display(), compute.label());
+                    let desc = format!("{} from {} on {}", m.describe(), dir.display(), m.compute.label());
                     let has_spatial = m.model.has_spatial();
+                    let label = m.compute.label();
                     *model = Some(m);
-                    ctx.send(Event::Loaded { desc, has_spatial, compute: compute.label(), note: compute.fallback });
+                    ctx.send(Event::Loaded { desc, has_spatial, compute: label, note: compute.fallback });
                 }
                 Err(e) => ctx.send(Event::LoadFailed(format!("{e:#}"))),
             }

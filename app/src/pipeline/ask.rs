@@ -86,7 +86,7 @@ pub fn ask(model: &mut LoadedMllm, source: &Source, frames: &[usize], question: 
         !cancel.is_cancelled()
     };
     // The encoders notice a cancel inside their layers; generation between tokens.
-    let LoadedMllm { model: m, tokenizer } = model;
+    let LoadedMllm { model: m, tokenizer, .. } = model;
     let result = spatial_models::nn::cancellable(cancel.flag(), || m.ask(tokenizer, request, &mut on_event))?;
     let Some(Some(result)) = result else { return Ok(None) };
     let g = &result.generation;

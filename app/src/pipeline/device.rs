@@ -47,8 +47,9 @@ impl std::fmt::Display for DeviceRequest {
 /// The precision a user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DTypeRequest {
-    /// f32 on the CPU (candle's half-precision CPU products are slower), bf16 on a GPU (the
-    /// released checkpoints as they are).
+    /// On the CPU f32, except that a Spatial-MLLM checkpoint stored in bf16/f16 keeps that
+    /// precision in memory with f32 activations ([`Compute::for_stored_weights`]); bf16 on a
+    /// GPU (the released checkpoints as they are).
     #[default]
     Auto,
     Exact(DType),
@@ -95,12 +96,30 @@ pub struct Compute {
     /// Why the request could not be met (the app then runs on the CPU), for the status bar and
     /// stderr.
     pub fallback: Option<String>,
+    /// The dtype was `auto` (so a checkpoint's own precision may be kept, see
+    /// [`Compute::for_stored_weights`]).
+    pub dtype_auto: bool,
 }
 
 impl Compute {
-    /// "cuda:0 bf16".
+    /// "cuda:0 bf16"; on the CPU half-precision weights compute in f32: "cpu bf16 weights, f32".
     pub fn label(&self) -> String {
+        if self.device.is_cpu() && self.dtype != DType::F32 {
+            return format!("{} {} weights, f32", self.device_name, dtype_name(self.dtype));
+        }
         format!("{} {}", self.device_name, dtype_name(self.dtype))
+    }
+
+    /// The compute for a checkpoint stored in `stored`: with `auto` on the CPU, weights stored
+    /// in bf16 or f16 (the released Spatial-MLLM is bf16) stay so in memory and are widened as
+    /// the products read them, with f32 activations: the f32 results (widening is exact) at half
+    /// the memory, and faster decoding, which reads every weight per token. Qwen2.5-VL-3B then
+    /// takes 10 GB instead of 19 GB, so it fits beside VGGT-1B on a 23 GB machine.
+    pub fn for_stored_weights(&self, stored: Option<DType>) -> Compute {
+        match stored {
+            Some(d @ (DType::BF16 | DType::F16)) if self.dtype_auto && self.device.is_cpu() => Compute { dtype: d, ..self.clone() },
+            _ => self.clone(),
+        }
     }
 }
 
@@ -141,12 +160,12 @@ pub fn resolve(device: DeviceRequest, dtype: DTypeRequest) -> Compute {
             Err(e) => (Device::Cpu, "cpu".to_string(), Some(format!("--device {request}: {e:#}; running on the CPU"))),
         },
     };
-    let dtype = match dtype {
+    let resolved = match dtype {
         DTypeRequest::Auto if device.is_cpu() => DType::F32,
         DTypeRequest::Auto => DType::BF16,
         DTypeRequest::Exact(d) => d,
     };
-    Compute { device, dtype, device_name, fallback }
+    Compute { device, dtype: resolved, device_name, fallback, dtype_auto: dtype == DTypeRequest::Auto }
 }
 
 #[cfg(test)]
@@ -170,6 +189,12 @@ mod tests {
         let cpu = resolve(DeviceRequest::Cpu, DTypeRequest::Auto);
         assert_eq!(cpu.label(), "cpu f32");
         assert!(cpu.fallback.is_none());
+        // A bf16 checkpoint keeps its precision under auto on the CPU (f32 activations), not
+        // when f32 was asked for, and an f32 checkpoint stays f32.
+        let kept = cpu.for_stored_weights(Some(DType::BF16));
+        assert_eq!((kept.dtype, kept.label().as_str()), (DType::BF16, "cpu bf16 weights, f32"));
+        assert_eq!(cpu.for_stored_weights(Some(DType::F32)).dtype, DType::F32);
+        assert_eq!(resolve(DeviceRequest::Cpu, DTypeRequest::Exact(DType::F32)).for_stored_weights(Some(DType::BF16)).dtype, DType::F32);
         if !candle_core::utils::cuda_is_available() {
             let c = resolve(DeviceRequest::Cuda(0), DTypeRequest::Auto);
             assert!(c.device.is_cpu());

@@ -144,6 +144,33 @@ impl DecoderLayer {
     }
 }
 
+/// Floating-point operations per token of the decoder layers' projections and MLPs.
+fn per_token_linear_flops(cfg: &Qwen25VlConfig) -> f64 {
+    let d = cfg.hidden_size as f64;
+    let kv = (cfg.num_key_value_heads * cfg.head_dim()) as f64;
+    cfg.num_hidden_layers as f64 * 2.0 * (2.0 * d * d + 2.0 * d * kv + 3.0 * d * cfg.intermediate_size as f64)
+}
+
+/// Floating-point operations of a prefill of `tokens` tokens (causal attention, logits for the
+/// last position only, as generation computes them). For GFLOP/s in benchmarks.
+pub fn estimate_prefill_flops(cfg: &Qwen25VlConfig, tokens: usize) -> f64 {
+    let (l, d) = (tokens as f64, cfg.hidden_size as f64);
+    let attention = cfg.num_hidden_layers as f64 * 4.0 * d * l * (l + 1.0) / 2.0;
+    l * per_token_linear_flops(cfg) + attention + 2.0 * d * cfg.vocab_size as f64
+}
+
+/// Floating-point operations of decoding `steps` tokens after a prompt of `prompt` tokens.
+pub fn estimate_decode_flops(cfg: &Qwen25VlConfig, prompt: usize, steps: usize) -> f64 {
+    let d = cfg.hidden_size as f64;
+    (0..steps).map(|s| per_token_linear_flops(cfg) + cfg.num_hidden_layers as f64 * 4.0 * d * (prompt + s + 1) as f64 + 2.0 * d * cfg.vocab_size as f64).sum()
+}
+
+/// Bytes of weights one decode step reads (every layer's and the logits' weights), for the
+/// memory-bandwidth bound of decoding.
+pub fn decode_weight_bytes(cfg: &Qwen25VlConfig, dtype: DType) -> f64 {
+    (per_token_linear_flops(cfg) / 2.0 + (cfg.hidden_size * cfg.vocab_size) as f64) * dtype.size_in_bytes() as f64
+}
+
 /// The language model (`model.*`, plus `lm_head` when not tied).
 #[derive(Debug, Clone)]
 pub struct TextModel {
@@ -173,13 +200,14 @@ impl TextModel {
         })
     }
 
+    /// The hidden states' dtype (see [`crate::nn::stream_dtype`]).
     pub fn dtype(&self) -> DType {
-        self.lm_head.dtype()
+        crate::nn::stream_dtype(self.lm_head.dtype(), self.lm_head.device())
     }
 
-    /// ids: [L] -> embeddings [L, C].
+    /// ids: [L] -> embeddings [L, C] in the hidden states' dtype.
     pub fn embed(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
-        self.embed_tokens.forward(&Tensor::from_slice(ids, ids.len(), device)?)
+        self.embed_tokens.forward(&Tensor::from_slice(ids, ids.len(), device)?)?.to_dtype(self.dtype())
     }
 
     /// Runs embeddings [L, C] at `positions` through the layers after what is cached; returns the
@@ -200,7 +228,7 @@ impl TextModel {
 
     /// Logits [L, vocab] (f32) for final hidden states [L, C].
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        crate::blas::matmul(&hidden.to_dtype(self.dtype())?, &self.lm_head.t()?)?.to_dtype(DType::F32)
+        crate::nn::Linear::new(self.lm_head.clone(), None).forward(&hidden.to_dtype(self.dtype())?)?.to_dtype(DType::F32)
     }
 
     /// Tokens in the KV cache.

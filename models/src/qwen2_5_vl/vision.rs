@@ -124,7 +124,8 @@ impl Module for PatchMerger {
 /// The vision tower with its merger (`visual.*`).
 #[derive(Debug, Clone)]
 pub struct VisionTransformer {
-    patch_embed: Tensor,
+    /// The Conv3d as a Linear over flattened patches: [hidden, patch_dim].
+    patch_embed: crate::nn::Linear,
     blocks: Vec<VisionBlock>,
     merger: PatchMerger,
     cfg: VisionConfig,
@@ -135,13 +136,14 @@ impl VisionTransformer {
         let (p, tp) = (cfg.patch_size, cfg.temporal_patch_size);
         // Conv3d with kernel == stride over (C, T, kh, kw) is a matmul with the flattened kernel.
         let w = vb.get((cfg.hidden_size, cfg.in_chans, tp, p, p), "patch_embed.proj.weight")?;
-        let patch_embed = w.reshape((cfg.hidden_size, cfg.patch_dim()))?.t()?.contiguous()?;
+        let patch_embed = crate::nn::Linear::new(w.reshape((cfg.hidden_size, cfg.patch_dim()))?, None);
         let blocks = (0..cfg.depth).map(|i| VisionBlock::new(cfg, vb.pp(format!("blocks.{i}")))).collect::<Result<Vec<_>>>()?;
         Ok(Self { patch_embed, blocks, merger: PatchMerger::new(cfg, vb.pp("merger"))?, cfg: cfg.clone() })
     }
 
+    /// The hidden states' dtype (see [`crate::nn::stream_dtype`]).
     pub fn dtype(&self) -> DType {
-        self.patch_embed.dtype()
+        crate::nn::stream_dtype(self.patch_embed.weight().dtype(), self.patch_embed.weight().device())
     }
 
     /// pixel_values: [sum of t*h*w, patch_dim] in the processor's patch order; returns
@@ -154,7 +156,7 @@ impl VisionTransformer {
         }
         let device = pixel_values.device();
         let unit = self.cfg.spatial_merge_size * self.cfg.spatial_merge_size;
-        let x = crate::blas::matmul(&pixel_values.to_dtype(self.dtype())?, &self.patch_embed)?;
+        let x = self.patch_embed.forward(&pixel_values.to_dtype(self.dtype())?)?;
         let layout = WindowLayout::new(&self.cfg, grids);
         let order = Tensor::from_vec(layout.window_index.iter().map(|&i| i as u32).collect::<Vec<_>>(), layout.window_index.len(), device)?;
         let c = self.cfg.hidden_size;
@@ -211,6 +213,28 @@ impl VisionTransformer {
         let n = rows.len();
         Ok(RotaryTables { cos: Tensor::from_vec(cos, (n, head_dim), device)?, sin: Tensor::from_vec(sin, (n, head_dim), device)?, section: head_dim })
     }
+}
+
+/// Floating-point operations of one vision-tower forward over `grids`: the patch embedding, each
+/// block's projections and SwiGLU MLP, attention within its windows (or temporal slices for the
+/// full-attention blocks), and the merger. For GFLOP/s in benchmarks.
+pub fn estimate_flops(cfg: &VisionConfig, grids: &[GridThw]) -> f64 {
+    let layout = WindowLayout::new(cfg, grids);
+    let n: f64 = grids.iter().map(|g| g.patches() as f64).sum();
+    let (d, i) = (cfg.hidden_size as f64, cfg.intermediate_size as f64);
+    // Each segment of length L costs L * L query-key pairs, 4 d operations each (scores and values).
+    let pairs = |segments: &[(usize, usize)]| segments.iter().map(|&(a, b)| ((b - a) as f64).powi(2)).sum::<f64>();
+    let (window_pairs, slice_pairs) = (pairs(&layout.windows), pairs(&layout.slices));
+    let blocks: f64 = (0..cfg.depth)
+        .map(|b| {
+            let attended = if cfg.fullatt_block_indexes.contains(&b) { slice_pairs } else { window_pairs };
+            n * 2.0 * (4.0 * d * d + 3.0 * d * i) + 4.0 * attended * d
+        })
+        .sum();
+    let unit = (cfg.spatial_merge_size * cfg.spatial_merge_size) as f64;
+    let merged_dim = d * unit;
+    let merger = n / unit * 2.0 * (merged_dim * merged_dim + merged_dim * cfg.out_hidden_size as f64);
+    n * 2.0 * cfg.patch_dim() as f64 * d + blocks + merger
 }
 
 /// Window bookkeeping (upstream `get_window_index`): merge units are regrouped window by window

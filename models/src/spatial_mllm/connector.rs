@@ -31,10 +31,17 @@ impl Connector {
         self.merged_dim
     }
 
+    /// Floating-point operations of projecting `tokens` merged tokens (for benchmarks).
+    pub fn estimate_flops(&self, tokens: usize) -> f64 {
+        let (m, out) = (self.merged_dim as f64, self.fc2.weight().dim(0).unwrap_or(0) as f64);
+        tokens as f64 * 2.0 * (m * m + m * out)
+    }
+
     /// [N, merged_dim] -> [N, language_dim]
     pub fn project(&self, merged: &Tensor) -> Result<Tensor> {
         let x = self.ln_q.forward(merged)?;
-        self.fc2.forward(&self.fc1.forward(&x.to_dtype(self.fc1.weight().dtype())?)?.gelu_erf()?)
+        let w = self.fc1.weight();
+        self.fc2.forward(&self.fc1.forward(&x.to_dtype(crate::nn::stream_dtype(w.dtype(), w.device()))?)?.gelu_erf()?)
     }
 }
 

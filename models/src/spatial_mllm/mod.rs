@@ -232,6 +232,10 @@ impl SpatialMllm {
         let video_embeds = self.visual.forward(&video.pixel_values, &[video.grid])?;
         let (connector_input, fused_embeds) = match (&self.spatial, use_spatial) {
             (Some(branch), true) => {
+                // Announced before the DINO patch embed, which precedes the first block's progress.
+                if !events(AskEvent::Stage("VGGT spatial encoder", 0, branch.vggt_config.depth)) {
+                    return Ok(None);
+                }
                 let images = processor::vggt_images(&video.frames, &self.device)?;
                 let mut progress = |done: usize, total: usize| events(AskEvent::Stage("VGGT spatial encoder", done, total));
                 let Some(out) = branch.aggregator.forward(&images, &[branch.layer], false, Some(&mut progress))? else {

@@ -236,16 +236,28 @@ pub fn expected_tensors(cfg: &VggtConfig, parts: VggtParts) -> anyhow::Result<st
 /// (transformer matmuls and attention; the DPT heads add a few percent). Used for the ETA the app
 /// shows before a run.
 pub fn estimate_flops(cfg: &VggtConfig, frames: usize, h: usize, w: usize) -> f64 {
+    let s = frames as f64;
+    let c = cfg.embed_dim as f64;
+    let cam = cfg.camera_head.iterations as f64 * cfg.camera_head.trunk_depth as f64 * transformer_block_flops(s, s, 2.0 * c, cfg.camera_head.mlp_ratio);
+    (estimate_aggregator_flops(cfg, frames, h, w) + cam) * 1.08
+}
+
+/// The same count for the aggregator alone (DINOv2 patch embed and the frame/global blocks): what
+/// Spatial-MLLM's spatial branch runs.
+pub fn estimate_aggregator_flops(cfg: &VggtConfig, frames: usize, h: usize, w: usize) -> f64 {
     let p = (h / cfg.patch_size) * (w / cfg.patch_size);
     let c = cfg.embed_dim as f64;
     let s = frames as f64;
-    let block = |tokens: f64, ctx: f64, dim: f64, ratio: f64| tokens * (2.0 * (4.0 + 2.0 * ratio) * dim * dim + 4.0 * ctx * dim);
     let dino_t = (p + 1 + cfg.dino_registers()) as f64;
-    let dino = cfg.dino_depth() as f64 * block(s * dino_t, dino_t, c, cfg.dino_mlp_ratio());
+    let dino = cfg.dino_depth() as f64 * transformer_block_flops(s * dino_t, dino_t, c, cfg.dino_mlp_ratio());
     let t = (p + cfg.patch_start_idx()) as f64;
-    let agg = cfg.depth as f64 * (block(s * t, t, c, cfg.mlp_ratio) + block(s * t, s * t, c, cfg.mlp_ratio));
-    let cam = cfg.camera_head.iterations as f64 * cfg.camera_head.trunk_depth as f64 * block(s, s, 2.0 * c, cfg.camera_head.mlp_ratio);
-    (dino + agg + cam) * 1.08
+    dino + cfg.depth as f64 * (transformer_block_flops(s * t, t, c, cfg.mlp_ratio) + transformer_block_flops(s * t, s * t, c, cfg.mlp_ratio))
+}
+
+/// One pre-norm block (qkv, projection, a GELU MLP of `ratio`) over `tokens` tokens that each
+/// attend to `ctx` keys.
+fn transformer_block_flops(tokens: f64, ctx: f64, dim: f64, ratio: f64) -> f64 {
+    tokens * (2.0 * (4.0 + 2.0 * ratio) * dim * dim + 4.0 * ctx * dim)
 }
 
 /// Effective f32 CPU throughput assumed for ETAs before the first measured run (FLOP/s): `bench

@@ -7,7 +7,6 @@ use super::results::{JOURNAL, Journal, SETTINGS, read_journal, write_json, write
 use super::scoring::{AnswerKind, answer_kind, clean_text, vsi_reward};
 use crate::pipeline::ask::{Question, ask};
 use crate::pipeline::cache::ReconstructionCache;
-use crate::pipeline::device::Compute;
 use crate::pipeline::models::LoadedMllm;
 use crate::pipeline::reconstruct::{LoadedVggt, ReconstructPlan, reconstruct};
 use crate::pipeline::sample::space_aware;
@@ -122,7 +121,7 @@ pub struct EvalModels {
 
 /// Runs (or continues) the evaluation of `questions` (from [`select_questions`]) into `out`;
 /// returns the metrics of all its results.
-pub fn run(settings: &EvalSettings, questions: &[BenchQuestion], models: &mut EvalModels, compute: &Compute, out: &Path, cancel: &Cancel, progress: &mut dyn FnMut(EvalProgress)) -> Result<Value> {
+pub fn run(settings: &EvalSettings, questions: &[BenchQuestion], models: &mut EvalModels, out: &Path, cancel: &Cancel, progress: &mut dyn FnMut(EvalProgress)) -> Result<Value> {
     crate::pipeline::fsio::create_dir_all(out)?;
     let record = settings.record();
     let settings_path = out.join(SETTINGS);
@@ -216,7 +215,7 @@ pub fn run(settings: &EvalSettings, questions: &[BenchQuestion], models: &mut Ev
             "frames_used": frames,
             "timings": timings,
             "summary": answer.summary,
-            "device": compute.label(),
+            "device": models.mllm.compute.label(),
         });
         journal.append(&result)?;
         results.push(result);
