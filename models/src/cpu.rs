@@ -593,10 +593,10 @@ pub(crate) fn causal_attention(q: &[f32], k: &[f32], v: &[f32], b: usize, heads:
     let mut out = vec![0f32; b * heads * tq * d];
     let block = QUERY_BLOCK.min(tq.max(1));
     let blocks = tq.div_ceil(block);
-    // A short run of queries (decoding: one) takes all the heads that share a kv head in one
-    // item, so each kv head's keys and values are read once per layer rather than once per head.
-    // Their rows are consecutive ([rep, tq, d] with the whole run in one block).
-    let heads_per_item = if blocks == 1 { rep } else { 1 };
+    // One head per item: grouping the heads that share a kv head (reading its keys once) measured
+    // no faster when decoding at 3,200 tokens of context (3.28 vs 3.56 tokens/s; the keys of a kv
+    // head, 1.6 MB, stay in cache between its heads).
+    let heads_per_item = 1;
     let head_groups = heads / heads_per_item;
     let items = b * head_groups * blocks;
     let out_ptr = SharedMut(out.as_mut_ptr());
