@@ -11,7 +11,7 @@ use common::viewer;
 
 use common::text;
 
-fn tmp(name: &str) -> PathBuf {
+fn tmp(name: &str) -> common::ScratchDir {
     common::tmp_dir("cli", name)
 }
 

@@ -16,7 +16,7 @@ fn python() -> PathBuf {
     common::python_venv("readers-venv", &["pycolmap==4.2.1", "trimesh==5.2.0", "plyfile==1.1.5", "numpy<3"])
 }
 
-fn tmp(name: &str) -> PathBuf {
+fn tmp(name: &str) -> common::ScratchDir {
     common::tmp_dir("exports", name)
 }
 

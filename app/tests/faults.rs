@@ -14,7 +14,7 @@ fn viewer(args: &[&str]) -> Output {
 
 use common::text;
 
-fn tmp(name: &str) -> PathBuf {
+fn tmp(name: &str) -> common::ScratchDir {
     common::tmp_dir("faults", name)
 }
 

@@ -63,11 +63,8 @@ fn start_xvfb() -> Xvfb {
     panic!("no X display could be started with Xvfb");
 }
 
-fn tmp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sv-gui-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp_dir(name: &str) -> common::ScratchDir {
+    common::tmp_dir("gui", name)
 }
 
 /// Runs a script (with extra command-line arguments) while `during` drives the live window (e.g.

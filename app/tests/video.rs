@@ -20,11 +20,8 @@ fn ffmpeg(args: &[&str]) {
     assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sv-video-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp(name: &str) -> common::ScratchDir {
+    common::tmp_dir("video", name)
 }
 
 /// A clip of `frames` frames of ffmpeg's test pattern with the given encoder arguments.

@@ -395,16 +395,16 @@ mod tests {
         map
     }
 
-    fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("sv-unit-ckpt-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d.join("model.safetensors")
+    /// A model.safetensors path in a folder removed when the returned guard drops.
+    fn tmp(name: &str) -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::Builder::new().prefix(&format!("sv-unit-ckpt-{name}-")).tempdir().unwrap();
+        let path = d.path().join("model.safetensors");
+        (d, path)
     }
 
     #[test]
     fn reader_gives_the_tensors_converted_to_the_asked_dtype() {
-        let path = tmp("read");
+        let (_dir, path) = tmp("read");
         let want = write_checkpoint(&path);
         let reader = Arc::new(CheckpointReader::open(std::slice::from_ref(&path)).unwrap());
         let vb = reader.var_builder(DType::F32, &Device::Cpu);
@@ -421,7 +421,7 @@ mod tests {
     /// A file cut short while a model loads: an error naming it, never a signal.
     #[test]
     fn a_file_truncated_while_loading_is_an_error_naming_it() {
-        let path = tmp("truncated");
+        let (_dir, path) = tmp("truncated");
         write_checkpoint(&path);
         let reader = Arc::new(CheckpointReader::open(std::slice::from_ref(&path)).unwrap());
         let len = std::fs::metadata(&path).unwrap().len();

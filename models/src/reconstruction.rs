@@ -264,16 +264,17 @@ mod tests {
         }
     }
 
-    fn tmp(name: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("sv-unit-rec-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        d.join(name)
+    /// A file path in a folder removed when the returned guard drops.
+    fn tmp(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let d = tempfile::Builder::new().prefix("sv-unit-rec-").tempdir().unwrap();
+        let path = d.path().join(name);
+        (d, path)
     }
 
     #[test]
     fn round_trip_keeps_everything_and_reads_back_in_candle() {
         let rec = small();
-        let path = tmp("rt.safetensors");
+        let (_dir, path) = tmp("rt.safetensors");
         let mut bytes = Vec::new();
         rec.write_safetensors(&mut bytes).unwrap();
         std::fs::write(&path, &bytes).unwrap();
@@ -299,7 +300,7 @@ mod tests {
         // Flip a byte inside the data (past the header), as a bad sector or a stray write would.
         let n = bytes.len();
         bytes[n - 40] ^= 0x55;
-        let path = tmp("bad.safetensors");
+        let (_dir, path) = tmp("bad.safetensors");
         std::fs::write(&path, &bytes).unwrap();
         let err = format!("{:#}", Reconstruction::load(&path).unwrap_err());
         assert!(err.contains("bad.safetensors") && err.contains("corrupted") && err.contains("checksum"), "{err}");

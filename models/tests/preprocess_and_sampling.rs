@@ -43,8 +43,8 @@ fn preprocessing_matches_pillow_based_upstream() {
 
 #[test]
 fn bad_images_get_clear_errors() {
-    let dir = std::env::temp_dir().join(format!("sv-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempfile::Builder::new().prefix("sv-bad-").tempdir().unwrap();
+    let dir = dir.path();
     let empty = dir.join("empty.png");
     std::fs::write(&empty, b"").unwrap();
     let err = load_and_preprocess_images(&[empty.clone()], ResizeMode::Crop, &Device::Cpu).unwrap_err().to_string();

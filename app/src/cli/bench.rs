@@ -321,12 +321,12 @@ fn bench_mllm(prompt_tokens: usize, decode_tokens: usize, vision_frames: usize, 
 fn bench_seek(video: Option<std::path::PathBuf>, seeks: usize) -> Result<i32> {
     use crate::pipeline::video::{DISPLAY_MAX_WIDTH, VideoInfo, VideoStream};
     use std::time::Instant;
-    let path = match video {
-        Some(p) => p,
+    // The made clip's folder lives (and is removed) with `_clip_dir`.
+    let (_clip_dir, path) = match video {
+        Some(p) => (None, p),
         None => {
-            let dir = std::env::temp_dir().join(format!("sv-bench-seek-{}", std::process::id()));
-            std::fs::create_dir_all(&dir)?;
-            let p = dir.join("1080p.mp4");
+            let dir = tempfile::Builder::new().prefix("sv-bench-seek-").tempdir()?;
+            let p = dir.path().join("1080p.mp4");
             eprintln!("encoding a 20 s 1080p30 H.264 clip (High, B-frames, GOP 250) to {}...", p.display());
             let ok = std::process::Command::new("ffmpeg")
                 .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=30", "-frames:v", "600", "-c:v", "libx264", "-preset", "veryfast", "-profile:v", "high", "-bf", "3", "-g", "250", "-pix_fmt", "yuv420p"])
@@ -334,7 +334,7 @@ fn bench_seek(video: Option<std::path::PathBuf>, seeks: usize) -> Result<i32> {
                 .status()?
                 .success();
             anyhow::ensure!(ok, "ffmpeg could not make the test clip");
-            p
+            (Some(dir), p)
         }
     };
     let info = VideoInfo::probe(&path)?;

@@ -173,15 +173,14 @@ mod tests {
         }
     }
 
-    fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("sv-unit-cache-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
+    fn tmp(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new().prefix(&format!("sv-unit-cache-{name}-")).tempdir().unwrap()
     }
 
     #[test]
     fn a_damaged_entry_is_dropped_and_reported() {
-        let cache = ReconstructionCache::open(tmp("damaged"), DEFAULT_CAP_BYTES);
+        let dir = tmp("damaged");
+        let cache = ReconstructionCache::open(dir.path().join("cache"), DEFAULT_CAP_BYTES);
         cache.put("k", &rec(2, 8)).unwrap();
         assert!(matches!(cache.get("k"), CacheLookup::Hit(_)));
         // 64 random-looking bytes in the middle of the data, as a bad write would leave.
@@ -207,7 +206,8 @@ mod tests {
             rec(2, 16).write_safetensors(&mut b).unwrap();
             b.len() as u64
         };
-        let cache = ReconstructionCache::open(tmp("cap"), one * 2 + one / 2);
+        let dir = tmp("cap");
+        let cache = ReconstructionCache::open(dir.path().join("cache"), one * 2 + one / 2);
         cache.put("a", &rec(2, 16)).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         cache.put("b", &rec(2, 16)).unwrap();

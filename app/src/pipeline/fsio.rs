@@ -151,16 +151,14 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("sv-unit-fsio-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    fn tmp(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new().prefix(&format!("sv-unit-fsio-{name}-")).tempdir().unwrap()
     }
 
     #[test]
     fn a_failed_write_keeps_the_previous_file_and_leaves_no_temporary() {
         let dir = tmp("fail");
+        let dir = dir.path();
         let dest = dir.join("points.ply");
         write_atomic(&dest, |w| Ok(w.write_all(b"good")?)).unwrap();
         let err = write_atomic(&dest, |w| {
@@ -178,6 +176,7 @@ mod tests {
     fn files_follow_the_umask_like_any_other_program() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tmp("mode");
+        let dir = dir.path();
         let dest = dir.join("a.bin");
         write_atomic(&dest, |w| Ok(w.write_all(b"x")?)).unwrap();
         let reference = dir.join("reference");
@@ -189,6 +188,7 @@ mod tests {
     #[test]
     fn destinations_are_checked_before_the_work() {
         let dir = tmp("check");
+        let dir = dir.path();
         check_writable(&dir.join("out.safetensors")).unwrap();
         let err = format!("{:#}", check_writable(&dir.join("missing/out.safetensors")).unwrap_err());
         assert!(err.contains("missing/out.safetensors") && err.contains("does not exist"), "{err}");
@@ -199,6 +199,7 @@ mod tests {
     #[test]
     fn stale_temporaries_of_dead_processes_are_removed() {
         let dir = tmp("stale");
+        let dir = dir.path();
         // A pid far above pid_max cannot be running.
         std::fs::write(dir.join(format!("{TEMP_PREFIX}999999999-0-cache.safetensors")), vec![0u8; 1000]).unwrap();
         let mine = dir.join(format!("{TEMP_PREFIX}{}-0-x", std::process::id()));

@@ -159,9 +159,8 @@ mod tests {
     #[test]
     fn the_glb_reads_back() {
         let rec = crate::pipeline::demo::build_demo(5);
-        let dir = std::env::temp_dir().join(format!("sv-unit-glb-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("scene.glb");
+        let dir = tempfile::Builder::new().prefix("sv-unit-glb-").tempdir().unwrap();
+        let path = dir.path().join("scene.glb");
         let filter = PointFilter { source: PointSource::DepthAndCamera, threshold: f32::NEG_INFINITY, frame: None };
         let summary = write(&rec, &filter, &[1, 3], &path).unwrap();
         let bytes = std::fs::read(&path).unwrap();

@@ -127,16 +127,14 @@ pub fn read(path: &Path) -> Result<LoadedState> {
 mod tests {
     use super::*;
 
-    fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("sv-unit-state-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    fn tmp(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new().prefix(&format!("sv-unit-state-{name}-")).tempdir().unwrap()
     }
 
     #[test]
     fn a_state_reads_back_with_its_source_checked() {
         let dir = tmp("roundtrip");
+        let dir = dir.path();
         let frames = dir.join("frames");
         std::fs::create_dir_all(&frames).unwrap();
         for i in 0..2u8 {
@@ -162,6 +160,7 @@ mod tests {
     #[test]
     fn wrong_files_get_clear_messages() {
         let dir = tmp("wrong");
+        let dir = dir.path();
         let junk = dir.join("junk.svstate");
         std::fs::write(&junk, b"not a safetensors file at all").unwrap();
         let e = format!("{:#}", read(&junk).err().unwrap());

@@ -6,7 +6,7 @@
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use spatial_models::vggt::preprocess::RgbFrame;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -152,14 +152,18 @@ impl VideoInfo {
         let (w, h) = self.scaled_size(max_width);
         let filter = format!("select='{}',scale={w}:{h}:flags=bicubic", select_expression(indices));
         // Long lists go through a file: one command-line argument holds at most 128 KiB.
-        let script = (filter.len() > 16 << 10).then(|| RemovedOnDrop(std::env::temp_dir().join(format!("spatial-viewer-select-{}-{:p}.txt", std::process::id(), indices))));
-        if let Some(RemovedOnDrop(path)) = &script {
-            std::fs::write(path, &filter).with_context(|| format!("writing {}", path.display()))?;
-        }
+        let script = match filter.len() > 16 << 10 {
+            true => {
+                let mut file = tempfile::Builder::new().prefix("spatial-viewer-select-").suffix(".txt").tempfile().context("making a temporary file for FFmpeg's filter")?;
+                file.write_all(filter.as_bytes()).with_context(|| format!("writing {}", file.path().display()))?;
+                Some(file)
+            }
+            false => None,
+        };
         let mut cmd = tool("ffmpeg")?;
         cmd.args(["-v", "error", "-nostdin", "-i"]).arg(ffmpeg_input(&self.path));
         match &script {
-            Some(RemovedOnDrop(path)) => cmd.arg("-filter_script:v").arg(path),
+            Some(file) => cmd.arg("-filter_script:v").arg(file.path()),
             None => cmd.args(["-vf", &filter]),
         };
         let mut child = cmd
@@ -184,15 +188,6 @@ impl VideoInfo {
             bail!("{}: decoded only {} of {} frames ({})", self.path.display(), frames.len(), indices.len(), if why.is_empty() { "truncated or damaged file?".into() } else { why });
         }
         Ok(frames)
-    }
-}
-
-/// A temporary file, deleted when dropped.
-struct RemovedOnDrop(PathBuf);
-
-impl Drop for RemovedOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -427,12 +422,9 @@ mod tests {
         VideoInfo::probe(&path).unwrap()
     }
 
-    fn tmp(name: &str) -> PathBuf {
+    fn tmp(name: &str) -> tempfile::TempDir {
         test_packages();
-        let d = std::env::temp_dir().join(format!("sv-unit-video-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        tempfile::Builder::new().prefix(&format!("sv-unit-video-{name}-")).tempdir().unwrap()
     }
 
     /// The seeking decoder gives exactly what one-pass `select=eq(n,N)` decoding gives, in any
@@ -443,6 +435,7 @@ mod tests {
     #[test]
     fn long_frame_lists_decode_in_one_pass() {
         let dir = tmp("long-lists");
+        let dir = dir.path();
         let path = dir.join("long.mp4");
         let out = Command::new("ffmpeg").args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=32x24:rate=50", "-frames:v", "2600", "-c:v", "libx264", "-g", "60", "-pix_fmt", "yuv420p"]).arg(&path).output().expect("ffmpeg");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -460,6 +453,7 @@ mod tests {
     #[test]
     fn seeking_decoder_is_frame_exact_in_any_order() {
         let dir = tmp("seek");
+        let dir = dir.path();
         let cases = [
             clip(&dir, "h264.mp4", &["-c:v", "libx264", "-profile:v", "high", "-bf", "3", "-g", "12", "-pix_fmt", "yuv420p"]),
             clip(&dir, "vp9.webm", &["-c:v", "libvpx-vp9", "-g", "20", "-deadline", "realtime", "-cpu-used", "8"]),
@@ -515,6 +509,7 @@ mod tests {
     #[test]
     fn thumbnails_cover_the_video_at_a_fixed_step() {
         let dir = tmp("thumbs");
+        let dir = dir.path();
         let info = clip(&dir, "t.mp4", &["-c:v", "libx264", "-pix_fmt", "yuv420p"]);
         let step = thumbnail_step(info.frames, 25);
         assert_eq!(step, 5);

@@ -105,10 +105,41 @@ pub fn text(o: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-/// An empty folder for one test of a suite, named after both and this process.
-pub fn tmp_dir(suite: &str, name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sv-{suite}-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// An empty folder for one test of a suite: removed when the test passes, kept (and its path
+/// printed) when it fails so its screenshots and logs can be looked at. Runs that left every
+/// folder behind filled the disk.
+pub struct ScratchDir(Option<tempfile::TempDir>);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(dir) = self.0.take() {
+                eprintln!("kept the failed test's folder {}", dir.keep().display());
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for ScratchDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        self.0.as_ref().expect("scratch folder alive").path()
+    }
+}
+
+impl AsRef<Path> for ScratchDir {
+    fn as_ref(&self) -> &Path {
+        self
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for ScratchDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.as_os_str()
+    }
+}
+
+pub fn tmp_dir(suite: &str, name: &str) -> ScratchDir {
+    let dir = tempfile::Builder::new().prefix(&format!("sv-{suite}-{name}-")).tempdir().expect("make a test folder");
+    ScratchDir(Some(dir))
 }

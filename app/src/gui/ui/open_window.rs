@@ -227,8 +227,8 @@ mod tests {
 
     #[test]
     fn completion_lists_the_folder_entries_that_match() {
-        let dir = std::env::temp_dir().join(format!("sv-unit-complete-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = tempfile::Builder::new().prefix("sv-unit-complete-").tempdir().unwrap();
+        let dir = dir.path();
         std::fs::create_dir_all(dir.join("clips")).unwrap();
         std::fs::write(dir.join("clip-a.mp4"), b"").unwrap();
         std::fs::write(dir.join("clip-b.mp4"), b"").unwrap();

@@ -151,8 +151,8 @@ mod tests {
 
     #[test]
     fn a_missing_configuration_is_named() {
-        let dir = std::env::temp_dir().join(format!("sv-unit-vsi-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tempfile::Builder::new().prefix("sv-unit-vsi-").tempdir().unwrap();
+        let dir = dir.path();
         std::fs::write(dir.join("README.md"), "---\nconfigs:\n- config_name: full\n  data_files: test.parquet\n---\n").unwrap();
         let e = format!("{:#}", config_files(&dir, "debiased").unwrap_err());
         assert!(e.contains("no configuration 'debiased'") && e.contains("full"), "{e}");

@@ -164,10 +164,8 @@ mod tests {
 
     #[test]
     fn a_torn_last_line_is_dropped_and_cut_off() {
-        let dir = std::env::temp_dir().join(format!("sv-unit-journal-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(JOURNAL);
+        let dir = tempfile::Builder::new().prefix("sv-unit-journal-").tempdir().unwrap();
+        let path = dir.path().join(JOURNAL);
         std::fs::write(&path, "{\"row\": 0, \"model_output\": \"a\"}\n{\"row\": 1, \"model_out").unwrap();
         let (done, end) = read_journal(&path).unwrap();
         assert_eq!(done.len(), 1);
