@@ -143,42 +143,6 @@ fn gelu(x: f32) -> f32 {
 }
 
 multiversion! {
-    /// Each row of `x` ([rows, cols]): `exp(x - max)` in place; returns nothing, writes the
-    /// row sums into `sums` (the caller divides the product by them, cheaper than the scores).
-    fn softmax_rows_unnormalised(x: &mut [f32], cols: usize, sums: &mut [f32]) {
-        // Eight independent lanes (max and sum) so the loops vectorise without fast-math.
-        for (row, sum) in x.chunks_exact_mut(cols).zip(sums.iter_mut()) {
-            let mut lanes = [f32::NEG_INFINITY; 8];
-            let mut chunks = row.chunks_exact(8);
-            for ch in &mut chunks {
-                for i in 0..8 {
-                    lanes[i] = if ch[i] > lanes[i] { ch[i] } else { lanes[i] };
-                }
-            }
-            let mut max = lanes.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            for &v in chunks.remainder() {
-                max = max.max(v);
-            }
-            let mut acc = [0f32; 8];
-            let mut chunks = row.chunks_exact_mut(8);
-            for ch in &mut chunks {
-                for i in 0..8 {
-                    let e = exp_approx(ch[i] - max);
-                    ch[i] = e;
-                    acc[i] += e;
-                }
-            }
-            let mut total: f32 = acc.iter().sum();
-            for v in chunks.into_remainder() {
-                *v = exp_approx(*v - max);
-                total += *v;
-            }
-            *sum = total;
-        }
-    }
-}
-
-multiversion! {
     /// `y = gelu(y + bias)` over rows of `bias.len()`.
     fn bias_gelu(y: &mut [f32], bias: &[f32]) {
         for row in y.chunks_exact_mut(bias.len()) {
@@ -474,7 +438,7 @@ pub(crate) fn block_forward(x: &[f32], b: usize, t: usize, w: &BlockWeights, rop
         });
         start += len;
     }
-    let attended = attention(&q, &k, &v, b, heads, t, d)?;
+    let attended = attention(&q, &k, &v, b, heads, t, d, 1.0)?;
     drop((q, k, v));
 
     let mut out = x.to_vec();
@@ -527,22 +491,144 @@ fn rotate(x: &mut [f32], cos: &[f32], sin: &[f32], section: usize) {
     }
 }
 
-/// Queries per work item of the attention: a [64, T] score block stays in the core's cache for
-/// T up to a few thousand and bounded for any T, and even a 261-token frame splits into enough
-/// items to keep every core busy.
-const QUERY_BLOCK: usize = 64;
+/// How the attention splits its work: `query_block` queries per work item (each item reads its
+/// head's keys and values once, so bigger blocks read them fewer times) and `key_tile` keys per
+/// step of the online softmax (the [query_block, key_tile] scores stay in the core's L2 however
+/// long the sequence: VGGT's global attention at 16 frames scores 25k keys per query, and a whole
+/// row block of 64 queries was 6.4 MB).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionTiling {
+    pub query_block: usize,
+    pub key_tile: usize,
+}
 
-/// Softmax attention for q (pre-scaled), k, v in [b, heads, t, d]; returns [b, t, heads*d].
-/// Work items are (batch, head, block of queries), spread over the cores, each doing its own
-/// `q k^T` product, softmax and `p v` product with at most one [QUERY_BLOCK, t] score block
-/// per core; a cancel is noticed between groups of items.
-pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], b: usize, heads: usize, t: usize, d: usize) -> Result<Vec<f32>> {
-    let c = heads * d;
-    let mut out = vec![0f32; b * t * c];
-    let block = QUERY_BLOCK.min(t.max(1));
-    let blocks = t.div_ceil(block);
-    let items = b * heads * blocks;
-    let out_ptr = SharedMut(out.as_mut_ptr());
+impl AttentionTiling {
+    /// Chosen with `spatial-viewer bench attention` (AMD EPYC Zen 4, 1 MB L2 per core): VGGT's
+    /// global attention at 16 frames of 476x644 ran at 137 GFLOP/s against 112 for 64-query
+    /// blocks of whole rows; frame and causal attention ran the same. 256 x 256 scores are 256 KB,
+    /// within the L2 of older cores too.
+    pub const DEFAULT: Self = Self { query_block: 256, key_tile: 256 };
+
+    /// This tiling for `queries` queries over at most `keys` keys: no bigger than they need.
+    fn clamped(self, queries: usize, keys: usize) -> Self {
+        Self { query_block: self.query_block.min(queries.max(1)), key_tile: self.key_tile.min(keys.max(1)) }
+    }
+}
+
+multiversion! {
+    /// One key tile of an online softmax over each row of `x` ([rows, cols]): `exp(x - m)` in
+    /// place, where `m` is the row's running max (`max`, updated); `sum` becomes
+    /// `sum * rescale + the tile's sum` and `rescale` gets `exp(old max - new max)`, by which the
+    /// caller scales what it accumulated from earlier tiles. Before the first tile, `max` is
+    /// -inf and `sum` 0.
+    fn softmax_tile(x: &mut [f32], cols: usize, max: &mut [f32], sum: &mut [f32], rescale: &mut [f32]) {
+        for (r, row) in x.chunks_exact_mut(cols).enumerate() {
+            // Eight independent lanes (max and sum) so the loops vectorise without fast-math.
+            let mut lanes = [f32::NEG_INFINITY; 8];
+            let mut chunks = row.chunks_exact(8);
+            for ch in &mut chunks {
+                for i in 0..8 {
+                    lanes[i] = if ch[i] > lanes[i] { ch[i] } else { lanes[i] };
+                }
+            }
+            let mut m = lanes.iter().fold(max[r], |m, &v| m.max(v));
+            for &v in chunks.remainder() {
+                m = m.max(v);
+            }
+            let mut acc = [0f32; 8];
+            let mut chunks = row.chunks_exact_mut(8);
+            for ch in &mut chunks {
+                for i in 0..8 {
+                    let e = exp_approx(ch[i] - m);
+                    ch[i] = e;
+                    acc[i] += e;
+                }
+            }
+            let mut total: f32 = acc.iter().sum();
+            for v in chunks.into_remainder() {
+                *v = exp_approx(*v - m);
+                total += *v;
+            }
+            // exp_approx(-inf) is 1.6e-38 rather than 0; the first tile's sum is 0 anyway.
+            rescale[r] = exp_approx(max[r] - m);
+            sum[r] = sum[r] * rescale[r] + total;
+            max[r] = m;
+        }
+    }
+}
+
+/// One work item's buffers: the scores of one key tile and the running row max, sum and rescale.
+struct AttendScratch {
+    scores: Vec<f32>,
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    rescale: Vec<f32>,
+}
+
+impl AttendScratch {
+    fn new(rows: usize, key_tile: usize) -> Self {
+        Self { scores: vec![0.0; rows * key_tile], max: vec![0.0; rows], sum: vec![0.0; rows], rescale: vec![0.0; rows] }
+    }
+}
+
+/// The keys one block of queries attends to: 0..visible, and for a causal block the first
+/// query's own position + 1 (row r sees keys 0..first_sees + r; later ones are masked).
+struct KeyRange {
+    visible: usize,
+    causal_first_sees: Option<usize>,
+}
+
+/// `rows` queries (row stride `q_stride`) against keys (and values) [0..keys.visible, d], key
+/// tile by key tile with an online softmax: out rows (stride `out_stride`) = softmax(scale q k^T) v.
+///
+/// # Safety
+/// q holds rows x d at its stride, k and v at least `keys.visible` rows of d, out rows x d at its
+/// stride, written by no one else meanwhile; the scratch was made for at least `rows` rows.
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_block(q: *const f32, q_stride: usize, rows: usize, k: *const f32, v: *const f32, d: usize, keys: KeyRange, scale: f32, out: *mut f32, out_stride: usize, key_tile: usize, scratch: &mut AttendScratch) {
+    let AttendScratch { scores, max, sum, rescale } = scratch;
+    max[..rows].fill(f32::NEG_INFINITY);
+    sum[..rows].fill(0.0);
+    let mut start = 0;
+    while start < keys.visible {
+        let n = key_tile.min(keys.visible - start);
+        let s = &mut scores[..rows * n];
+        unsafe { sgemm_raw(false, true, rows, n, d, scale, q, q_stride, k.add(start * d), d, 0.0, s.as_mut_ptr(), n, false) };
+        if let Some(first_sees) = keys.causal_first_sees {
+            for r in 0..rows {
+                let sees = first_sees + r;
+                if sees < start + n {
+                    s[r * n + sees.saturating_sub(start)..(r + 1) * n].fill(f32::NEG_INFINITY);
+                }
+            }
+        }
+        softmax_tile(s, n, &mut max[..rows], &mut sum[..rows], &mut rescale[..rows]);
+        if start > 0 {
+            for (r, &f) in rescale[..rows].iter().enumerate() {
+                if f != 1.0 {
+                    let row = unsafe { std::slice::from_raw_parts_mut(out.add(r * out_stride), d) };
+                    row.iter_mut().for_each(|x| *x *= f);
+                }
+            }
+        }
+        let beta = if start == 0 { 0.0 } else { 1.0 };
+        unsafe { sgemm_raw(false, false, rows, d, n, 1.0, s.as_ptr(), n, v.add(start * d), d, beta, out, out_stride, false) };
+        start += n;
+    }
+    for (r, total) in sum[..rows].iter().enumerate() {
+        let row = unsafe { std::slice::from_raw_parts_mut(out.add(r * out_stride), d) };
+        let inv = 1.0 / total;
+        row.iter_mut().for_each(|x| *x *= inv);
+    }
+}
+
+/// Runs `f(scratch, batch_head, first_query, queries)` for every (batch x head, block of up to
+/// `tiling.query_block` queries) of `batch_heads` heads over `tq` queries, spread over the cores
+/// with one scratch per core; a cancel is noticed between groups of items.
+fn for_each_query_block(batch_heads: usize, tq: usize, tiling: AttentionTiling, f: impl Fn(&mut AttendScratch, usize, usize, usize) + Sync) -> Result<()> {
+    let block = tiling.query_block;
+    let blocks = tq.div_ceil(block);
+    let items = batch_heads * blocks;
     let group = 16 * rayon::current_num_threads().max(1);
     let _blas = SingleThreadedBlas::new();
     let mut first = 0;
@@ -550,97 +636,77 @@ pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], b: usize, heads: usize,
         crate::nn::check_cancelled()?;
         let last = (first + group).min(items);
         (first..last).into_par_iter().for_each_init(
-            || (vec![0f32; block * t], vec![0f32; block]),
-            |(scores, sums), item| {
+            || AttendScratch::new(block, tiling.key_tile),
+            |scratch, item| {
                 let (bh, qb) = (item / blocks, item % blocks);
-                let (bi, h) = (bh / heads, bh % heads);
                 let q0 = qb * block;
-                let len = block.min(t - q0);
-                let base = bh * t * d;
-                let s = &mut scores[..len * t];
-                // SAFETY: q block [len, d], k [t, d] (transposed), scores [len, t], in bounds.
-                unsafe { sgemm_raw(false, true, len, t, d, 1.0, q.as_ptr().add(base + q0 * d), d, k.as_ptr().add(base), d, 0.0, s.as_mut_ptr(), t, false) };
-                softmax_rows_unnormalised(s, t, &mut sums[..len]);
-                let dst = (bi * t + q0) * c + h * d;
-                // SAFETY: probabilities [len, t] times v [t, d] into rows q0.. of this batch and
-                // the columns of head h, which no other item writes.
-                unsafe {
-                    sgemm_raw(false, false, len, d, t, 1.0, s.as_ptr(), t, v.as_ptr().add(base), d, 0.0, out_ptr.ptr().add(dst), c, false);
-                    for (r, sum) in sums[..len].iter().enumerate() {
-                        let row = std::slice::from_raw_parts_mut(out_ptr.ptr().add(dst + r * c), d);
-                        let inv = 1.0 / sum;
-                        row.iter_mut().for_each(|v| *v *= inv);
-                    }
-                }
+                f(scratch, bh, q0, block.min(tq - q0));
             },
         );
         first = last;
     }
+    Ok(())
+}
+
+/// Softmax attention `softmax(scale q k^T) v` for q, k, v in [b, heads, t, d]; returns
+/// [b, t, heads*d].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], b: usize, heads: usize, t: usize, d: usize, scale: f32) -> Result<Vec<f32>> {
+    attention_tiled(q, k, v, b, heads, t, d, scale, AttentionTiling::DEFAULT)
+}
+
+/// [`attention`] with a chosen tiling (the benchmark compares them).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_tiled(q: &[f32], k: &[f32], v: &[f32], b: usize, heads: usize, t: usize, d: usize, scale: f32, tiling: AttentionTiling) -> Result<Vec<f32>> {
+    let size = b * heads * t * d;
+    if q.len() != size || k.len() != size || v.len() != size || tiling.query_block == 0 || tiling.key_tile == 0 {
+        candle_core::bail!("attention: q, k, v of {}, {}, {} values for [{b}, {heads}, {t}, {d}], {tiling:?}", q.len(), k.len(), v.len());
+    }
+    let tiling = tiling.clamped(t, t);
+    let c = heads * d;
+    let mut out = vec![0f32; b * t * c];
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    for_each_query_block(b * heads, t, tiling, |scratch, bh, q0, len| {
+        let (bi, h) = (bh / heads, bh % heads);
+        let base = bh * t * d;
+        let keys = KeyRange { visible: t, causal_first_sees: None };
+        // SAFETY: the block's queries, this head's keys and values, and rows q0.. of batch bi in
+        // head h's columns of the output, which no other item writes.
+        unsafe { attend_block(q.as_ptr().add(base + q0 * d), d, len, k.as_ptr().add(base), v.as_ptr().add(base), d, keys, scale, out_ptr.ptr().add((bi * t + q0) * c + h * d), c, tiling.key_tile, scratch) };
+    })?;
     Ok(out)
 }
 
 /// Causal softmax attention with grouped-query heads (the language model's): q [b, heads, tq, d],
 /// k and v [b, kv_heads, tk, d]; query i sits at absolute position `q_offset + i` and sees keys
-/// 0..=q_offset+i; head h reads kv head h / (heads / kv_heads). Returns [b, heads, tq, d]. As
-/// [`attention`]: (batch, head, block of queries) items over the cores, each scoring only the keys
-/// its block can see ([QUERY_BLOCK, visible] in cache), masking the diagonal, softmax and `p v`.
+/// 0..=q_offset+i; head h reads kv head h / (heads / kv_heads). Returns [b, heads, tq, d]. Each
+/// block of queries scores only the keys its last query can see and masks the rest.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn causal_attention(q: &[f32], k: &[f32], v: &[f32], b: usize, heads: usize, kv_heads: usize, tq: usize, tk: usize, d: usize, q_offset: usize, scale: f32) -> Result<Vec<f32>> {
-    if kv_heads == 0 || heads % kv_heads != 0 || q_offset + tq > tk {
-        candle_core::bail!("causal attention: {heads} heads over {kv_heads} kv heads, {tq} queries after {q_offset} of {tk} keys");
+    causal_attention_tiled(q, k, v, b, heads, kv_heads, tq, tk, d, q_offset, scale, AttentionTiling::DEFAULT)
+}
+
+/// [`causal_attention`] with a chosen tiling (the benchmark compares them).
+#[allow(clippy::too_many_arguments)]
+pub fn causal_attention_tiled(q: &[f32], k: &[f32], v: &[f32], b: usize, heads: usize, kv_heads: usize, tq: usize, tk: usize, d: usize, q_offset: usize, scale: f32, tiling: AttentionTiling) -> Result<Vec<f32>> {
+    if kv_heads == 0 || heads % kv_heads != 0 || q_offset + tq > tk || tiling.query_block == 0 || tiling.key_tile == 0 {
+        candle_core::bail!("causal attention: {heads} heads over {kv_heads} kv heads, {tq} queries after {q_offset} of {tk} keys, {tiling:?}");
     }
+    if q.len() != b * heads * tq * d || k.len() != b * kv_heads * tk * d || v.len() != k.len() {
+        candle_core::bail!("causal attention: q, k, v of {}, {}, {} values for {b} x {heads} heads x {tq} queries over {kv_heads} x {tk} keys of {d}", q.len(), k.len(), v.len());
+    }
+    let tiling = tiling.clamped(tq, tk);
     let rep = heads / kv_heads;
     let mut out = vec![0f32; b * heads * tq * d];
-    let block = QUERY_BLOCK.min(tq.max(1));
-    let blocks = tq.div_ceil(block);
-    // One head per item: grouping the heads that share a kv head (reading its keys once) measured
-    // no faster when decoding at 3,200 tokens of context (3.28 vs 3.56 tokens/s; the keys of a kv
-    // head, 1.6 MB, stay in cache between its heads).
-    let heads_per_item = 1;
-    let head_groups = heads / heads_per_item;
-    let items = b * head_groups * blocks;
     let out_ptr = SharedMut(out.as_mut_ptr());
-    let group = 16 * rayon::current_num_threads().max(1);
-    let _blas = SingleThreadedBlas::new();
-    let mut first = 0;
-    while first < items {
-        crate::nn::check_cancelled()?;
-        let last = (first + group).min(items);
-        (first..last).into_par_iter().for_each_init(
-            || (vec![0f32; heads_per_item * block * tk], vec![0f32; heads_per_item * block]),
-            |(scores, sums), item| {
-                let (bg, qb) = (item / blocks, item % blocks);
-                let (bi, first_head) = (bg / head_groups, bg % head_groups * heads_per_item);
-                let kv = bi * kv_heads + first_head / rep;
-                let q0 = qb * block;
-                let len = block.min(tq - q0);
-                let rows = heads_per_item * len;
-                // The block's last query sees keys 0..visible; earlier rows are masked below.
-                let visible = q_offset + q0 + len;
-                let s = &mut scores[..rows * visible];
-                let q_base = ((bi * heads + first_head) * tq + q0) * d;
-                // SAFETY: q rows [rows, d], k [visible, d] of this kv head, scores [rows, visible].
-                unsafe { sgemm_raw(false, true, rows, visible, d, scale, q.as_ptr().add(q_base), d, k.as_ptr().add(kv * tk * d), d, 0.0, s.as_mut_ptr(), visible, false) };
-                for r in 0..rows {
-                    let sees = q_offset + q0 + r % len + 1;
-                    s[r * visible + sees..(r + 1) * visible].fill(f32::NEG_INFINITY);
-                }
-                softmax_rows_unnormalised(s, visible, &mut sums[..rows]);
-                // SAFETY: probabilities [rows, visible] times v [visible, d] into this item's own
-                // rows of the output.
-                unsafe {
-                    let dst = out_ptr.ptr().add(q_base);
-                    sgemm_raw(false, false, rows, d, visible, 1.0, s.as_ptr(), visible, v.as_ptr().add(kv * tk * d), d, 0.0, dst, d, false);
-                    for (r, sum) in sums[..rows].iter().enumerate() {
-                        let row = std::slice::from_raw_parts_mut(dst.add(r * d), d);
-                        let inv = 1.0 / sum;
-                        row.iter_mut().for_each(|v| *v *= inv);
-                    }
-                }
-            },
-        );
-        first = last;
-    }
+    for_each_query_block(b * heads, tq, tiling, |scratch, bh, q0, len| {
+        let kv = bh / heads * kv_heads + bh % heads / rep;
+        let q_base = (bh * tq + q0) * d;
+        // The block's last query sees keys 0..visible; earlier rows are masked.
+        let keys = KeyRange { visible: q_offset + q0 + len, causal_first_sees: Some(q_offset + q0 + 1) };
+        // SAFETY: the block's queries and output rows (its own), this kv head's keys and values.
+        unsafe { attend_block(q.as_ptr().add(q_base), d, len, k.as_ptr().add(kv * tk * d), v.as_ptr().add(kv * tk * d), d, keys, scale, out_ptr.ptr().add(q_base), d, tiling.key_tile, scratch) };
+    })?;
     Ok(out)
 }
 
@@ -779,6 +845,82 @@ mod tests {
         // f32 weights are not this path's.
         let w = Tensor::zeros((4, 8), DType::F32, &dev).unwrap();
         assert!(linear_half_weights(&[0.0; 8], 8, &w).unwrap().is_none());
+    }
+
+    /// softmax(scale q k^T + mask) v in f64, one query at a time: the reference for the tiled
+    /// attention. q [heads, tq, d], k and v [kv_heads, tk, d]; query i sees keys 0..=offset+i
+    /// when causal, all otherwise. Returns [heads, tq, d].
+    #[allow(clippy::too_many_arguments)]
+    fn naive_attention(q: &[f32], k: &[f32], v: &[f32], heads: usize, kv_heads: usize, tq: usize, tk: usize, d: usize, scale: f32, causal_offset: Option<usize>) -> Vec<f32> {
+        let mut out = vec![0f32; heads * tq * d];
+        for h in 0..heads {
+            let kv = h / (heads / kv_heads);
+            for i in 0..tq {
+                let sees = causal_offset.map_or(tk, |o| o + i + 1);
+                let qi = &q[(h * tq + i) * d..][..d];
+                let scores: Vec<f64> = (0..sees).map(|j| qi.iter().zip(&k[(kv * tk + j) * d..][..d]).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale as f64).collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let p: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 = p.iter().sum();
+                for c in 0..d {
+                    let x: f64 = p.iter().enumerate().map(|(j, p)| p * v[(kv * tk + j) * d + c] as f64).sum();
+                    out[(h * tq + i) * d + c] = (x / total) as f32;
+                }
+            }
+        }
+        out
+    }
+
+    fn random(n: usize, seed: u64, spread: f32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * spread
+            })
+            .collect()
+    }
+
+    /// Every tiling (one key at a time, sizes that do not divide the sequence, longer than the
+    /// sequence) gives the softmax of the whole row: the online rescaling is exact up to
+    /// rounding, also when a later tile raises the row max by far (spread 40: scores up to ~100).
+    #[test]
+    fn key_tiles_give_the_whole_row_softmax() {
+        let (heads, d) = (3, 16);
+        for (t, spread) in [(1usize, 1.0f32), (130, 1.0), (1100, 1.0), (300, 40.0)] {
+            let (q, k, v) = (random(heads * t * d, 1, spread), random(heads * t * d, 2, spread), random(heads * t * d, 3, 1.0));
+            let want = naive_attention(&q, &k, &v, heads, heads, t, t, d, 0.7, None);
+            for (query_block, key_tile) in [(64, 1usize), (5, 7), (64, 64), (1, 300), (usize::MAX, usize::MAX)] {
+                let tile = AttentionTiling { query_block, key_tile };
+                let got = attention_tiled(&q, &k, &v, 1, heads, t, d, 0.7, tile).unwrap();
+                // got is [t, heads * d]; want [heads, t, d].
+                let diff = (0..heads * t * d).map(|i| (got[(i / d % t) * heads * d + i / (t * d) * d + i % d] - want[i]).abs()).fold(0f32, f32::max);
+                assert!(diff < 1e-4, "t {t} spread {spread} {tile:?}: {diff}");
+            }
+        }
+    }
+
+    /// The same for the causal grouped-query attention, across query blocks, with a cache
+    /// offset and with rows whose visible keys end inside, at and before a tile's start.
+    #[test]
+    fn causal_key_tiles_give_the_masked_softmax() {
+        let (heads, kv_heads, d) = (4, 2, 8);
+        for (tq, offset) in [(1usize, 0usize), (1, 40), (200, 0), (70, 500), (129, 7)] {
+            let tk = offset + tq;
+            let (q, k, v) = (random(heads * tq * d, 4, 2.0), random(kv_heads * tk * d, 5, 2.0), random(kv_heads * tk * d, 6, 1.0));
+            let want = naive_attention(&q, &k, &v, heads, kv_heads, tq, tk, d, 0.3, Some(offset));
+            for (query_block, key_tile) in [(64, 1usize), (3, 5), (64, 64), (256, 7), (1, 1000)] {
+                let tile = AttentionTiling { query_block, key_tile };
+                let got = causal_attention_tiled(&q, &k, &v, 1, heads, kv_heads, tq, tk, d, offset, 0.3, tile).unwrap();
+                let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(diff < 1e-4, "tq {tq} offset {offset} {tile:?}: {diff}");
+            }
+        }
+        // Mismatched buffers are an error, not a read out of bounds.
+        assert!(causal_attention_tiled(&[0.0; 8], &[0.0; 8], &[0.0; 8], 1, 2, 1, 1, 1, 8, 0, 1.0, AttentionTiling::DEFAULT).is_err());
+        assert!(attention_tiled(&[0.0; 8], &[0.0; 16], &[0.0; 16], 1, 1, 2, 8, 1.0, AttentionTiling::DEFAULT).is_err());
     }
 
     #[test]

@@ -13,7 +13,8 @@
 pub mod multiversion;
 pub mod blas;
 pub mod checkpoint;
-mod cpu;
+/// The CPU's fused f32 kernels; public for the benchmarks that compare their settings.
+pub mod cpu;
 pub mod gpu_memory;
 pub mod interp;
 pub mod nn;

@@ -241,13 +241,23 @@ fn metal_sdpa(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal: bool) -> R
     Ok(Some(candle_nn::ops::sdpa(&q, &k, &v, None, causal, scale as f32, 1.0)?))
 }
 
-/// Softmax attention `softmax(q k^T * scale) v` for q, k, v of shape [B, heads, T, d], computed
-/// in chunks of queries so memory stays bounded for long sequences. Scores are accumulated in f32.
+/// Softmax attention `softmax(q k^T * scale) v` for q, k, v of shape [B, heads, T, d]: on the CPU
+/// in f32 the fused tiled kernel, elsewhere in chunks of queries so memory stays bounded for long
+/// sequences. Scores are accumulated in f32.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     let (b, h, t_q, _d) = q.dims4()?;
     let t_k = k.dim(2)?;
     if let Some(out) = metal_sdpa(q, k, v, scale, false)? {
         return Ok(out);
+    }
+    if t_q == t_k && crate::cpu::is_cpu_f32(q) && crate::cpu::is_cpu_f32(k) && crate::cpu::is_cpu_f32(v) {
+        let (qd, kd, vd) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        if let (Some(qs), Some(ks), Some(vs)) = (crate::cpu::f32_view(&qd), crate::cpu::f32_view(&kd), crate::cpu::f32_view(&vd)) {
+            let d = q.dim(3)?;
+            // The fused kernel's scores stay in cache; it writes [B, T, heads, d].
+            let out = crate::cpu::attention(qs.slice(), ks.slice(), vs.slice(), b, h, t_q, d, scale as f32)?;
+            return Tensor::from_vec(out, (b, t_q, h, d), q.device())?.transpose(1, 2);
+        }
     }
     let in_dtype = q.dtype();
     // Scaling the queries costs one pass over [Tq, d] instead of one over the [Tq, Tk] scores.
@@ -537,13 +547,31 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    /// Attention in f32 on the CPU (the fused tiled kernel) equals the chunked tensor path in f64,
+    /// for sequences shorter and longer than a tile and a batch of segments.
+    #[test]
+    fn cpu_attention_matches_the_tensor_path() {
+        let dev = Device::Cpu;
+        for (b, h, t, d) in [(1usize, 2usize, 1usize, 8usize), (3, 4, 64, 16), (1, 2, 700, 80)] {
+            let q = Tensor::randn(0f32, 1.0, (b, h, t, d), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (b, h, t, d), &dev).unwrap();
+            let v = Tensor::randn(0f32, 1.0, (b, h, t, d), &dev).unwrap();
+            let got = attention(&q, &k, &v, 0.2).unwrap();
+            assert_eq!(got.dims(), &[b, h, t, d]);
+            let f64s = |x: &Tensor| x.to_dtype(DType::F64).unwrap();
+            let want = attention(&f64s(&q), &f64s(&k), &f64s(&v), 0.2).unwrap().to_dtype(DType::F32).unwrap();
+            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-4, "[{b}, {h}, {t}, {d}]: {diff}");
+        }
+    }
+
     /// The chunked, key-skipping, grouped-query causal attention equals plain masked softmax
     /// attention with the K/V heads repeated, over several query chunks and with a cache offset.
     #[test]
     fn causal_attention_matches_the_naive_formula() {
         let dev = Device::Cpu;
         let (h, kvh, d) = (4, 2, 8);
-        // One query (decoding) and a run within one block group the heads of a kv head.
+        // One query (decoding), runs within and across query blocks, several key tiles.
         for (t_q, offset) in [(1100usize, 0usize), (1, 40), (300, 700), (64, 9), (65, 0)] {
             let t_k = offset + t_q;
             let q = Tensor::randn(0f32, 1.0, (1, h, t_q, d), &dev).unwrap();

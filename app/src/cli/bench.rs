@@ -58,6 +58,25 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         seeks: usize,
     },
+    /// The CPU attention kernels at Spatial-MLLM's sizes, for each query block and key tile of
+    /// the online softmax (key tile 0 = whole rows): VGGT's global attention (all frames' tokens, 16 heads
+    /// of 64) and frame attention (each frame alone), and the language model's causal prefill
+    /// (16 heads over 2 kv heads of 128); seconds and GFLOP/s, best of --repeats.
+    Attention {
+        #[arg(long, default_value_t = 16)]
+        frames: usize,
+        /// VGGT tokens per frame (476x644: 34x46 patches + camera and 4 register tokens).
+        #[arg(long, default_value_t = 1569)]
+        tokens_per_frame: usize,
+        #[arg(long, default_value_t = 3200)]
+        prompt_tokens: usize,
+        #[arg(long, value_delimiter = ',', default_values_t = [64usize, 256])]
+        query_blocks: Vec<usize>,
+        #[arg(long, value_delimiter = ',', default_values_t = [0usize, 256, 1024])]
+        key_tiles: Vec<usize>,
+        #[arg(long, default_value_t = 1)]
+        repeats: usize,
+    },
     /// Single-precision matrix products at sizes where the hardware peak shows: OpenBLAS (the
     /// kernel its DYNAMIC_ARCH picked) next to the gemm crate candle uses without it; GFLOP/s.
     Blas {
@@ -182,6 +201,7 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
         }
         BenchCommand::Seek { video, seeks } => bench_seek(video, seeks),
         BenchCommand::Blas { sizes, repeats } => bench_blas(&sizes, repeats),
+        BenchCommand::Attention { frames, tokens_per_frame, prompt_tokens, query_blocks, key_tiles, repeats } => bench_attention(frames, tokens_per_frame, prompt_tokens, &query_blocks, &key_tiles, repeats),
         BenchCommand::Ask { frames, height, width, prompt_tokens, decode_tokens, device, dtype } => {
             super::bench_ask::bench_ask(&super::bench_ask::AskShape { frames, height, width, prompt_tokens, decode_tokens }, &device, &dtype)
         }
@@ -239,6 +259,68 @@ fn bench_blas(sizes: &[usize], repeats: usize) -> Result<i32> {
         let blas = best(&|| Ok(spatial_models::blas::matmul(&a, &b)?))?;
         let gemm = best(&|| Ok(a.matmul(&b)?))?;
         println!("| {n} | {blas:.0} | {gemm:.0} |");
+    }
+    Ok(0)
+}
+
+fn bench_attention(frames: usize, tokens_per_frame: usize, prompt_tokens: usize, query_blocks: &[usize], key_tiles: &[usize], repeats: usize) -> Result<i32> {
+    use spatial_models::cpu::{AttentionTiling, attention_tiled, causal_attention_tiled};
+    anyhow::ensure!(frames > 0 && tokens_per_frame > 0 && prompt_tokens > 0, "frames, tokens per frame and prompt tokens must be positive");
+    anyhow::ensure!(!key_tiles.is_empty() && !query_blocks.is_empty(), "give at least one query block and key tile");
+    anyhow::ensure!(!query_blocks.contains(&0), "a query block holds at least one query");
+    // Key tile 0 stands for whole rows.
+    let tilings: Vec<AttentionTiling> = query_blocks.iter().flat_map(|&query_block| key_tiles.iter().map(move |&k| AttentionTiling { query_block, key_tile: if k == 0 { usize::MAX } else { k } })).collect();
+    let tiling_name = |t: &AttentionTiling| {
+        let default = if *t == AttentionTiling::DEFAULT { " (default)" } else { "" };
+        if t.key_tile == usize::MAX { format!("{} x whole row{default}", t.query_block) } else { format!("{} x {}{default}", t.query_block, t.key_tile) }
+    };
+    // Values in [-0.5, 0.5): scores vary (as trained ones do) so every exp is really computed.
+    let values = |n: usize, seed: u64| -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect()
+    };
+    let (vggt_heads, vggt_dim) = (16, 64);
+    let (lm_heads, lm_kv_heads, lm_dim) = (16, 2, 128);
+    let global_tokens = frames * tokens_per_frame;
+    println!("CPU attention, best of {repeats}; CPU: {}", cpu_model());
+    println!("| attention | shape | queries x keys per tile | seconds | GFLOP/s |");
+    println!("|---|---|---|---|---|");
+    let time = |run: &dyn Fn() -> candle_core::Result<Vec<f32>>| -> Result<f64> {
+        let mut best = f64::INFINITY;
+        for _ in 0..repeats.max(1) {
+            let t = std::time::Instant::now();
+            let out = run()?;
+            best = best.min(t.elapsed().as_secs_f64());
+            anyhow::ensure!(out.iter().all(|v| v.is_finite()), "attention gave a non-finite value");
+        }
+        Ok(best)
+    };
+    for (name, batch, t) in [("VGGT global", 1, global_tokens), ("VGGT frame", frames, tokens_per_frame)] {
+        let n = batch * vggt_heads * t * vggt_dim;
+        let (q, k, v) = (values(n, 1), values(n, 2), values(n, 3));
+        let scale = 1.0 / (vggt_dim as f32).sqrt();
+        let gflop = 4.0 * (batch * vggt_heads * vggt_dim) as f64 * (t as f64).powi(2) / 1e9;
+        for tiling in &tilings {
+            let secs = time(&|| attention_tiled(&q, &k, &v, batch, vggt_heads, t, vggt_dim, scale, *tiling))?;
+            println!("| {name} | {batch}x{vggt_heads} heads x {t} tokens x {vggt_dim} | {} | {secs:.2} | {:.0} |", tiling_name(tiling), gflop / secs);
+        }
+    }
+    let t = prompt_tokens;
+    let q = values(lm_heads * t * lm_dim, 4);
+    let (k, v) = (values(lm_kv_heads * t * lm_dim, 5), values(lm_kv_heads * t * lm_dim, 6));
+    // What a causal mask leaves: query i scores i + 1 keys.
+    let gflop = 4.0 * (lm_heads * lm_dim) as f64 * (t as f64) * (t as f64 + 1.0) / 2.0 / 1e9;
+    let scale = 1.0 / (lm_dim as f32).sqrt();
+    for tiling in &tilings {
+        let secs = time(&|| causal_attention_tiled(&q, &k, &v, 1, lm_heads, lm_kv_heads, t, t, lm_dim, 0, scale, *tiling))?;
+        println!("| LM causal prefill | {lm_heads} heads / {lm_kv_heads} kv x {t} tokens x {lm_dim} | {} | {secs:.2} | {gflop_s:.0} |", tiling_name(tiling), gflop_s = gflop / secs);
     }
     Ok(0)
 }
