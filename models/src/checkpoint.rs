@@ -94,6 +94,18 @@ impl CheckpointDir {
         }
         Ok(all)
     }
+
+    /// The dtype most of the checkpoint's floating-point values are stored in (by element
+    /// count), from the headers alone; None without floating-point tensors.
+    pub fn stored_float_dtype(&self) -> Result<Option<DType>> {
+        let mut counts = BTreeMap::<&'static str, (DType, usize)>::new();
+        for info in self.tensors()?.values() {
+            if let Some(dtype) = safetensors_dtype(&info.dtype).filter(|d| d.is_float()) {
+                counts.entry(dtype.as_str()).or_insert((dtype, 0)).1 += info.shape.iter().product::<usize>();
+            }
+        }
+        Ok(counts.into_values().max_by_key(|&(_, n)| n).map(|(dtype, _)| dtype))
+    }
 }
 
 /// Reads a safetensors header (8-byte length + JSON) without reading tensor data.
@@ -416,6 +428,14 @@ mod tests {
         assert!(vb.get((4, 3), "a.weight").is_err());
         assert!(vb.get(1, "missing").is_err());
         reader.verify_unchanged().unwrap();
+    }
+
+    /// The stored precision is the one holding most values: 4,096 bf16 against 12 f32 here.
+    #[test]
+    fn the_stored_dtype_is_the_one_of_most_values() {
+        let (dir, path) = tmp("dtype");
+        write_checkpoint(&path);
+        assert_eq!(CheckpointDir::open(dir.path()).unwrap().stored_float_dtype().unwrap(), Some(DType::BF16));
     }
 
     /// A file cut short while a model loads: an error naming it, never a signal.

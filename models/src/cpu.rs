@@ -871,16 +871,9 @@ mod tests {
         out
     }
 
-    fn random(n: usize, seed: u64, spread: f32) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * spread
-            })
-            .collect()
+    /// `n` values uniform in [-spread / 2, spread / 2).
+    fn random(n: usize, spread: f32) -> Vec<f32> {
+        Tensor::rand(-spread / 2.0, spread / 2.0, n, &candle_core::Device::Cpu).unwrap().to_vec1().unwrap()
     }
 
     /// Every tiling (one key at a time, sizes that do not divide the sequence, longer than the
@@ -890,7 +883,7 @@ mod tests {
     fn key_tiles_give_the_whole_row_softmax() {
         let (heads, d) = (3, 16);
         for (t, spread) in [(1usize, 1.0f32), (130, 1.0), (1100, 1.0), (300, 40.0)] {
-            let (q, k, v) = (random(heads * t * d, 1, spread), random(heads * t * d, 2, spread), random(heads * t * d, 3, 1.0));
+            let (q, k, v) = (random(heads * t * d, spread), random(heads * t * d, spread), random(heads * t * d, 1.0));
             let want = naive_attention(&q, &k, &v, heads, heads, t, t, d, 0.7, None);
             for (query_block, key_tile) in [(64, 1usize), (5, 7), (64, 64), (1, 300), (usize::MAX, usize::MAX)] {
                 let tile = AttentionTiling { query_block, key_tile };
@@ -909,7 +902,7 @@ mod tests {
         let (heads, kv_heads, d) = (4, 2, 8);
         for (tq, offset) in [(1usize, 0usize), (1, 40), (200, 0), (70, 500), (129, 7)] {
             let tk = offset + tq;
-            let (q, k, v) = (random(heads * tq * d, 4, 2.0), random(kv_heads * tk * d, 5, 2.0), random(kv_heads * tk * d, 6, 1.0));
+            let (q, k, v) = (random(heads * tq * d, 2.0), random(kv_heads * tk * d, 2.0), random(kv_heads * tk * d, 1.0));
             let want = naive_attention(&q, &k, &v, heads, kv_heads, tq, tk, d, 0.3, Some(offset));
             for (query_block, key_tile) in [(64, 1usize), (3, 5), (64, 64), (256, 7), (1, 1000)] {
                 let tile = AttentionTiling { query_block, key_tile };

@@ -241,6 +241,19 @@ fn metal_sdpa(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal: bool) -> R
     Ok(Some(candle_nn::ops::sdpa(&q, &k, &v, None, causal, scale as f32, 1.0)?))
 }
 
+/// `kernel(q, k, v)` on the elements of q, k and v when all three are f32 CPU tensors (made
+/// contiguous); None otherwise, for the callers' tensor paths.
+fn with_cpu_f32_qkv<R>(q: &Tensor, k: &Tensor, v: &Tensor, kernel: impl FnOnce(&[f32], &[f32], &[f32]) -> Result<R>) -> Result<Option<R>> {
+    if !(crate::cpu::is_cpu_f32(q) && crate::cpu::is_cpu_f32(k) && crate::cpu::is_cpu_f32(v)) {
+        return Ok(None);
+    }
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    match (crate::cpu::f32_view(&q), crate::cpu::f32_view(&k), crate::cpu::f32_view(&v)) {
+        (Some(q), Some(k), Some(v)) => kernel(q.slice(), k.slice(), v.slice()).map(Some),
+        _ => Ok(None),
+    }
+}
+
 /// Softmax attention `softmax(q k^T * scale) v` for q, k, v of shape [B, heads, T, d]: on the CPU
 /// in f32 the fused tiled kernel, elsewhere in chunks of queries so memory stays bounded for long
 /// sequences. Scores are accumulated in f32.
@@ -250,12 +263,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
     if let Some(out) = metal_sdpa(q, k, v, scale, false)? {
         return Ok(out);
     }
-    if t_q == t_k && crate::cpu::is_cpu_f32(q) && crate::cpu::is_cpu_f32(k) && crate::cpu::is_cpu_f32(v) {
-        let (qd, kd, vd) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-        if let (Some(qs), Some(ks), Some(vs)) = (crate::cpu::f32_view(&qd), crate::cpu::f32_view(&kd), crate::cpu::f32_view(&vd)) {
-            let d = q.dim(3)?;
-            // The fused kernel's scores stay in cache; it writes [B, T, heads, d].
-            let out = crate::cpu::attention(qs.slice(), ks.slice(), vs.slice(), b, h, t_q, d, scale as f32)?;
+    if t_q == t_k {
+        let d = q.dim(3)?;
+        // The fused kernel's scores stay in cache; it writes [B, T, heads, d].
+        if let Some(out) = with_cpu_f32_qkv(q, k, v, |qs, ks, vs| crate::cpu::attention(qs, ks, vs, b, h, t_q, d, scale as f32))? {
             return Tensor::from_vec(out, (b, t_q, h, d), q.device())?.transpose(1, 2);
         }
     }
@@ -500,10 +511,8 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, q_offset
             return Ok(out);
         }
     }
-    if crate::cpu::is_cpu_f32(q) && crate::cpu::is_cpu_f32(k) && crate::cpu::is_cpu_f32(v) && q_offset + t_q <= t_k {
-        let (qd, kd, vd) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-        if let (Some(qs), Some(ks), Some(vs)) = (crate::cpu::f32_view(&qd), crate::cpu::f32_view(&kd), crate::cpu::f32_view(&vd)) {
-            let out = crate::cpu::causal_attention(qs.slice(), ks.slice(), vs.slice(), b, h, kvh, t_q, t_k, d, q_offset, scale as f32)?;
+    if q_offset + t_q <= t_k {
+        if let Some(out) = with_cpu_f32_qkv(q, k, v, |qs, ks, vs| crate::cpu::causal_attention(qs, ks, vs, b, h, kvh, t_q, t_k, d, q_offset, scale as f32))? {
             return Tensor::from_vec(out, (b, h, t_q, d), q.device());
         }
     }

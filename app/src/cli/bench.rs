@@ -275,17 +275,7 @@ fn bench_attention(frames: usize, tokens_per_frame: usize, prompt_tokens: usize,
         if t.key_tile == usize::MAX { format!("{} x whole row{default}", t.query_block) } else { format!("{} x {}{default}", t.query_block, t.key_tile) }
     };
     // Values in [-0.5, 0.5): scores vary (as trained ones do) so every exp is really computed.
-    let values = |n: usize, seed: u64| -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
-    };
+    let values = |n: usize| -> Result<Vec<f32>> { Ok(candle_core::Tensor::rand(-0.5f32, 0.5, n, &candle_core::Device::Cpu)?.to_vec1()?) };
     let (vggt_heads, vggt_dim) = (16, 64);
     let (lm_heads, lm_kv_heads, lm_dim) = (16, 2, 128);
     let global_tokens = frames * tokens_per_frame;
@@ -304,7 +294,7 @@ fn bench_attention(frames: usize, tokens_per_frame: usize, prompt_tokens: usize,
     };
     for (name, batch, t) in [("VGGT global", 1, global_tokens), ("VGGT frame", frames, tokens_per_frame)] {
         let n = batch * vggt_heads * t * vggt_dim;
-        let (q, k, v) = (values(n, 1), values(n, 2), values(n, 3));
+        let (q, k, v) = (values(n)?, values(n)?, values(n)?);
         let scale = 1.0 / (vggt_dim as f32).sqrt();
         let gflop = 4.0 * (batch * vggt_heads * vggt_dim) as f64 * (t as f64).powi(2) / 1e9;
         for tiling in &tilings {
@@ -313,8 +303,8 @@ fn bench_attention(frames: usize, tokens_per_frame: usize, prompt_tokens: usize,
         }
     }
     let t = prompt_tokens;
-    let q = values(lm_heads * t * lm_dim, 4);
-    let (k, v) = (values(lm_kv_heads * t * lm_dim, 5), values(lm_kv_heads * t * lm_dim, 6));
+    let q = values(lm_heads * t * lm_dim)?;
+    let (k, v) = (values(lm_kv_heads * t * lm_dim)?, values(lm_kv_heads * t * lm_dim)?);
     // What a causal mask leaves: query i scores i + 1 keys.
     let gflop = 4.0 * (lm_heads * lm_dim) as f64 * (t as f64) * (t as f64 + 1.0) / 2.0 / 1e9;
     let scale = 1.0 / (lm_dim as f32).sqrt();

@@ -42,9 +42,9 @@ fn serve(model: &mut Option<LoadedMllm>, req: Request, ctx: &Ctx<Event>) {
             });
             match loaded {
                 Ok((m, dir)) => {
-                    let desc = format!("{} from {} on {}", m.describe(), dir.display(), m.compute.label());
-                    let has_spatial = m.model.has_spatial();
                     let label = m.compute.label();
+                    let desc = format!("{} from {} on {label}", m.describe(), dir.display());
+                    let has_spatial = m.model.has_spatial();
                     *model = Some(m);
                     ctx.send(Event::Loaded { desc, has_spatial, compute: label, note: compute.fallback });
                 }

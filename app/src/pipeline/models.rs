@@ -116,24 +116,8 @@ pub fn load_mllm(dir: &Path, base_model: bool, compute: &Compute) -> Result<Load
     if !tokenizer_path.is_file() {
         bail!("{}: missing; questions need the checkpoint's tokenizer.json beside its weights", tokenizer_path.display());
     }
-    let compute = compute.for_stored_weights(stored_float_dtype(&ckpt)?);
+    let compute = compute.for_stored_weights(ckpt.stored_float_dtype()?);
     let model = SpatialMllm::load(&ckpt, !base_model, compute.dtype, &compute.device)?;
     let tokenizer = QwenTokenizer::from_file(&tokenizer_path)?;
     Ok(LoadedMllm { model, tokenizer, compute })
-}
-
-/// The dtype most of a checkpoint's floating-point tensors are stored in (safetensors' names).
-fn stored_float_dtype(ckpt: &CheckpointDir) -> Result<Option<candle_core::DType>> {
-    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
-    let tensors = ckpt.tensors()?;
-    for info in tensors.values() {
-        *counts.entry(info.dtype.as_str()).or_default() += info.shape.iter().product::<usize>();
-    }
-    let float = |name: &str| match name {
-        "BF16" => Some(candle_core::DType::BF16),
-        "F16" => Some(candle_core::DType::F16),
-        "F32" => Some(candle_core::DType::F32),
-        _ => None,
-    };
-    Ok(counts.into_iter().filter(|(n, _)| float(n).is_some()).max_by_key(|(_, c)| *c).and_then(|(n, _)| float(n)))
 }

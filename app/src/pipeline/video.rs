@@ -152,13 +152,12 @@ impl VideoInfo {
         let (w, h) = self.scaled_size(max_width);
         let filter = format!("select='{}',scale={w}:{h}:flags=bicubic", select_expression(indices));
         // Long lists go through a file: one command-line argument holds at most 128 KiB.
-        let script = match filter.len() > 16 << 10 {
-            true => {
-                let mut file = tempfile::Builder::new().prefix("spatial-viewer-select-").suffix(".txt").tempfile().context("making a temporary file for FFmpeg's filter")?;
-                file.write_all(filter.as_bytes()).with_context(|| format!("writing {}", file.path().display()))?;
-                Some(file)
-            }
-            false => None,
+        let script = if filter.len() > 16 << 10 {
+            let mut file = tempfile::Builder::new().prefix("spatial-viewer-select-").suffix(".txt").tempfile().context("making a temporary file for FFmpeg's filter")?;
+            file.write_all(filter.as_bytes()).with_context(|| format!("writing {}", file.path().display()))?;
+            Some(file)
+        } else {
+            None
         };
         let mut cmd = tool("ffmpeg")?;
         cmd.args(["-v", "error", "-nostdin", "-i"]).arg(ffmpeg_input(&self.path));

@@ -106,15 +106,19 @@ pub fn text(o: &std::process::Output) -> String {
 }
 
 /// An empty folder for one test of a suite: removed when the test passes, kept (and its path
-/// printed) when it fails so its screenshots and logs can be looked at. Runs that left every
+/// printed) when it fails, or always with KEEP_TEST_DIRS=1, so its screenshots and logs can be
+/// looked at. Runs that left every
 /// folder behind filled the disk.
 pub struct ScratchDir(Option<tempfile::TempDir>);
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        // KEEP_TEST_DIRS=1 keeps every folder, to look at what passing tests wrote.
+        let keep = std::env::var_os("KEEP_TEST_DIRS").is_some_and(|v| v == "1");
+        if std::thread::panicking() || keep {
             if let Some(dir) = self.0.take() {
-                eprintln!("kept the failed test's folder {}", dir.keep().display());
+                let why = if keep { "KEEP_TEST_DIRS=1" } else { "it failed" };
+                eprintln!("kept the test's folder {} ({why})", dir.keep().display());
             }
         }
     }
