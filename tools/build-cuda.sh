@@ -94,9 +94,9 @@ pack=$repo/target-cuda
 rm -rf "$pack/bin" && mkdir -p "$pack/bin"
 cp "$CARGO_TARGET_DIR/release/spatial-viewer" "$pack/bin/"
 echo "$tests" | while read -r name exe; do
-    case "$name" in vggt_parity|spatial_mllm_parity) cp "$exe" "$pack/bin/$name" ;; esac
+    case "$name" in vggt_parity|spatial_mllm_parity|cuda_attention_device) cp "$exe" "$pack/bin/$name" ;; esac
 done
 strip "$pack"/bin/*
 tar cJf "$pack/app.tar.xz" -C "$pack" bin/spatial-viewer
-tar cJf "$pack/tests.tar.xz" -C "$pack" bin/vggt_parity bin/spatial_mllm_parity
+tar cJf "$pack/tests.tar.xz" -C "$pack" bin/vggt_parity bin/spatial_mllm_parity bin/cuda_attention_device
 say "wrote $pack/app.tar.xz ($(du -h "$pack/app.tar.xz" | cut -f1)) and $pack/tests.tar.xz ($(du -h "$pack/tests.tar.xz" | cut -f1)); compute capability $cap"

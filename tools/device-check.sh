@@ -8,7 +8,8 @@
 # one or both; each fits beside the repository in one device call) and says what it skipped.
 #
 # Prints one table: the parity tests on CUDA (f32 against upstream's fixtures, the half-precision
-# paths against f32), `bench vggt` at 8, 32, 100 and 128 frames of 518x392 (f32 and bf16: time and
+# paths against f32, through the fused attention kernel and through the chunked path), the fused
+# kernel against f32 at every head size, `bench vggt` at 8, 32, 100 and 128 frames of 518x392 (f32 and bf16: time and
 # peak GPU memory), `bench mllm` prefill and decode, `bench ask` (a whole 16-frame question, stage
 # by stage), and an `ask` end to end with the tiny fixture
 # weights through the pipeline the GUI's chat thread uses. Each row's log is kept in OUT_DIR.
@@ -55,6 +56,10 @@ if [ -x "$bin/vggt_parity" ]; then
     row "VGGT parity on CUDA (f32 within 1e-3 of upstream; bf16/f16 against f32)" "$r" "$(why vggt_parity "$(grep -E 'test result' "$logs/vggt_parity.log" | tail -1)")"
     r=$(run spatial_mllm_parity 120 "$bin/spatial_mllm_parity" --test-threads 1)
     row "Spatial-MLLM parity on CUDA" "$r" "$(why spatial_mllm_parity "$(grep -E 'test result' "$logs/spatial_mllm_parity.log" | tail -1)")"
+    r=$(run cuda_attention_device 60 "$bin/cuda_attention_device" --nocapture)
+    row "fused attention kernel, bf16/f16 vs f32, head sizes 16-128 (within 2e-2 / 4e-3)" "$r" "$(why cuda_attention_device "$(grep -E 'head size 64|head size 128' "$logs/cuda_attention_device.log" | tr '\n' ' ')")"
+    r=$(run vggt_parity_unfused 120 env SPATIAL_CUDA_ATTENTION=unfused "$bin/vggt_parity" --test-threads 1)
+    row "VGGT parity on CUDA, chunked attention (SPATIAL_CUDA_ATTENTION=unfused)" "$r" "$(why vggt_parity_unfused "$(grep -E 'test result' "$logs/vggt_parity_unfused.log" | tail -1)")"
 else
     row "parity tests" "skipped" "tests.tar.xz was not carried"
 fi
@@ -65,6 +70,9 @@ for dtype in f32 bf16; do
         row "bench vggt $frames x 518x392 $dtype" "$r" "$(why "vggt-$dtype-$frames" "$(grep -E '^\|' "$logs/vggt-$dtype-$frames.log" | tail -1)")"
     done
 done
+# The fused attention kernel against the chunked path, same run (bf16).
+r=$(run vggt-bf16-32-unfused 90 env SPATIAL_CUDA_ATTENTION=unfused "$bin/spatial-viewer" bench vggt --frames 32 --width 518 --height 392 --device cuda --dtype bf16)
+row "bench vggt 32 x 518x392 bf16, chunked attention (unfused)" "$r" "$(why vggt-bf16-32-unfused "$(grep -E '^\|' "$logs/vggt-bf16-32-unfused.log" | tail -1)")"
 r=$(run mllm 120 "$bin/spatial-viewer" bench mllm --prompt-tokens 3200 --decode-tokens 64 --vision-frames 16 --device cuda --dtype bf16)
 row "bench mllm 3200 prompt tokens, 64 new, 16 frames, bf16" "$r" "$(why mllm "$(grep -E '^\|' "$logs/mllm.log" | tail -2 | tr '\n' ' ')")"
 r=$(run ask-bench 180 "$bin/spatial-viewer" bench ask --decode-tokens 64 --device cuda --dtype bf16)

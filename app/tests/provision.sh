@@ -1,12 +1,13 @@
 #!/bin/sh
-# The system packages the video and GUI tests run with (Debian): FFmpeg, Xvfb + Mesa's software
+# The system packages the tests run with (Debian): a C++ compiler (the CUDA kernel under the
+# models' CPU emulator), FFmpeg, Xvfb + Mesa's software
 # Vulkan + xdotool for real windows and input, the X11 client libraries winit loads, and OpenBLAS
 # (optional at run time; the models' CPU products are about 2x faster with it), and Python's venv for
 # the export tests' readers (pycolmap, trimesh, plyfile from PyPI). The tests call this
 # before they need them: it does nothing when everything is installed, and otherwise installs what
 # is missing (as root, or through `sudo -n`), one test process at a time.
 set -eu
-packages="ffmpeg xvfb xdotool mesa-vulkan-drivers libvulkan1 libx11-6 libxcursor1 libxrandr2 libxi6 libxkbcommon-x11-0 libopenblas0 python3-venv"
+packages="g++ ffmpeg xvfb xdotool mesa-vulkan-drivers libvulkan1 libx11-6 libxcursor1 libxrandr2 libxi6 libxkbcommon-x11-0 libopenblas0 python3-venv"
 missing() {
     out=""
     for p in $packages; do

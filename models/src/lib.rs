@@ -15,6 +15,8 @@ pub mod blas;
 pub mod checkpoint;
 /// The CPU's fused f32 kernels; public for the benchmarks that compare their settings.
 pub mod cpu;
+/// Fused attention on CUDA (a kernel of this crate's, `attention.cu`).
+pub mod cuda_attention;
 pub mod gpu_memory;
 pub mod interp;
 pub mod nn;

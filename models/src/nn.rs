@@ -255,12 +255,16 @@ fn with_cpu_f32_qkv<R>(q: &Tensor, k: &Tensor, v: &Tensor, kernel: impl FnOnce(&
 }
 
 /// Softmax attention `softmax(q k^T * scale) v` for q, k, v of shape [B, heads, T, d]: on the CPU
-/// in f32 the fused tiled kernel, elsewhere in chunks of queries so memory stays bounded for long
-/// sequences. Scores are accumulated in f32.
+/// in f32 the fused tiled kernel, on CUDA in bf16/f16 the fused kernel of `cuda_attention`, on
+/// Metal `sdpa`, elsewhere in chunks of queries so memory stays bounded for long sequences. Scores
+/// are accumulated in f32.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     let (b, h, t_q, _d) = q.dims4()?;
     let t_k = k.dim(2)?;
     if let Some(out) = metal_sdpa(q, k, v, scale, false)? {
+        return Ok(out);
+    }
+    if let Some(out) = crate::cuda_attention::fused_attention(q, k, v, scale, None)? {
         return Ok(out);
     }
     if t_q == t_k {
@@ -512,6 +516,9 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, q_offset
         }
     }
     if q_offset + t_q <= t_k {
+        if let Some(out) = crate::cuda_attention::fused_attention(q, k, v, scale, Some(q_offset))? {
+            return Ok(out);
+        }
         if let Some(out) = with_cpu_f32_qkv(q, k, v, |qs, ks, vs| crate::cpu::causal_attention(qs, ks, vs, b, h, kvh, t_q, t_k, d, q_offset, scale as f32))? {
             return Tensor::from_vec(out, (b, h, t_q, d), q.device());
         }
