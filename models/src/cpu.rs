@@ -209,8 +209,12 @@ pub(crate) fn linear_nobias(x: &[f32], k: usize, w: &[f32]) -> Vec<f32> {
 /// Rows up to which a product with half-precision weights reads them straight from memory
 /// (decoding: one token's row; the bandwidth of the weights is the limit there).
 const HALF_WEIGHT_DOT_ROWS: usize = 8;
-/// Weight rows widened to f32 at a time for larger products (a few MB, cache-sized pieces).
-const HALF_WEIGHT_BLOCK: usize = 256;
+/// Bytes of weights widened to f32 at a time for larger products: half of a server's L3, so the
+/// sgemm reads the widened block from cache. Smaller blocks re-pack the activations once per block
+/// (OpenBLAS packs both operands per call): 256-row blocks cost the vision tower 15% (4 frames of
+/// 476x644: 29.5-31 s vs 25.2 s at 16 MiB; 64 MiB blocks, read back from memory, slowed the
+/// language model's 1,024-token prefill from 37 to 41-43 s; AMD EPYC Zen 4, 32 MiB L3).
+const HALF_WEIGHT_BLOCK_BYTES: usize = 16 << 20;
 
 multiversion! {
     /// `out[r] = x[r] · w` for the `rows` rows of `x` ([rows, k]) and one bf16 weight row `w` [k],
@@ -237,10 +241,15 @@ multiversion! {
 
 /// `x[rows, k] · w[n, k]^T` for f32 `x` and bf16 or f16 weights `w` on the CPU (the checkpoint's
 /// precision kept in memory, half the bytes): up to [`HALF_WEIGHT_DOT_ROWS`] rows read each weight
-/// once, widening in registers (bf16); more rows widen [`HALF_WEIGHT_BLOCK`] weight rows at a time
-/// for the sgemm. Widening is exact, so the result is the f32 product of the same values. None
+/// once, widening in registers (bf16); more rows widen [`HALF_WEIGHT_BLOCK_BYTES`] of weight rows
+/// at a time for the sgemm. Widening is exact, so the result is the f32 product of the same values. None
 /// when `w` is not a half-precision CPU tensor.
 pub(crate) fn linear_half_weights(x: &[f32], k: usize, w: &Tensor) -> Result<Option<Vec<f32>>> {
+    linear_half_weights_in_blocks(x, k, w, HALF_WEIGHT_BLOCK_BYTES)
+}
+
+/// [`linear_half_weights`] widening `block_bytes` of weights at a time (at least 16 rows).
+fn linear_half_weights_in_blocks(x: &[f32], k: usize, w: &Tensor, block_bytes: usize) -> Result<Option<Vec<f32>>> {
     use candle_core::DType;
     if !w.device().is_cpu() || !matches!(w.dtype(), DType::BF16 | DType::F16) || w.rank() != 2 || w.dim(1)? != k {
         return Ok(None);
@@ -270,9 +279,10 @@ pub(crate) fn linear_half_weights(x: &[f32], k: usize, w: &Tensor) -> Result<Opt
         return Ok(Some(y));
     }
     let _single = SingleThreadedBlas::new();
-    let mut block = vec![0f32; HALF_WEIGHT_BLOCK.min(n) * k];
-    for j0 in (0..n).step_by(HALF_WEIGHT_BLOCK) {
-        let nb = HALF_WEIGHT_BLOCK.min(n - j0);
+    let block_rows = (block_bytes / (4 * k.max(1))).max(16);
+    let mut block = vec![0f32; block_rows.min(n) * k];
+    for j0 in (0..n).step_by(block_rows) {
+        let nb = block_rows.min(n - j0);
         let piece = &mut block[..nb * k];
         let range = start + j0 * k..start + (j0 + nb) * k;
         match w.dtype() {
@@ -827,19 +837,19 @@ mod tests {
     fn half_precision_weights_give_the_f32_product_of_their_values() {
         use candle_core::DType;
         let dev = candle_core::Device::Cpu;
-        // Rows on both sides of the one-row path's limit; k and n not multiples of the 64 lanes
-        // or the 256-row widening block.
-        for (rows, k, n) in [(1usize, 70usize, 257usize), (3, 2053, 600), (8, 64, 1), (9, 130, 513), (300, 96, 700)] {
+        // Rows on both sides of the one-row path's limit; k and n not multiples of the 64 lanes;
+        // widening blocks that split n unevenly (100 KB: 256 rows of k = 96, 16 rows of k = 2053).
+        for (rows, k, n, block_bytes) in [(1usize, 70usize, 257usize, HALF_WEIGHT_BLOCK_BYTES), (3, 2053, 600, 100_000), (8, 64, 1, 100_000), (9, 130, 513, HALF_WEIGHT_BLOCK_BYTES), (9, 130, 513, 100_000), (300, 96, 700, 100_000), (300, 96, 700, HALF_WEIGHT_BLOCK_BYTES)] {
             let x = Tensor::randn(0f32, 1.0, (rows, k), &dev).unwrap();
             for dtype in [DType::BF16, DType::F16] {
                 let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap().to_dtype(dtype).unwrap();
                 // The reference: the same (rounded) weight values in f32, through candle.
                 let want = x.matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                let got = linear_half_weights(&x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), k, &w).unwrap().expect("half weights take this path");
+                let got = linear_half_weights_in_blocks(&x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), k, &w, block_bytes).unwrap().expect("half weights take this path");
                 assert_eq!(got.len(), rows * n);
                 let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0f32, f32::max);
                 // Only the summation order differs from the f32 product.
-                assert!(diff < 1e-4 * (k as f32).sqrt(), "{rows}x{k} by {n}x{k} {dtype:?}: {diff}");
+                assert!(diff < 1e-4 * (k as f32).sqrt(), "{rows}x{k} by {n}x{k} {dtype:?} in {block_bytes}-byte blocks: {diff}");
             }
         }
         // f32 weights are not this path's.
