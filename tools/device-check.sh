@@ -70,6 +70,9 @@ for dtype in f32 bf16; do
         row "bench vggt $frames x 518x392 $dtype" "$r" "$(why "vggt-$dtype-$frames" "$(grep -E '^\|' "$logs/vggt-$dtype-$frames.log" | tail -1)")"
     done
 done
+# f32 with TF32 tensor-core products (opt-in), next to the exact f32 rows.
+r=$(run vggt-f32-8-tf32 90 env SPATIAL_CUDA_TF32=1 "$bin/spatial-viewer" bench vggt --frames 8 --width 518 --height 392 --device cuda --dtype f32)
+row "bench vggt 8 x 518x392 f32 with TF32 products (SPATIAL_CUDA_TF32=1)" "$r" "$(why vggt-f32-8-tf32 "$(grep -E '^\|' "$logs/vggt-f32-8-tf32.log" | tail -1)")"
 # The fused attention kernel against the chunked path, same run (bf16).
 r=$(run vggt-bf16-32-unfused 90 env SPATIAL_CUDA_ATTENTION=unfused "$bin/spatial-viewer" bench vggt --frames 32 --width 518 --height 392 --device cuda --dtype bf16)
 row "bench vggt 32 x 518x392 bf16, chunked attention (unfused)" "$r" "$(why vggt-bf16-32-unfused "$(grep -E '^\|' "$logs/vggt-bf16-32-unfused.log" | tail -1)")"
