@@ -30,12 +30,6 @@ pub fn shared_bytes(head_size: usize) -> usize {
     2 * KEY_TILE * (head_size + KV_PAD) * 2 + WARPS * 16 * SCORE_STRIDE * 4
 }
 
-/// Whether `SPATIAL_CUDA_ATTENTION=unfused` asks for the chunked path instead.
-fn disabled() -> bool {
-    static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *DISABLED.get_or_init(|| std::env::var("SPATIAL_CUDA_ATTENTION").is_ok_and(|v| v == "unfused"))
-}
-
 /// Fused attention where it applies (a CUDA build, CUDA tensors in bf16/f16 with a compiled head
 /// size); None for the callers' other paths. q [B, H, Tq, d]; k, v [B, KVH, Tk, d] with H a
 /// multiple of KVH. `causal_offset`: Some(o) when query i sits at position o + i and sees keys
@@ -47,7 +41,7 @@ pub fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal_of
     }
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = (q, k, v, scale, causal_offset, disabled());
+        let _ = (q, k, v, scale, causal_offset);
         Ok(None)
     }
 }
@@ -64,6 +58,17 @@ mod cuda {
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
     const MODULE: &str = "spatial_attention";
 
+    /// Whether `SPATIAL_CUDA_ATTENTION=unfused` asks for the chunked path instead.
+    fn disabled() -> bool {
+        static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *DISABLED.get_or_init(|| std::env::var("SPATIAL_CUDA_ATTENTION").is_ok_and(|v| v == "unfused"))
+    }
+
+    /// The kernel's entry point for an element type and head size (`attention.cu`'s names).
+    fn kernel_name(dtype: DType, head_size: usize) -> String {
+        format!("attention_{}_d{head_size}", if dtype == DType::BF16 { "bf16" } else { "f16" })
+    }
+
     pub fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal_offset: Option<usize>) -> Result<Option<Tensor>> {
         let dtype = q.dtype();
         if disabled() || !q.device().is_cuda() || !matches!(dtype, DType::BF16 | DType::F16) || k.dtype() != dtype || v.dtype() != dtype {
@@ -78,18 +83,15 @@ mod cuda {
         if causal_offset.is_some_and(|o| o + t_q > t_k) {
             return Ok(None);
         }
-        let op = FusedAttention { scale: scale as f32, causal_offset };
-        match q.contiguous()?.apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op) {
-            Ok(out) => Ok(Some(out)),
-            // A GPU the PTX cannot run on (bf16 tensor cores need compute capability 8.0): say so
-            // once and use the chunked path.
-            Err(e) if e.to_string().contains("loading the fused attention kernel") => {
-                static WARNED: std::sync::Once = std::sync::Once::new();
-                WARNED.call_once(|| eprintln!("fused CUDA attention unavailable, using the chunked path: {e}"));
-                Ok(None)
-            }
-            Err(e) => Err(e),
+        // A GPU the PTX cannot run on (bf16 tensor cores need compute capability 8.0): say so
+        // once and use the chunked path. (The module is loaded once per device and kept.)
+        if let Err(e) = q.device().as_cuda_device()?.get_or_load_custom_func(&kernel_name(dtype, d), MODULE, PTX) {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| eprintln!("fused CUDA attention unavailable, using the chunked path: {e}"));
+            return Ok(None);
         }
+        let op = FusedAttention { scale: scale as f32, causal_offset };
+        Ok(Some(q.contiguous()?.apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)?))
     }
 
     struct FusedAttention {
@@ -100,7 +102,7 @@ mod cuda {
     impl FusedAttention {
         fn launch<T: DeviceRepr>(
             &self,
-            kernel_type: &str,
+            dtype: DType,
             (q, lq): (&CudaSlice<T>, &Layout),
             (k, lk): (&CudaSlice<T>, &Layout),
             (v, lv): (&CudaSlice<T>, &Layout),
@@ -115,10 +117,7 @@ mod cuda {
             let (q_view, k_view, v_view) = (view(q, lq, "q")?, view(k, lk, "k")?, view(v, lv, "v")?);
             let (b, h, t_q, d) = lq.shape().dims4()?;
             let (_, kvh, t_k, _) = lk.shape().dims4()?;
-            let name = format!("attention_{kernel_type}_d{d}");
-            let func = dev
-                .get_or_load_custom_func(&name, MODULE, PTX)
-                .map_err(|e| candle_core::Error::Msg(format!("loading the fused attention kernel {name}: {e}")))?;
+            let func = dev.get_or_load_custom_func(&kernel_name(dtype, d), MODULE, PTX)?;
             let shared = shared_bytes(d) as u32;
             // Over the default 48 KiB (head size 128 takes 51 KiB): opt in, as every kernel must.
             func.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shared as i32).w()?;
@@ -157,10 +156,10 @@ mod cuda {
             let dev = q.device();
             let slice = match (&q.slice, &k.slice, &v.slice) {
                 (CudaStorageSlice::BF16(qs), CudaStorageSlice::BF16(ks), CudaStorageSlice::BF16(vs)) => {
-                    CudaStorageSlice::BF16(self.launch("bf16", (qs, lq), (ks, lk), (vs, lv), dev)?)
+                    CudaStorageSlice::BF16(self.launch(DType::BF16, (qs, lq), (ks, lk), (vs, lv), dev)?)
                 }
                 (CudaStorageSlice::F16(qs), CudaStorageSlice::F16(ks), CudaStorageSlice::F16(vs)) => {
-                    CudaStorageSlice::F16(self.launch("f16", (qs, lq), (ks, lk), (vs, lv), dev)?)
+                    CudaStorageSlice::F16(self.launch(DType::F16, (qs, lq), (ks, lk), (vs, lv), dev)?)
                 }
                 _ => candle_core::bail!("fused attention takes q, k and v all in bf16 or all in f16"),
             };
