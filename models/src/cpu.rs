@@ -510,6 +510,18 @@ fn rotate(x: &mut [f32], cos: &[f32], sin: &[f32], section: usize) {
 pub struct AttentionTiling {
     pub query_block: usize,
     pub key_tile: usize,
+    pub kernel: AttentionKernel,
+}
+
+/// What computes each key tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// Register-tiled AVX-512/AVX2 micro-kernels (`cpu_attention`): the tile's keys transposed
+    /// once, then a few query rows at a time through scores, softmax and values while the scores
+    /// are in L1. Where the CPU or the head size does not allow them, `Blas` runs instead.
+    Registers,
+    /// Two OpenBLAS products per key tile (scores, then values) around the softmax.
+    Blas,
 }
 
 impl AttentionTiling {
@@ -517,11 +529,11 @@ impl AttentionTiling {
     /// global attention at 16 frames of 476x644 ran at 137 GFLOP/s against 112 for 64-query
     /// blocks of whole rows; frame and causal attention ran the same. 256 x 256 scores are 256 KB,
     /// within the L2 of older cores too.
-    pub const DEFAULT: Self = Self { query_block: 256, key_tile: 256 };
+    pub const DEFAULT: Self = Self { query_block: 256, key_tile: 256, kernel: AttentionKernel::Registers };
 
     /// This tiling for `queries` queries over at most `keys` keys: no bigger than they need.
     fn clamped(self, queries: usize, keys: usize) -> Self {
-        Self { query_block: self.query_block.min(queries.max(1)), key_tile: self.key_tile.min(keys.max(1)) }
+        Self { query_block: self.query_block.min(queries.max(1)), key_tile: self.key_tile.min(keys.max(1)), kernel: self.kernel }
     }
 }
 
@@ -531,7 +543,7 @@ multiversion! {
     /// `sum * rescale + the tile's sum` and `rescale` gets `exp(old max - new max)`, by which the
     /// caller scales what it accumulated from earlier tiles. Before the first tile, `max` is
     /// -inf and `sum` 0.
-    fn softmax_tile(x: &mut [f32], cols: usize, max: &mut [f32], sum: &mut [f32], rescale: &mut [f32]) {
+    pub(crate) fn softmax_tile(x: &mut [f32], cols: usize, max: &mut [f32], sum: &mut [f32], rescale: &mut [f32]) {
         for (r, row) in x.chunks_exact_mut(cols).enumerate() {
             // Eight independent lanes (max and sum) so the loops vectorise without fast-math.
             let mut lanes = [f32::NEG_INFINITY; 8];
@@ -573,11 +585,15 @@ struct AttendScratch {
     max: Vec<f32>,
     sum: Vec<f32>,
     rescale: Vec<f32>,
+    kernel: AttentionKernel,
+    registers: crate::cpu_attention::KernelScratch,
 }
 
 impl AttendScratch {
-    fn new(rows: usize, key_tile: usize) -> Self {
-        Self { scores: vec![0.0; rows * key_tile], max: vec![0.0; rows], sum: vec![0.0; rows], rescale: vec![0.0; rows] }
+    fn new(rows: usize, tiling: AttentionTiling) -> Self {
+        // The register kernels keep their own (smaller) score buffer.
+        let scores = if tiling.kernel == AttentionKernel::Blas { vec![0.0; rows * tiling.key_tile] } else { Vec::new() };
+        Self { scores, max: vec![0.0; rows], sum: vec![0.0; rows], rescale: vec![0.0; rows], kernel: tiling.kernel, registers: Default::default() }
     }
 }
 
@@ -596,7 +612,21 @@ struct KeyRange {
 /// stride, written by no one else meanwhile; the scratch was made for at least `rows` rows.
 #[allow(clippy::too_many_arguments)]
 unsafe fn attend_block(q: *const f32, q_stride: usize, rows: usize, k: *const f32, v: *const f32, d: usize, keys: KeyRange, scale: f32, out: *mut f32, out_stride: usize, key_tile: usize, scratch: &mut AttendScratch) {
-    let AttendScratch { scores, max, sum, rescale } = scratch;
+    let AttendScratch { scores, max, sum, rescale, kernel, registers } = scratch;
+    // The register kernels transpose each key tile, which pays off only over enough query rows
+    // (one decoding step has one per head).
+    if *kernel == AttentionKernel::Registers && rows >= crate::cpu_attention::MIN_ROWS {
+        let state = crate::cpu_attention::RowState { max, sum, rescale };
+        let keys = crate::cpu_attention::Keys { visible: keys.visible, causal_first_sees: keys.causal_first_sees };
+        // SAFETY: the caller's contract is the kernel's.
+        if unsafe { crate::cpu_attention::attend_block(crate::multiversion::simd_level(), q, q_stride, rows, k, v, d, keys, scale, out, out_stride, key_tile, state, registers) } {
+            return;
+        }
+    }
+    // Made lazily where the register kernels were meant to run.
+    if scores.len() < rows * key_tile {
+        scores.resize(rows * key_tile, 0.0);
+    }
     max[..rows].fill(f32::NEG_INFINITY);
     sum[..rows].fill(0.0);
     let mut start = 0;
@@ -646,7 +676,7 @@ fn for_each_query_block(batch_heads: usize, tq: usize, tiling: AttentionTiling, 
         crate::nn::check_cancelled()?;
         let last = (first + group).min(items);
         (first..last).into_par_iter().for_each_init(
-            || AttendScratch::new(block, tiling.key_tile),
+            || AttendScratch::new(block, tiling),
             |scratch, item| {
                 let (bh, qb) = (item / blocks, item % blocks);
                 let q0 = qb * block;
@@ -896,11 +926,13 @@ mod tests {
             let (q, k, v) = (random(heads * t * d, spread), random(heads * t * d, spread), random(heads * t * d, 1.0));
             let want = naive_attention(&q, &k, &v, heads, heads, t, t, d, 0.7, None);
             for (query_block, key_tile) in [(64, 1usize), (5, 7), (64, 64), (1, 300), (usize::MAX, usize::MAX)] {
-                let tile = AttentionTiling { query_block, key_tile };
+                for kernel in [AttentionKernel::Registers, AttentionKernel::Blas] {
+                let tile = AttentionTiling { query_block, key_tile, kernel };
                 let got = attention_tiled(&q, &k, &v, 1, heads, t, d, 0.7, tile).unwrap();
                 // got is [t, heads * d]; want [heads, t, d].
                 let diff = (0..heads * t * d).map(|i| (got[(i / d % t) * heads * d + i / (t * d) * d + i % d] - want[i]).abs()).fold(0f32, f32::max);
                 assert!(diff < 1e-4, "t {t} spread {spread} {tile:?}: {diff}");
+                }
             }
         }
     }
@@ -915,10 +947,12 @@ mod tests {
             let (q, k, v) = (random(heads * tq * d, 2.0), random(kv_heads * tk * d, 2.0), random(kv_heads * tk * d, 1.0));
             let want = naive_attention(&q, &k, &v, heads, kv_heads, tq, tk, d, 0.3, Some(offset));
             for (query_block, key_tile) in [(64, 1usize), (3, 5), (64, 64), (256, 7), (1, 1000)] {
-                let tile = AttentionTiling { query_block, key_tile };
+                for kernel in [AttentionKernel::Registers, AttentionKernel::Blas] {
+                let tile = AttentionTiling { query_block, key_tile, kernel };
                 let got = causal_attention_tiled(&q, &k, &v, 1, heads, kv_heads, tq, tk, d, offset, 0.3, tile).unwrap();
                 let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 assert!(diff < 1e-4, "tq {tq} offset {offset} {tile:?}: {diff}");
+                }
             }
         }
         // Mismatched buffers are an error, not a read out of bounds.

@@ -59,9 +59,11 @@ pub enum BenchCommand {
         seeks: usize,
     },
     /// The CPU attention kernels at Spatial-MLLM's sizes, for each query block and key tile of
-    /// the online softmax (key tile 0 = whole rows): VGGT's global attention (all frames' tokens, 16 heads
-    /// of 64) and frame attention (each frame alone), and the language model's causal prefill
-    /// (16 heads over 2 kv heads of 128); seconds and GFLOP/s, best of --repeats.
+    /// the online softmax (key tile 0 = whole rows), with the register micro-kernels and with
+    /// OpenBLAS products: VGGT's global attention (all frames' tokens, 16 heads of 64) and frame
+    /// attention (each frame alone), the vision tower's 64-token windows (16 heads of 80), and the
+    /// language model's causal prefill and one decoding step over 36 layers (16 heads over 2 kv
+    /// heads of 128); seconds and GFLOP/s, best of --repeats.
     Attention {
         #[arg(long, default_value_t = 16)]
         frames: usize,
@@ -264,15 +266,29 @@ fn bench_blas(sizes: &[usize], repeats: usize) -> Result<i32> {
 }
 
 fn bench_attention(frames: usize, tokens_per_frame: usize, prompt_tokens: usize, query_blocks: &[usize], key_tiles: &[usize], repeats: usize) -> Result<i32> {
-    use spatial_models::cpu::{AttentionTiling, attention_tiled, causal_attention_tiled};
+    use spatial_models::cpu::{AttentionKernel, AttentionTiling, attention_tiled, causal_attention_tiled};
     anyhow::ensure!(frames > 0 && tokens_per_frame > 0 && prompt_tokens > 0, "frames, tokens per frame and prompt tokens must be positive");
     anyhow::ensure!(!key_tiles.is_empty() && !query_blocks.is_empty(), "give at least one query block and key tile");
     anyhow::ensure!(!query_blocks.contains(&0), "a query block holds at least one query");
     // Key tile 0 stands for whole rows.
-    let tilings: Vec<AttentionTiling> = query_blocks.iter().flat_map(|&query_block| key_tiles.iter().map(move |&k| AttentionTiling { query_block, key_tile: if k == 0 { usize::MAX } else { k } })).collect();
+    // Each tiling with both kernels; whole rows only with OpenBLAS (the register kernels keep a
+    // tile's transposed keys, which for whole rows is the whole head).
+    let tilings: Vec<AttentionTiling> = query_blocks
+        .iter()
+        .flat_map(|&query_block| key_tiles.iter().map(move |&k| (query_block, k)))
+        .flat_map(|(query_block, k)| {
+            let key_tile = if k == 0 { usize::MAX } else { k };
+            let kernels: &[AttentionKernel] = if k == 0 { &[AttentionKernel::Blas] } else { &[AttentionKernel::Registers, AttentionKernel::Blas] };
+            kernels.iter().map(move |&kernel| AttentionTiling { query_block, key_tile, kernel })
+        })
+        .collect();
     let tiling_name = |t: &AttentionTiling| {
         let default = if *t == AttentionTiling::DEFAULT { " (default)" } else { "" };
-        if t.key_tile == usize::MAX { format!("{} x whole row{default}", t.query_block) } else { format!("{} x {}{default}", t.query_block, t.key_tile) }
+        let kernel = match t.kernel {
+            AttentionKernel::Registers => "register kernels",
+            AttentionKernel::Blas => "OpenBLAS",
+        };
+        if t.key_tile == usize::MAX { format!("{} x whole row, {kernel}{default}", t.query_block) } else { format!("{} x {}, {kernel}{default}", t.query_block, t.key_tile) }
     };
     // Values in [-0.5, 0.5): scores vary (as trained ones do) so every exp is really computed.
     let values = |n: usize| -> Result<Vec<f32>> { Ok(candle_core::Tensor::rand(-0.5f32, 0.5, n, &candle_core::Device::Cpu)?.to_vec1()?) };
@@ -302,6 +318,18 @@ fn bench_attention(frames: usize, tokens_per_frame: usize, prompt_tokens: usize,
             println!("| {name} | {batch}x{vggt_heads} heads x {t} tokens x {vggt_dim} | {} | {secs:.2} | {:.0} |", tiling_name(tiling), gflop / secs);
         }
     }
+    // The vision tower's window attention: windows of 8x8 patches (64 tokens), 16 heads of 80,
+    // as many windows as the frames' temporal slices hold (VGGT's tokens per frame less its 5
+    // camera and register tokens are the patches per frame).
+    let (vision_heads, vision_dim, window) = (16, 80, 64);
+    let windows = (frames / 2).max(1) * (tokens_per_frame.saturating_sub(5)).max(window) / window;
+    let n = windows * vision_heads * window * vision_dim;
+    let (q, k, v) = (values(n)?, values(n)?, values(n)?);
+    let gflop = 4.0 * (windows * vision_heads * vision_dim) as f64 * (window as f64).powi(2) / 1e9;
+    for tiling in &tilings {
+        let secs = time(&|| attention_tiled(&q, &k, &v, windows, vision_heads, window, vision_dim, 1.0 / (vision_dim as f32).sqrt(), *tiling))?;
+        println!("| vision windows | {windows}x{vision_heads} heads x {window} tokens x {vision_dim} | {} | {secs:.2} | {:.0} |", tiling_name(tiling), gflop / secs);
+    }
     let t = prompt_tokens;
     let q = values(lm_heads * t * lm_dim)?;
     let (k, v) = (values(lm_kv_heads * t * lm_dim)?, values(lm_kv_heads * t * lm_dim)?);
@@ -311,6 +339,20 @@ fn bench_attention(frames: usize, tokens_per_frame: usize, prompt_tokens: usize,
     for tiling in &tilings {
         let secs = time(&|| causal_attention_tiled(&q, &k, &v, 1, lm_heads, lm_kv_heads, t, t, lm_dim, 0, scale, *tiling))?;
         println!("| LM causal prefill | {lm_heads} heads / {lm_kv_heads} kv x {t} tokens x {lm_dim} | {} | {secs:.2} | {gflop_s:.0} |", tiling_name(tiling), gflop_s = gflop / secs);
+    }
+    // Decoding: one query per head against the whole cache, once per layer (36 in the 3B model).
+    let layers = 36;
+    let gflop = 4.0 * (layers * lm_heads * lm_dim) as f64 * t as f64 / 1e9;
+    let q = values(lm_heads * lm_dim)?;
+    for tiling in &tilings {
+        let secs = time(&|| {
+            let mut last = Vec::new();
+            for _ in 0..layers {
+                last = causal_attention_tiled(&q, &k, &v, 1, lm_heads, lm_kv_heads, 1, t, lm_dim, t - 1, scale, *tiling)?;
+            }
+            Ok(last)
+        })?;
+        println!("| LM decode step, {layers} layers | {lm_heads} heads / {lm_kv_heads} kv x 1 query x {t} keys x {lm_dim} | {} | {secs:.3} | {gflop_s:.0} |", tiling_name(tiling), gflop_s = gflop / secs);
     }
     Ok(0)
 }
