@@ -597,12 +597,7 @@ impl AttendScratch {
     }
 }
 
-/// The keys one block of queries attends to: 0..visible, and for a causal block the first
-/// query's own position + 1 (row r sees keys 0..first_sees + r; later ones are masked).
-struct KeyRange {
-    visible: usize,
-    causal_first_sees: Option<usize>,
-}
+use crate::cpu_attention::Keys;
 
 /// `rows` queries (row stride `q_stride`) against keys (and values) [0..keys.visible, d], key
 /// tile by key tile with an online softmax: out rows (stride `out_stride`) = softmax(scale q k^T) v.
@@ -611,13 +606,12 @@ struct KeyRange {
 /// q holds rows x d at its stride, k and v at least `keys.visible` rows of d, out rows x d at its
 /// stride, written by no one else meanwhile; the scratch was made for at least `rows` rows.
 #[allow(clippy::too_many_arguments)]
-unsafe fn attend_block(q: *const f32, q_stride: usize, rows: usize, k: *const f32, v: *const f32, d: usize, keys: KeyRange, scale: f32, out: *mut f32, out_stride: usize, key_tile: usize, scratch: &mut AttendScratch) {
+unsafe fn attend_block(q: *const f32, q_stride: usize, rows: usize, k: *const f32, v: *const f32, d: usize, keys: Keys, scale: f32, out: *mut f32, out_stride: usize, key_tile: usize, scratch: &mut AttendScratch) {
     let AttendScratch { scores, max, sum, rescale, kernel, registers } = scratch;
     // The register kernels transpose each key tile, which pays off only over enough query rows
     // (one decoding step has one per head).
     if *kernel == AttentionKernel::Registers && rows >= crate::cpu_attention::MIN_ROWS {
         let state = crate::cpu_attention::RowState { max, sum, rescale };
-        let keys = crate::cpu_attention::Keys { visible: keys.visible, causal_first_sees: keys.causal_first_sees };
         // SAFETY: the caller's contract is the kernel's.
         if unsafe { crate::cpu_attention::attend_block(crate::multiversion::simd_level(), q, q_stride, rows, k, v, d, keys, scale, out, out_stride, key_tile, state, registers) } {
             return;
@@ -709,7 +703,7 @@ pub fn attention_tiled(q: &[f32], k: &[f32], v: &[f32], b: usize, heads: usize, 
     for_each_query_block(b * heads, t, tiling, |scratch, bh, q0, len| {
         let (bi, h) = (bh / heads, bh % heads);
         let base = bh * t * d;
-        let keys = KeyRange { visible: t, causal_first_sees: None };
+        let keys = Keys { visible: t, causal_first_sees: None };
         // SAFETY: the block's queries, this head's keys and values, and rows q0.. of batch bi in
         // head h's columns of the output, which no other item writes.
         unsafe { attend_block(q.as_ptr().add(base + q0 * d), d, len, k.as_ptr().add(base), v.as_ptr().add(base), d, keys, scale, out_ptr.ptr().add((bi * t + q0) * c + h * d), c, tiling.key_tile, scratch) };
@@ -743,7 +737,7 @@ pub fn causal_attention_tiled(q: &[f32], k: &[f32], v: &[f32], b: usize, heads: 
         let kv = bh / heads * kv_heads + bh % heads / rep;
         let q_base = (bh * tq + q0) * d;
         // The block's last query sees keys 0..visible; earlier rows are masked.
-        let keys = KeyRange { visible: q_offset + q0 + len, causal_first_sees: Some(q_offset + q0 + 1) };
+        let keys = Keys { visible: q_offset + q0 + len, causal_first_sees: Some(q_offset + q0 + 1) };
         // SAFETY: the block's queries and output rows (its own), this kv head's keys and values.
         unsafe { attend_block(q.as_ptr().add(q_base), d, len, k.as_ptr().add(kv * tk * d), v.as_ptr().add(kv * tk * d), d, keys, scale, out_ptr.ptr().add(q_base), d, tiling.key_tile, scratch) };
     })?;

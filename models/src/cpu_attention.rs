@@ -27,8 +27,8 @@ pub(crate) struct RowState<'a> {
     pub rescale: &'a mut [f32],
 }
 
-/// Which keys one block of queries attends to: 0..visible, and for a causal block row r sees keys
-/// 0..causal_first_sees + r.
+/// The keys one block of queries attends to: 0..visible, and for a causal block the first
+/// query's own position + 1 (row r sees keys 0..causal_first_sees + r; later ones are masked).
 #[derive(Clone, Copy)]
 pub(crate) struct Keys {
     pub visible: usize,
@@ -55,8 +55,9 @@ pub(crate) fn supports(level: SimdLevel, d: usize) -> bool {
 /// where [`supports`] is false.
 ///
 /// # Safety
-/// `level` is at most what this CPU has; q holds rows x d at its stride; k and v at least `keys.visible` rows of d; out rows x d at its
-/// stride, written by no one else meanwhile; the state's slices hold at least `rows` rows.
+/// `level` is at most what this CPU has; q holds rows x d at its stride; k and v at least
+/// `keys.visible` rows of d; out rows x d at its stride, written by no one else meanwhile; the
+/// state's slices hold at least `rows` rows.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn attend_block(level: SimdLevel, q: *const f32, q_stride: usize, rows: usize, k: *const f32, v: *const f32, d: usize, keys: Keys, scale: f32, out: *mut f32, out_stride: usize, key_tile: usize, state: RowState, scratch: &mut KernelScratch) -> bool {
     if !supports(level, d) || key_tile == 0 {
@@ -81,7 +82,7 @@ pub(crate) unsafe fn attend_block(level: SimdLevel, q: *const f32, q_stride: usi
 /// AVX-512's 32 registers, 12 of AVX2's 16, leaving room for the loaded row and the broadcast).
 #[cfg(target_arch = "x86_64")]
 macro_rules! attention_kernels {
-    ($module:ident, $features:literal, $lanes:literal, $rows:literal, $vecs:literal, $vec:ty, $zero:ident, $set1:ident, $load:ident, $store:ident, $fmadd:ident, $mul:ident, $add:ident, $sub:ident, $max:ident, $exp2:path) => {
+    ($module:ident, $features:literal, $lanes:literal, $rows:literal, $vecs:literal, $zero:ident, $set1:ident, $load:ident, $store:ident, $fmadd:ident, $mul:ident, $add:ident, $sub:ident, $max:ident, $exp2:path) => {
         mod $module {
             use super::{KernelScratch, Keys, RowState};
             use std::arch::x86_64::*;
@@ -350,9 +351,9 @@ unsafe fn exp2_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
 }
 
 #[cfg(target_arch = "x86_64")]
-attention_kernels!(avx512, "avx512f,avx2,fma", 16, 6, 4, __m512, _mm512_setzero_ps, _mm512_set1_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_fmadd_ps, _mm512_mul_ps, _mm512_add_ps, _mm512_sub_ps, _mm512_max_ps, super::exp2_avx512);
+attention_kernels!(avx512, "avx512f,avx2,fma", 16, 6, 4, _mm512_setzero_ps, _mm512_set1_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_fmadd_ps, _mm512_mul_ps, _mm512_add_ps, _mm512_sub_ps, _mm512_max_ps, super::exp2_avx512);
 #[cfg(target_arch = "x86_64")]
-attention_kernels!(avx2, "avx2,fma", 8, 4, 3, __m256, _mm256_setzero_ps, _mm256_set1_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_fmadd_ps, _mm256_mul_ps, _mm256_add_ps, _mm256_sub_ps, _mm256_max_ps, super::exp2_avx2);
+attention_kernels!(avx2, "avx2,fma", 8, 4, 3, _mm256_setzero_ps, _mm256_set1_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_fmadd_ps, _mm256_mul_ps, _mm256_add_ps, _mm256_sub_ps, _mm256_max_ps, super::exp2_avx2);
 
 #[cfg(test)]
 mod tests {
