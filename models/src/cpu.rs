@@ -543,7 +543,7 @@ multiversion! {
     /// `sum * rescale + the tile's sum` and `rescale` gets `exp(old max - new max)`, by which the
     /// caller scales what it accumulated from earlier tiles. Before the first tile, `max` is
     /// -inf and `sum` 0.
-    pub(crate) fn softmax_tile(x: &mut [f32], cols: usize, max: &mut [f32], sum: &mut [f32], rescale: &mut [f32]) {
+    fn softmax_tile(x: &mut [f32], cols: usize, max: &mut [f32], sum: &mut [f32], rescale: &mut [f32]) {
         for (r, row) in x.chunks_exact_mut(cols).enumerate() {
             // Eight independent lanes (max and sum) so the loops vectorise without fast-math.
             let mut lanes = [f32::NEG_INFINITY; 8];
@@ -921,11 +921,11 @@ mod tests {
             let want = naive_attention(&q, &k, &v, heads, heads, t, t, d, 0.7, None);
             for (query_block, key_tile) in [(64, 1usize), (5, 7), (64, 64), (1, 300), (usize::MAX, usize::MAX)] {
                 for kernel in [AttentionKernel::Registers, AttentionKernel::Blas] {
-                let tile = AttentionTiling { query_block, key_tile, kernel };
-                let got = attention_tiled(&q, &k, &v, 1, heads, t, d, 0.7, tile).unwrap();
-                // got is [t, heads * d]; want [heads, t, d].
-                let diff = (0..heads * t * d).map(|i| (got[(i / d % t) * heads * d + i / (t * d) * d + i % d] - want[i]).abs()).fold(0f32, f32::max);
-                assert!(diff < 1e-4, "t {t} spread {spread} {tile:?}: {diff}");
+                    let tile = AttentionTiling { query_block, key_tile, kernel };
+                    let got = attention_tiled(&q, &k, &v, 1, heads, t, d, 0.7, tile).unwrap();
+                    // got is [t, heads * d]; want [heads, t, d].
+                    let diff = (0..heads * t * d).map(|i| (got[(i / d % t) * heads * d + i / (t * d) * d + i % d] - want[i]).abs()).fold(0f32, f32::max);
+                    assert!(diff < 1e-4, "t {t} spread {spread} {tile:?}: {diff}");
                 }
             }
         }
@@ -942,10 +942,10 @@ mod tests {
             let want = naive_attention(&q, &k, &v, heads, kv_heads, tq, tk, d, 0.3, Some(offset));
             for (query_block, key_tile) in [(64, 1usize), (3, 5), (64, 64), (256, 7), (1, 1000)] {
                 for kernel in [AttentionKernel::Registers, AttentionKernel::Blas] {
-                let tile = AttentionTiling { query_block, key_tile, kernel };
-                let got = causal_attention_tiled(&q, &k, &v, 1, heads, kv_heads, tq, tk, d, offset, 0.3, tile).unwrap();
-                let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-                assert!(diff < 1e-4, "tq {tq} offset {offset} {tile:?}: {diff}");
+                    let tile = AttentionTiling { query_block, key_tile, kernel };
+                    let got = causal_attention_tiled(&q, &k, &v, 1, heads, kv_heads, tq, tk, d, offset, 0.3, tile).unwrap();
+                    let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                    assert!(diff < 1e-4, "tq {tq} offset {offset} {tile:?}: {diff}");
                 }
             }
         }

@@ -9,8 +9,6 @@
 //! scores are in L1.
 
 use crate::multiversion::SimdLevel;
-#[cfg(doc)]
-use crate::multiversion::simd_level;
 
 /// Buffers of one work item: the tile's keys transposed ([d, keys rounded up to the vector
 /// width]) and one row group's scores.
@@ -51,7 +49,7 @@ pub(crate) fn supports(level: SimdLevel, d: usize) -> bool {
 
 /// `rows` queries (stride `q_stride`) against keys and values [0..keys.visible, d] (row stride d),
 /// in key tiles of `key_tile`: out rows (stride `out_stride`) = softmax(scale q k^T) v, normalised.
-/// `level` picks the instruction set (at most [`simd_level`]). Returns false (and does nothing)
+/// `level` picks the instruction set (at most [`crate::multiversion::simd_level`]). Returns false (and does nothing)
 /// where [`supports`] is false.
 ///
 /// # Safety
