@@ -335,9 +335,11 @@ impl Drop for SingleThreadedBlas {
     }
 }
 
-/// Row-major `C = op(A) op(B) + beta C` split over rayon's threads by rows of C (or by columns
-/// when C has too few rows), each piece one single-threaded OpenBLAS call (see
-/// [`SingleThreadedBlas`]).
+/// Row-major `C = op(A) op(B) + beta C` split over rayon's threads along C's longer side, each
+/// piece one single-threaded OpenBLAS call (see [`SingleThreadedBlas`]). Every piece packs all of
+/// the operand it shares, so sharing the smaller one packs least: split by rows, each thread
+/// re-packed (and read from memory) the whole of a weight wider than the token count, 11% of
+/// VGGT's cycles at 2 frames and the whole shifted image per convolution tap.
 ///
 /// # Safety
 /// As [`sgemm_raw`]: every element the leading dimensions address lies inside the buffers.
@@ -350,7 +352,7 @@ pub(crate) unsafe fn par_sgemm(ta: bool, tb: bool, m: usize, n: usize, k: usize,
         let pieces = threads.min(len.div_ceil(32)).max(1);
         (0..pieces).map(|i| (len * i / pieces, len * (i + 1) / pieces)).filter(|(s, e)| e > s).collect()
     };
-    if m >= n.min(32 * threads) {
+    if m >= n {
         split(m).into_par_iter().for_each(|(r0, r1)| {
             let a = a + f * if ta { r0 } else { r0 * lda };
             // SAFETY: rows r0..r1 of op(A) and C, inside the caller's buffers.
@@ -747,12 +749,38 @@ pub fn causal_attention_tiled(q: &[f32], k: &[f32], v: &[f32], b: usize, heads: 
 // ---------------------------------------------------------------------------------------------
 // Convolution.
 
-/// Stride-1 2D convolution with zero padding `pad` and a square kernel, as one matrix product
-/// per kernel tap on a padded copy of the input: each tap reads the padded image shifted by
-/// (dy, dx) as a [C_in, H_out x W_pad] matrix, so nothing is unfolded (no im2col buffer); the
-/// W_pad - W_out extra columns per row are computed and dropped.
-/// x: [n, c_in, h, w], weight: [c_out, c_in, k, k] -> [n, c_out, h_out, w_out].
-pub(crate) fn conv2d_stride1(x: &[f32], n: usize, c_in: usize, h: usize, w: usize, weight: &[f32], c_out: usize, k: usize, pad: usize, bias: Option<&[f32]>) -> Vec<f32> {
+/// How a stride-1 convolution is computed on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvAlgorithm {
+    /// 3x3 kernels by Winograd's F(4x4, 3x3) (a quarter of the multiply-adds), other kernels by
+    /// shifted products.
+    Winograd,
+    /// One matrix product per kernel tap (the direct convolution's arithmetic).
+    ShiftedProducts,
+}
+
+impl ConvAlgorithm {
+    pub const DEFAULT: Self = Self::Winograd;
+}
+
+/// Stride-1 2D convolution with zero padding `pad` and a square kernel `k`.
+/// x: [n, c_in, h, w], weight: [c_out, c_in, k, k] -> [n, c_out, h + 2 pad + 1 - k, w + 2 pad + 1 - k].
+pub fn conv2d_stride1(x: &[f32], n: usize, c_in: usize, h: usize, w: usize, weight: &[f32], c_out: usize, k: usize, pad: usize, bias: Option<&[f32]>, algorithm: ConvAlgorithm) -> Vec<f32> {
+    assert!(h + 2 * pad >= k && w + 2 * pad >= k && x.len() == n * c_in * h * w && weight.len() == c_out * c_in * k * k, "convolution shapes do not match");
+    if k == 3 && algorithm == ConvAlgorithm::Winograd {
+        return crate::cpu_winograd::conv3x3(x, n, c_in, h, w, weight, c_out, pad, bias);
+    }
+    conv2d_shifted_products(x, n, c_in, h, w, weight, c_out, k, pad, bias)
+}
+
+/// Stride-1 2D convolution as one matrix product per kernel tap on a padded copy of the input:
+/// each tap reads the padded image shifted by (dy, dx) as a [C_in, H_out x W_pad] matrix, so
+/// nothing is unfolded (no im2col buffer); the W_pad - W_out extra columns per row are computed
+/// and dropped.
+fn conv2d_shifted_products(x: &[f32], n: usize, c_in: usize, h: usize, w: usize, weight: &[f32], c_out: usize, k: usize, pad: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    if k == 1 && pad == 0 {
+        return conv1x1(x, n, c_in, h * w, weight, c_out, bias);
+    }
     let (hp, wp) = (h + 2 * pad, w + 2 * pad);
     let (ho, wo) = (hp + 1 - k, wp + 1 - k);
     // The last tap reads up to (k-1) elements past the last padded row: one spare row each.
@@ -793,6 +821,58 @@ pub(crate) fn conv2d_stride1(x: &[f32], n: usize, c_in: usize, h: usize, w: usiz
     out
 }
 
+/// 2D convolution with any stride (the DPT heads' stride-2 downsampling) as one product
+/// [c_out, c_in k k] x [c_in k k, h_out w_out] per image over the unfolded input.
+/// x: [n, c_in, h, w], weight: [c_out, c_in, k, k] -> [n, c_out, h_out, w_out] with
+/// h_out = (h + 2 pad - k) / stride + 1.
+pub(crate) fn conv2d_unfolded(x: &[f32], n: usize, c_in: usize, h: usize, w: usize, weight: &[f32], c_out: usize, k: usize, stride: usize, pad: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    assert!(stride > 0 && h + 2 * pad >= k && w + 2 * pad >= k, "convolution shapes do not match");
+    let (ho, wo) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
+    let pixels = ho * wo;
+    let mut columns = vec![0f32; c_in * k * k * pixels];
+    let _blas = SingleThreadedBlas::new();
+    let mut out = vec![0f32; n * c_out * pixels];
+    for img in 0..n {
+        let src = &x[img * c_in * h * w..(img + 1) * c_in * h * w];
+        // Row (ci, dy, dx) of the unfolded input: input pixel (y stride + dy - pad, x stride + dx - pad).
+        columns.par_chunks_mut(k * k * pixels).zip(src.par_chunks(h * w)).for_each(|(rows, plane)| {
+            for (tap, row) in rows.chunks_exact_mut(pixels).enumerate() {
+                let (dy, dx) = (tap / k, tap % k);
+                for oy in 0..ho {
+                    let y = (oy * stride + dy) as isize - pad as isize;
+                    for ox in 0..wo {
+                        let xx = (ox * stride + dx) as isize - pad as isize;
+                        row[oy * wo + ox] = if y >= 0 && xx >= 0 && (y as usize) < h && (xx as usize) < w { plane[y as usize * w + xx as usize] } else { 0.0 };
+                    }
+                }
+            }
+        });
+        let dst = &mut out[img * c_out * pixels..(img + 1) * c_out * pixels];
+        // SAFETY: weight [c_out, c_in k k], columns [c_in k k, pixels], this image's output [c_out, pixels].
+        unsafe { par_sgemm(false, false, c_out, pixels, c_in * k * k, weight.as_ptr(), c_in * k * k, columns.as_ptr(), pixels, 0.0, dst.as_mut_ptr(), pixels) };
+        if let Some(bias) = bias {
+            dst.par_chunks_mut(pixels).zip(bias).for_each(|(plane, b)| plane.iter_mut().for_each(|v| *v += b));
+        }
+    }
+    out
+}
+
+/// 1x1 convolution: one product [c_out, c_in] x [c_in, pixels] per image, straight into the
+/// output (no padded copy), plus the bias. x: [n, c_in, pixels], weight: [c_out, c_in].
+fn conv1x1(x: &[f32], n: usize, c_in: usize, pixels: usize, weight: &[f32], c_out: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    let _blas = SingleThreadedBlas::new();
+    let mut out = vec![0f32; n * c_out * pixels];
+    for img in 0..n {
+        let dst = &mut out[img * c_out * pixels..(img + 1) * c_out * pixels];
+        // SAFETY: weight [c_out, c_in], this image's input [c_in, pixels] and output [c_out, pixels].
+        unsafe { par_sgemm(false, false, c_out, pixels, c_in, weight.as_ptr(), c_in, x.as_ptr().add(img * c_in * pixels), pixels, 0.0, dst.as_mut_ptr(), pixels) };
+        if let Some(bias) = bias {
+            dst.par_chunks_mut(pixels).zip(bias).for_each(|(plane, b)| plane.iter_mut().for_each(|v| *v += b));
+        }
+    }
+    out
+}
+
 /// Transposed convolution whose stride equals its kernel (each input pixel paints its own k x k
 /// output patch, no overlap): one product [C_out k k, C_in] x [C_in, h w] per image, then a
 /// scatter. x: [n, c_in, h, w], weight: [c_in, c_out, k, k] -> [n, c_out, h k, w k].
@@ -823,8 +903,9 @@ pub(crate) fn conv_transpose_patch(x: &[f32], n: usize, c_in: usize, h: usize, w
 }
 
 /// Bilinear resize with `align_corners=True` (as `F.interpolate` in the DPT heads) of `planes`
-/// [h, w] planes to [ho, wo], in parallel over the planes.
-pub(crate) fn upsample_bilinear_align_corners(x: &[f32], planes: usize, h: usize, w: usize, ho: usize, wo: usize) -> Vec<f32> {
+/// [h, w] planes to [ho, wo], in parallel over the planes; `then(plane index, plane)` runs on
+/// each resized plane while it is still in cache.
+pub(crate) fn upsample_bilinear_align_corners(x: &[f32], planes: usize, h: usize, w: usize, ho: usize, wo: usize, then: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     // Source coordinate of each output index: index * (in - 1) / (out - 1), in f32 like PyTorch.
     let taps = |n_in: usize, n_out: usize| -> Vec<(usize, usize, f32)> {
         let scale = if n_out > 1 { (n_in - 1) as f32 / (n_out - 1) as f32 } else { 0.0 };
@@ -839,7 +920,7 @@ pub(crate) fn upsample_bilinear_align_corners(x: &[f32], planes: usize, h: usize
     };
     let (ty, tx) = (taps(h, ho), taps(w, wo));
     let mut out = vec![0f32; planes * ho * wo];
-    out.par_chunks_mut(ho * wo).zip(x.par_chunks(h * w)).for_each(|(o, p)| {
+    out.par_chunks_mut(ho * wo).zip(x.par_chunks(h * w)).enumerate().for_each(|(plane, (o, p))| {
         for (oy, &(y0, y1, fy)) in ty.iter().enumerate() {
             let (r0, r1) = (&p[y0 * w..(y0 + 1) * w], &p[y1 * w..(y1 + 1) * w]);
             let row = &mut o[oy * wo..(oy + 1) * wo];
@@ -849,6 +930,7 @@ pub(crate) fn upsample_bilinear_align_corners(x: &[f32], planes: usize, h: usize
                 *v = top + (bottom - top) * fy;
             }
         }
+        then(plane, o);
     });
     out
 }
@@ -960,7 +1042,7 @@ mod tests {
         for (h, w, ho, wo) in [(4usize, 5usize, 8usize, 10usize), (21, 37, 294, 518), (3, 3, 7, 5), (1, 4, 3, 9)] {
             let x = Tensor::randn(0f32, 1.0, (2, 3, h, w), &dev).unwrap();
             let want = x.upsample_bilinear2d(ho, wo, true).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let got = upsample_bilinear_align_corners(&x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), 6, h, w, ho, wo);
+            let got = upsample_bilinear_align_corners(&x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), 6, h, w, ho, wo, |_, _| {});
             let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(diff < 1e-4, "{h}x{w} -> {ho}x{wo}: {diff}");
         }
@@ -995,7 +1077,7 @@ mod tests {
     }
 
     #[test]
-    fn conv_by_shifted_products_equals_candle() {
+    fn convolutions_equal_candle() {
         let dev = candle_core::Device::Cpu;
         for (n, ci, co, h, w, k, pad) in [(2usize, 3usize, 5usize, 7usize, 9usize, 3usize, 1usize), (1, 4, 2, 5, 4, 1, 0), (1, 2, 3, 6, 6, 3, 0)] {
             let x = Tensor::randn(0f32, 1.0, (n, ci, h, w), &dev).unwrap();
@@ -1005,11 +1087,23 @@ mod tests {
             let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let ws = wt.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let bs = b.to_vec1::<f32>().unwrap();
-            let got = conv2d_stride1(&xs, n, ci, h, w, &ws, co, k, pad, Some(&bs));
+            let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for algorithm in [ConvAlgorithm::ShiftedProducts, ConvAlgorithm::Winograd] {
+                let got = conv2d_stride1(&xs, n, ci, h, w, &ws, co, k, pad, Some(&bs), algorithm);
+                assert_eq!(got.len(), want.len());
+                let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(diff < 1e-4, "{algorithm:?}: {diff}");
+            }
+            let got = conv2d_unfolded(&xs, n, ci, h, w, &ws, co, k, 1, pad, Some(&bs));
+            let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-4, "unfolded: {diff}");
+            // Stride 2 (odd and even sizes: the last row and column are partly padding).
+            let want = x.conv2d(&wt, pad, 2, 1, 1).unwrap().broadcast_add(&b.reshape((1, co, 1, 1)).unwrap()).unwrap();
+            let got = conv2d_unfolded(&xs, n, ci, h, w, &ws, co, k, 2, pad, Some(&bs));
             let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert_eq!(got.len(), want.len());
             let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(diff < 1e-4, "{diff}");
+            assert!(diff < 1e-4, "stride 2: {diff}");
         }
     }
 

@@ -79,6 +79,17 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         repeats: usize,
     },
+    /// The DPT heads' stride-1 convolutions at one image size (each head runs them per frame),
+    /// by Winograd tiles and by shifted products: seconds and GFLOP/s (direct-convolution
+    /// arithmetic), best of --repeats, and the largest difference between the two.
+    Conv {
+        #[arg(long, default_value_t = 294)]
+        height: usize,
+        #[arg(long, default_value_t = 518)]
+        width: usize,
+        #[arg(long, default_value_t = 2)]
+        repeats: usize,
+    },
     /// Single-precision matrix products at sizes where the hardware peak shows: OpenBLAS (the
     /// kernel its DYNAMIC_ARCH picked) next to the gemm crate candle uses without it; GFLOP/s.
     Blas {
@@ -203,6 +214,7 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
         }
         BenchCommand::Seek { video, seeks } => bench_seek(video, seeks),
         BenchCommand::Blas { sizes, repeats } => bench_blas(&sizes, repeats),
+        BenchCommand::Conv { height, width, repeats } => bench_conv(height, width, repeats),
         BenchCommand::Attention { frames, tokens_per_frame, prompt_tokens, query_blocks, key_tiles, repeats } => bench_attention(frames, tokens_per_frame, prompt_tokens, &query_blocks, &key_tiles, repeats),
         BenchCommand::Ask { frames, height, width, prompt_tokens, decode_tokens, device, dtype } => {
             super::bench_ask::bench_ask(&super::bench_ask::AskShape { frames, height, width, prompt_tokens, decode_tokens }, &device, &dtype)
@@ -262,6 +274,61 @@ fn bench_blas(sizes: &[usize], repeats: usize) -> Result<i32> {
         let gemm = best(&|| Ok(a.matmul(&b)?))?;
         println!("| {n} | {blas:.0} | {gemm:.0} |");
     }
+    Ok(0)
+}
+
+fn bench_conv(height: usize, width: usize, repeats: usize) -> Result<i32> {
+    use spatial_models::cpu::{ConvAlgorithm, conv2d_stride1};
+    const PATCH: usize = 14;
+    anyhow::ensure!(height >= PATCH && width >= PATCH, "the image must be at least one {PATCH}-pixel patch on each side");
+    let (gh, gw) = (height / PATCH, width / PATCH);
+    // VGGT-1B's DPT head: features 256, out_channels [256, 512, 1024, 1024]; the four scales are
+    // the patch grid x4, x2, x1 and /2 (stride-2, rounded up), fused upwards, then the output
+    // convolutions at twice the finest scale and at the image size.
+    let (f, oc) = (256usize, [256usize, 512, 1024, 1024]);
+    let scales = [(gh * 4, gw * 4), (gh * 2, gw * 2), (gh, gw), (gh.div_ceil(2), gw.div_ceil(2))];
+    let mut convs: Vec<(String, usize, usize, usize, usize, usize, usize)> = Vec::new();
+    for (i, &(h, w)) in scales.iter().enumerate() {
+        convs.push((format!("layer{}_rn", i + 1), 1, oc[i], f, h, w, 3));
+    }
+    for (i, &(h, w)) in scales.iter().enumerate().rev() {
+        let units = if i == 3 { 2 } else { 4 };
+        convs.push((format!("refinenet{} residual units", i + 1), units, f, f, h, w, 3));
+        let (oh, ow) = if i == 0 { (2 * h, 2 * w) } else { scales[i - 1] };
+        convs.push((format!("refinenet{} out_conv", i + 1), 1, f, f, oh, ow, 1));
+    }
+    convs.push(("output_conv1".into(), 1, f, f / 2, 8 * gh, 8 * gw, 3));
+    convs.push(("output_conv2".into(), 1, f / 2, 32, gh * PATCH, gw * PATCH, 3));
+    let values = |n: usize| -> Result<Vec<f32>> { Ok(candle_core::Tensor::rand(-1f32, 1.0, n, &candle_core::Device::Cpu)?.to_vec1()?) };
+    println!("DPT head convolutions at {}x{} (one frame, one head), best of {repeats}; CPU: {}", gw * PATCH, gh * PATCH, cpu_model());
+    println!("| convolution | count x C_in -> C_out | map | kernel | shifted products s | GFLOP/s | Winograd s | GFLOP/s | speedup | max difference / output scale |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let (mut total_direct, mut total_winograd) = (0.0, 0.0);
+    for (name, count, c_in, c_out, h, w, k) in convs {
+        let x = values(c_in * h * w)?;
+        let weight: Vec<f32> = values(c_out * c_in * k * k)?.iter().map(|v| v / (c_in * k * k) as f32).collect();
+        let bias = values(c_out)?;
+        let pad = k / 2;
+        let run = |algorithm: ConvAlgorithm| -> (f64, Vec<f32>) {
+            let mut best = f64::INFINITY;
+            let mut out = Vec::new();
+            for _ in 0..repeats.max(1) {
+                let t = std::time::Instant::now();
+                out = conv2d_stride1(&x, 1, c_in, h, w, &weight, c_out, k, pad, Some(&bias), algorithm);
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            (best * count as f64, out)
+        };
+        let (direct, want) = run(ConvAlgorithm::ShiftedProducts);
+        let (winograd, got) = run(ConvAlgorithm::Winograd);
+        let scale = (want.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / want.len() as f64).sqrt();
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max) / scale;
+        let gflop = 2.0 * (count * c_out * c_in * k * k * h * w) as f64 / 1e9;
+        total_direct += direct;
+        total_winograd += winograd;
+        println!("| {name} | {count} x {c_in} -> {c_out} | {w}x{h} | {k}x{k} | {direct:.3} | {:.0} | {winograd:.3} | {:.0} | {:.2}x | {worst:.1e} |", gflop / direct, gflop / winograd, direct / winograd);
+    }
+    println!("| all | | | | {total_direct:.3} | | {total_winograd:.3} | | {:.2}x | |", total_direct / total_winograd);
     Ok(0)
 }
 

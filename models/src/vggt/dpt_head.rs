@@ -22,8 +22,9 @@ fn conv(in_c: usize, out_c: usize, k: usize, stride: usize, padding: usize, bias
     Ok(Conv(Conv2d::new(weight, bias, Conv2dConfig { padding, stride, ..Default::default() })))
 }
 
-/// `nn.Conv2d`; stride-1 convolutions of f32 CPU maps go through [`crate::cpu::conv2d_stride1`]
-/// (OpenBLAS products, no unfolding), which is where the heads spend their time.
+/// `nn.Conv2d`; f32 CPU maps go through [`crate::cpu::conv2d_stride1`] (3x3 kernels by Winograd
+/// tiles, OpenBLAS products, no unfolding), which is where the heads spend their time, or, strided,
+/// through one product over the unfolded input.
 #[derive(Debug, Clone)]
 struct Conv(Conv2d);
 
@@ -31,16 +32,21 @@ impl Module for Conv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // A head takes seconds per frame at full size: let a cancel land between its convs.
         crate::nn::check_cancelled()?;
-        if self.0.config().stride == 1 && crate::cpu::is_cpu_f32(x) {
+        let config = self.0.config();
+        if config.dilation == 1 && config.groups == 1 && crate::cpu::is_cpu_f32(x) {
             let (n, c_in, h, w) = x.dims4()?;
             let (c_out, _, k, _) = self.0.weight().dims4()?;
-            let pad = self.0.config().padding;
+            let (pad, stride) = (config.padding, config.stride);
             let x = x.contiguous()?;
             let views = (crate::cpu::f32_view(&x), crate::cpu::f32_view(self.0.weight()), self.0.bias().map(crate::cpu::f32_view));
             if let (Some(xv), Some(wv), None | Some(Some(_))) = &views {
                 let bias = views.2.as_ref().and_then(|b| b.as_ref()).map(|b| b.slice());
-                let out = crate::cpu::conv2d_stride1(xv.slice(), n, c_in, h, w, wv.slice(), c_out, k, pad, bias);
-                let (ho, wo) = (h + 2 * pad + 1 - k, w + 2 * pad + 1 - k);
+                let out = if stride == 1 {
+                    crate::cpu::conv2d_stride1(xv.slice(), n, c_in, h, w, wv.slice(), c_out, k, pad, bias, crate::cpu::ConvAlgorithm::DEFAULT)
+                } else {
+                    crate::cpu::conv2d_unfolded(xv.slice(), n, c_in, h, w, wv.slice(), c_out, k, stride, pad, bias)
+                };
+                let (ho, wo) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
                 return Tensor::from_vec(out, (n, c_out, ho, wo), x.device());
             }
         }
@@ -91,8 +97,10 @@ impl FusionBlock {
         let out = self.res_conf_unit2.forward(&out)?;
         let (h, w) = out.dims4().map(|(_, _, h, w)| (h, w))?;
         let (th, tw) = size.unwrap_or((2 * h, 2 * w));
-        let out = upsample(&out, th, tw)?;
-        self.out_conv.forward(&out)
+        // Upstream resizes, then applies the 1x1 out_conv. Both are linear and the resize's
+        // weights per output pixel sum to one (so the bias passes through): convolving first
+        // gives the same map from a quarter of the pixels.
+        upsample(&self.out_conv.forward(&out)?, th, tw, None)
     }
 }
 
@@ -224,8 +232,7 @@ impl DptHead {
         let out = self.refinenets[1].forward(&out, Some(&rn[1]), Some(size(&rn[0])?))?;
         let out = self.refinenets[0].forward(&out, Some(&rn[0]), None)?;
         let out = self.output_conv1.forward(&out)?;
-        let out = upsample(&out, gh * self.patch_size, gw * self.patch_size)?;
-        let out = add_uv_embedding(&out, w, h)?;
+        let out = upsample(&out, gh * self.patch_size, gw * self.patch_size, Some((w, h)))?;
         let out = self.output_conv2b.forward(&self.output_conv2a.forward(&out)?.relu()?)?;
         let out = out.to_dtype(DType::F32)?.permute((0, 2, 3, 1))?; // [S, H, W, C]
         let channels = out.dim(D::Minus1)?;
@@ -240,17 +247,28 @@ impl DptHead {
 }
 
 /// `F.interpolate(x, (th, tw), mode="bilinear", align_corners=True)` of a [N, C, h, w] map
-/// (multithreaded on the CPU: candle's took 0.13 s per full-size head output).
-fn upsample(x: &Tensor, th: usize, tw: usize) -> Result<Tensor> {
+/// (multithreaded on the CPU: candle's took 0.13 s per full-size head output), then, given the
+/// image's (width, height), [`add_uv_embedding`] (on the CPU plane by plane as each is resized,
+/// rather than another pass over the full-size map).
+fn upsample(x: &Tensor, th: usize, tw: usize, uv_of_image: Option<(usize, usize)>) -> Result<Tensor> {
     if crate::cpu::is_cpu_f32(x) {
         let (n, c, h, w) = x.dims4()?;
         let x = x.contiguous()?;
         if let Some(v) = crate::cpu::f32_view(&x) {
-            let out = crate::cpu::upsample_bilinear_align_corners(v.slice(), n * c, h, w, th, tw);
+            let tables = uv_of_image.map(|(image_w, image_h)| UvTables::new(c, th, tw, image_w as f64 / image_h as f64));
+            let out = crate::cpu::upsample_bilinear_align_corners(v.slice(), n * c, h, w, th, tw, |plane, values| {
+                if let Some(tables) = &tables {
+                    tables.add_to_plane(plane % c, values);
+                }
+            });
             return Tensor::from_vec(out, (n, c, th, tw), x.device());
         }
     }
-    x.upsample_bilinear2d(th, tw, true)
+    let out = x.upsample_bilinear2d(th, tw, true)?;
+    match uv_of_image {
+        Some((image_w, image_h)) => add_uv_embedding(&out, image_w, image_h),
+        None => Ok(out),
+    }
 }
 
 /// Adds 0.1 x the sin-cos embedding of the normalised view-plane UV grid to a [N, C, h, w] map
