@@ -56,7 +56,10 @@ pub fn token_chunked_by(x: &Tensor, chunk: usize, f: impl Fn(&Tensor) -> Result<
         return f(x);
     }
     let flat = x.reshape((n, c))?;
-    let mut parts = Vec::with_capacity(n.div_ceil(chunk));
+    // Equal chunks (3,200 tokens in chunks of at most 2,048: two of 1,600, not 2,048 and 1,152).
+    let pieces = n.div_ceil(chunk);
+    let chunk = n.div_ceil(pieces);
+    let mut parts = Vec::with_capacity(pieces);
     let mut start = 0;
     while start < n {
         check_cancelled()?;
@@ -488,7 +491,16 @@ impl SwiGlu {
 
 impl Module for SwiGlu {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.down_proj.forward(&(self.gate_proj.forward(x)?.silu()? * self.up_proj.forward(x)?)?)
+        let (gate, up) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?);
+        let fused = match (crate::cpu::is_cpu_f32(&gate) && crate::cpu::is_cpu_f32(&up)).then(|| (crate::cpu::f32_view(&gate), crate::cpu::f32_view(&up))) {
+            Some((Some(g), Some(u))) => Some(crate::cpu::silu_mul(g.slice(), u.slice())),
+            _ => None,
+        };
+        let hidden = match fused {
+            Some(values) => Tensor::from_vec(values, gate.shape(), gate.device())?,
+            None => (gate.silu()? * up)?,
+        };
+        self.down_proj.forward(&hidden)
     }
 }
 
