@@ -772,8 +772,8 @@ pub fn causal_attention_tiled(q: &[f32], k: &[f32], v: &[f32], b: usize, heads: 
 /// How a stride-1 convolution is computed on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConvAlgorithm {
-    /// 3x3 kernels by Winograd's F(4x4, 3x3) (a quarter of the multiply-adds), other kernels by
-    /// shifted products.
+    /// 3x3 kernels by Winograd's F(4x4, 3x3) (a quarter of the multiply-adds) on maps of at
+    /// least [`WINOGRAD_MIN_PIXELS`] output pixels, everything else by shifted products.
     Winograd,
     /// One matrix product per kernel tap (the direct convolution's arithmetic).
     ShiftedProducts,
@@ -783,11 +783,17 @@ impl ConvAlgorithm {
     pub const DEFAULT: Self = Self::Winograd;
 }
 
+/// Output pixels below which a 3x3 convolution takes shifted products even under
+/// [`ConvAlgorithm::Winograd`]: a few dozen 4x4 tiles do not repay transforming every filter
+/// (`bench conv`: Winograd 0.5-0.8x at 16x16 and 19x11 maps, 1.2-1.6x at 37x21 and 32x32).
+pub const WINOGRAD_MIN_PIXELS: usize = 512;
+
 /// Stride-1 2D convolution with zero padding `pad` and a square kernel `k`.
 /// x: [n, c_in, h, w], weight: [c_out, c_in, k, k] -> [n, c_out, h + 2 pad + 1 - k, w + 2 pad + 1 - k].
 pub fn conv2d_stride1(x: &[f32], n: usize, c_in: usize, h: usize, w: usize, weight: &[f32], c_out: usize, k: usize, pad: usize, bias: Option<&[f32]>, algorithm: ConvAlgorithm) -> Vec<f32> {
     assert!(h + 2 * pad >= k && w + 2 * pad >= k && x.len() == n * c_in * h * w && weight.len() == c_out * c_in * k * k, "convolution shapes do not match");
-    if k == 3 && algorithm == ConvAlgorithm::Winograd {
+    let out_pixels = (h + 2 * pad + 1 - k) * (w + 2 * pad + 1 - k);
+    if k == 3 && algorithm == ConvAlgorithm::Winograd && out_pixels >= WINOGRAD_MIN_PIXELS {
         return crate::cpu_winograd::conv3x3(x, n, c_in, h, w, weight, c_out, pad, bias);
     }
     conv2d_shifted_products(x, n, c_in, h, w, weight, c_out, k, pad, bias)
@@ -1112,7 +1118,8 @@ mod tests {
     #[test]
     fn convolutions_equal_candle() {
         let dev = candle_core::Device::Cpu;
-        for (n, ci, co, h, w, k, pad) in [(2usize, 3usize, 5usize, 7usize, 9usize, 3usize, 1usize), (1, 4, 2, 5, 4, 1, 0), (1, 2, 3, 6, 6, 3, 0)] {
+        // The last case is large enough for Winograd tiles (the others take shifted products).
+        for (n, ci, co, h, w, k, pad) in [(2usize, 3usize, 5usize, 7usize, 9usize, 3usize, 1usize), (1, 4, 2, 5, 4, 1, 0), (1, 2, 3, 6, 6, 3, 0), (2, 5, 3, 23, 30, 3, 1)] {
             let x = Tensor::randn(0f32, 1.0, (n, ci, h, w), &dev).unwrap();
             let wt = Tensor::randn(0f32, 1.0, (co, ci, k, k), &dev).unwrap();
             let b = Tensor::randn(0f32, 1.0, co, &dev).unwrap();

@@ -80,7 +80,7 @@ pub enum BenchCommand {
         repeats: usize,
     },
     /// The DPT heads' stride-1 convolutions at one image size (each head runs them per frame),
-    /// by Winograd tiles and by shifted products: seconds and GFLOP/s (direct-convolution
+    /// by the default (Winograd tiles) and by shifted products: seconds and GFLOP/s (direct-convolution
     /// arithmetic), best of --repeats, and the largest difference between the two.
     Conv {
         #[arg(long, default_value_t = 294)]
@@ -301,7 +301,8 @@ fn bench_conv(height: usize, width: usize, repeats: usize) -> Result<i32> {
     convs.push(("output_conv2".into(), 1, f / 2, 32, gh * PATCH, gw * PATCH, 3));
     let values = |n: usize| -> Result<Vec<f32>> { Ok(candle_core::Tensor::rand(-1f32, 1.0, n, &candle_core::Device::Cpu)?.to_vec1()?) };
     println!("DPT head convolutions at {}x{} (one frame, one head), best of {repeats}; CPU: {}", gw * PATCH, gh * PATCH, cpu_model());
-    println!("| convolution | count x C_in -> C_out | map | kernel | shifted products s | GFLOP/s | Winograd s | GFLOP/s | speedup | max difference / output scale |");
+    println!("(the default, Winograd tiles, takes shifted products for maps under {} output pixels)", spatial_models::cpu::WINOGRAD_MIN_PIXELS);
+    println!("| convolution | count x C_in -> C_out | map | kernel | shifted products s | GFLOP/s | default s | GFLOP/s | speedup | max difference / output scale |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let (mut total_direct, mut total_winograd) = (0.0, 0.0);
     for (name, count, c_in, c_out, h, w, k) in convs {
