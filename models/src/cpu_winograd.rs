@@ -6,10 +6,10 @@
 //! 85% of their arithmetic.
 //!
 //! Accuracy: the transforms are exact in f32 up to rounding (small integer and power-of-two
-//! coefficients, plus the filter's sixths and twenty-fourths), but the
-//! products' rounding errors pass through them: the worst output is off by up to 5e-5 of the
-//! output's typical magnitude at 300 input channels (the direct convolution: about 1e-6), which
-//! the tests bound and the heads' parity tolerance (1e-3) leaves far behind.
+//! coefficients, plus the filter's sixths and twenty-fourths), but the products' rounding errors
+//! pass through them: the worst output is off by up to 5e-5 of the output's typical magnitude at
+//! 300 input channels (the direct convolution: about 1e-6), which the tests bound and the heads'
+//! parity tolerance (1e-3) leaves far behind.
 
 use crate::blas::sgemm_raw;
 use crate::cpu::{SharedMut, SingleThreadedBlas};
