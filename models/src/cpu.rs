@@ -873,30 +873,32 @@ pub(crate) fn conv2d_unfolded(x: &[f32], n: usize, c_in: usize, h: usize, w: usi
                 }
             }
         });
-        let dst = &mut out[img * c_out * pixels..(img + 1) * c_out * pixels];
-        // SAFETY: weight [c_out, c_in k k], columns [c_in k k, pixels], this image's output [c_out, pixels].
-        unsafe { par_sgemm(false, false, c_out, pixels, c_in * k * k, weight.as_ptr(), c_in * k * k, columns.as_ptr(), pixels, 0.0, dst.as_mut_ptr(), pixels) };
-        if let Some(bias) = bias {
-            dst.par_chunks_mut(pixels).zip(bias).for_each(|(plane, b)| plane.iter_mut().for_each(|v| *v += b));
-        }
+        weights_times_planes(weight, &columns, pixels, bias, &mut out[img * c_out * pixels..(img + 1) * c_out * pixels]);
     }
     out
 }
 
-/// 1x1 convolution: one product [c_out, c_in] x [c_in, pixels] per image, straight into the
-/// output (no padded copy), plus the bias. x: [n, c_in, pixels], weight: [c_out, c_in].
+/// 1x1 convolution: one product per image straight into the output (no padded copy).
+/// x: [n, c_in, pixels], weight: [c_out, c_in].
 fn conv1x1(x: &[f32], n: usize, c_in: usize, pixels: usize, weight: &[f32], c_out: usize, bias: Option<&[f32]>) -> Vec<f32> {
     let _blas = SingleThreadedBlas::new();
     let mut out = vec![0f32; n * c_out * pixels];
     for img in 0..n {
-        let dst = &mut out[img * c_out * pixels..(img + 1) * c_out * pixels];
-        // SAFETY: weight [c_out, c_in], this image's input [c_in, pixels] and output [c_out, pixels].
-        unsafe { par_sgemm(false, false, c_out, pixels, c_in, weight.as_ptr(), c_in, x.as_ptr().add(img * c_in * pixels), pixels, 0.0, dst.as_mut_ptr(), pixels) };
-        if let Some(bias) = bias {
-            dst.par_chunks_mut(pixels).zip(bias).for_each(|(plane, b)| plane.iter_mut().for_each(|v| *v += b));
-        }
+        weights_times_planes(weight, &x[img * c_in * pixels..(img + 1) * c_in * pixels], pixels, bias, &mut out[img * c_out * pixels..(img + 1) * c_out * pixels]);
     }
     out
+}
+
+/// `out = weight x planes (+ bias per output plane)`: weight [c_out, depth], planes [depth,
+/// pixels], out [c_out, pixels], with c_out and depth read off the lengths.
+fn weights_times_planes(weight: &[f32], planes: &[f32], pixels: usize, bias: Option<&[f32]>, out: &mut [f32]) {
+    let (c_out, depth) = (out.len() / pixels, planes.len() / pixels);
+    assert!(c_out * pixels == out.len() && depth * pixels == planes.len() && weight.len() == c_out * depth, "product shapes do not match");
+    // SAFETY: the three buffers hold exactly [c_out, depth], [depth, pixels] and [c_out, pixels].
+    unsafe { par_sgemm(false, false, c_out, pixels, depth, weight.as_ptr(), depth, planes.as_ptr(), pixels, 0.0, out.as_mut_ptr(), pixels) };
+    if let Some(bias) = bias {
+        out.par_chunks_mut(pixels).zip(bias).for_each(|(plane, b)| plane.iter_mut().for_each(|v| *v += b));
+    }
 }
 
 /// Transposed convolution whose stride equals its kernel (each input pixel paints its own k x k
