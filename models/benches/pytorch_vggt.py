@@ -3,7 +3,7 @@ here) in PyTorch on the same shapes, constant weights, f32, CPU.
 
     PYTHONPATH=/path/to/vggt-checkout python models/benches/pytorch_vggt.py --frames 2 --height 224 --width 224
 
-Prints one table row: seconds and peak RSS.
+Prints one table row: seconds (the median of --repeats) and peak RSS.
 """
 import argparse
 import resource
@@ -22,6 +22,7 @@ def main():
     ap.add_argument("--frames", type=int, default=2)
     ap.add_argument("--height", type=int, default=224)
     ap.add_argument("--width", type=int, default=224)
+    ap.add_argument("--repeats", type=int, default=1, help="timed runs (median), after a warm-up when more than one, as `bench vggt --repeats`")
     a = ap.parse_args()
     t0 = time.time()
     model = VGGT(enable_track=False)
@@ -32,11 +33,16 @@ def main():
     init = time.time() - t0
     rss_after_load = peak_rss_mib()
     images = torch.full((a.frames, 3, a.height, a.width), 0.5)
+    times = []
     with torch.inference_mode():
-        t = time.time()
-        out = model(images)
-        float(out["depth"].sum())
-        secs = time.time() - t
+        if a.repeats > 1:
+            model(images)  # warm-up (allocator, oneDNN primitives)
+        for _ in range(max(a.repeats, 1)):
+            t = time.time()
+            out = model(images)
+            float(out["depth"].sum())
+            times.append(time.time() - t)
+    secs = sorted(times)[len(times) // 2]
     print(f"| PyTorch {torch.__version__} | {a.frames} | {a.width}x{a.height} | {secs:.2f} | {rss_after_load:.0f} | {peak_rss_mib():.0f} | {init:.1f} |")
 
 

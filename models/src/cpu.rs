@@ -424,9 +424,9 @@ pub(crate) fn block_forward(x: &[f32], b: usize, t: usize, w: &BlockWeights, rop
     let scale = 1.0 / (d as f32).sqrt();
     let _blas = SingleThreadedBlas::new();
     // q, k, v in [b, heads, t, d], normed, rotated (and q scaled) on the way in.
-    let mut q = vec![0f32; n * c];
-    let mut k = vec![0f32; n * c];
-    let mut v = vec![0f32; n * c];
+    let mut q = CacheAligned::zeroed(n * c);
+    let mut k = CacheAligned::zeroed(n * c);
+    let mut v = CacheAligned::zeroed(n * c);
     let (qp, kp, vp) = (SharedMut(q.as_mut_ptr()), SharedMut(k.as_mut_ptr()), SharedMut(v.as_mut_ptr()));
     let mut start = 0;
     while start < n {
@@ -502,6 +502,38 @@ pub(crate) fn block_forward(x: &[f32], b: usize, t: usize, w: &BlockWeights, rop
         start += len;
     }
     Ok(out)
+}
+
+/// A zeroed f32 buffer that starts on a cache line (64 bytes), so vector loads of its rows never
+/// straddle two lines: glibc's large allocations begin 16 bytes into a page, which put every
+/// 64-float row of an attention head's values across a line boundary.
+pub(crate) struct CacheAligned {
+    buf: Vec<f32>,
+    start: usize,
+    len: usize,
+}
+
+impl CacheAligned {
+    const SPARE: usize = 64 / std::mem::size_of::<f32>() - 1;
+
+    pub(crate) fn zeroed(len: usize) -> Self {
+        let buf = vec![0f32; len + Self::SPARE];
+        let start = buf.as_ptr().align_offset(64).min(Self::SPARE);
+        Self { buf, start, len }
+    }
+}
+
+impl std::ops::Deref for CacheAligned {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+impl std::ops::DerefMut for CacheAligned {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
 }
 
 /// Runs `f` over matching row blocks of `a` (mutable) and `b`, both with rows of `c`.
@@ -966,6 +998,20 @@ pub(crate) fn upsample_bilinear_align_corners(x: &[f32], planes: usize, h: usize
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The attention's q/k/v buffers start a cache line, hold exactly what was asked, zeroed, and
+    /// keep what is written through them.
+    #[test]
+    fn cache_aligned_buffers_start_a_line() {
+        for len in [0usize, 1, 15, 16, 17, 1000, 1 << 20] {
+            let mut buf = CacheAligned::zeroed(len);
+            assert_eq!(buf.len(), len);
+            assert_eq!(buf.as_ptr() as usize % 64, 0, "length {len}");
+            assert!(buf.iter().all(|&x| x == 0.0));
+            buf.iter_mut().enumerate().for_each(|(i, x)| *x = i as f32);
+            assert!(buf.iter().enumerate().all(|(i, &x)| x == i as f32));
+        }
+    }
 
     #[test]
     fn half_precision_weights_give_the_f32_product_of_their_values() {
