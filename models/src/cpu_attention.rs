@@ -317,9 +317,11 @@ macro_rules! attention_kernels {
 }
 
 /// f32s per cache line.
+#[cfg(target_arch = "x86_64")]
 const LINE: usize = 64 / std::mem::size_of::<f32>();
 
 /// Where in `buf` (which holds LINE spare elements) the first cache line begins.
+#[cfg(target_arch = "x86_64")]
 fn line_offset(buf: &[f32]) -> usize {
     buf.as_ptr().align_offset(64).min(LINE - 1)
 }
