@@ -513,12 +513,18 @@ pub(crate) struct CacheAligned {
     len: usize,
 }
 
-impl CacheAligned {
-    const SPARE: usize = 64 / std::mem::size_of::<f32>() - 1;
+/// f32s per cache line (64 bytes).
+pub(crate) const CACHE_LINE_F32S: usize = 64 / std::mem::size_of::<f32>();
 
+/// Where in `buf` (which holds CACHE_LINE_F32S - 1 spare elements) the first cache line begins.
+pub(crate) fn cache_line_offset(buf: &[f32]) -> usize {
+    buf.as_ptr().align_offset(64).min(CACHE_LINE_F32S - 1)
+}
+
+impl CacheAligned {
     pub(crate) fn zeroed(len: usize) -> Self {
-        let buf = vec![0f32; len + Self::SPARE];
-        let start = buf.as_ptr().align_offset(64).min(Self::SPARE);
+        let buf = vec![0f32; len + CACHE_LINE_F32S - 1];
+        let start = cache_line_offset(&buf);
         Self { buf, start, len }
     }
 }

@@ -84,7 +84,8 @@ pub(crate) unsafe fn attend_block(level: SimdLevel, q: *const f32, q_stride: usi
 macro_rules! attention_kernels {
     ($module:ident, $features:literal, $lanes:literal, $rows:literal, $vecs:literal, $zero:ident, $set1:ident, $load:ident, $store:ident, $fmadd:ident, $mul:ident, $add:ident, $sub:ident, $max:ident, $exp2:path) => {
         mod $module {
-            use super::{KernelScratch, Keys, LINE, RowState, line_offset};
+            use super::{KernelScratch, Keys, RowState};
+            use crate::cpu::{CACHE_LINE_F32S as LINE, cache_line_offset};
             use std::arch::x86_64::*;
 
             const LANES: usize = $lanes;
@@ -267,7 +268,7 @@ macro_rules! attention_kernels {
                 let kt_stride = |width: usize| width + LINE;
                 scratch.keys_t.resize(d * kt_stride(tile_width) + LINE, 0.0);
                 scratch.scores.resize(ROWS * tile_width + LINE, 0.0);
-                let (kt_off, s_off) = (line_offset(&scratch.keys_t), line_offset(&scratch.scores));
+                let (kt_off, s_off) = (cache_line_offset(&scratch.keys_t), cache_line_offset(&scratch.scores));
                 // Scores in log2 units, so the softmax takes powers of two.
                 let scale = scale * std::f32::consts::LOG2_E;
                 let mut start = 0;
@@ -314,16 +315,6 @@ macro_rules! attention_kernels {
             }
         }
     };
-}
-
-/// f32s per cache line.
-#[cfg(target_arch = "x86_64")]
-const LINE: usize = 64 / std::mem::size_of::<f32>();
-
-/// Where in `buf` (which holds LINE spare elements) the first cache line begins.
-#[cfg(target_arch = "x86_64")]
-fn line_offset(buf: &[f32]) -> usize {
-    buf.as_ptr().align_offset(64).min(LINE - 1)
 }
 
 /// kt[i * stride + j] = k[j * d + i] for keys j < n and i < d (a multiple of 8): 8x8 blocks
