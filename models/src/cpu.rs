@@ -234,6 +234,29 @@ const HALF_WEIGHT_DOT_ROWS: usize = 8;
 /// 476x644: 29.5-31 s vs 25.2 s at 16 MiB; 64 MiB blocks, read back from memory, slowed the
 /// language model's 1,024-token prefill from 37 to 41-43 s; AMD EPYC Zen 4, 32 MiB L3).
 const HALF_WEIGHT_BLOCK_BYTES: usize = 16 << 20;
+/// The depth (k) a widened block keeps when a weight must also be split along k: OpenBLAS already
+/// makes one pass over the output per 256-384 of depth, so blocks this deep add no pass of their
+/// own, while each block as wide as it can be re-packs the activations fewer times. Full-depth
+/// blocks of 16 MiB were 256 rows of the connector's 16,384-wide weight: the connector's
+/// 51 MB of activations packed 64 times, 24% slower than f32 weights.
+const HALF_WEIGHT_BLOCK_DEPTH: usize = 1024;
+
+/// The widened block (output rows of the weight, depth) for an [n, k] weight within `block_bytes`
+/// of f32: the whole width where a [`HALF_WEIGHT_BLOCK_DEPTH`]-deep slice of it fits (the
+/// activations are then packed once), else that depth and as many rows as fit. Both sides are
+/// split evenly, so no block is a sliver that costs a pass of its own.
+fn half_weight_block(n: usize, k: usize, block_bytes: usize) -> (usize, usize) {
+    let floats = (block_bytes / 4).max(16 * 16);
+    if n * k <= floats {
+        return (n, k);
+    }
+    let even = |len: usize, most: usize| len.div_ceil(len.div_ceil(most.max(1)));
+    if n * k.min(HALF_WEIGHT_BLOCK_DEPTH) <= floats {
+        return (n, even(k, floats / n));
+    }
+    let depth = even(k, HALF_WEIGHT_BLOCK_DEPTH);
+    (even(n, (floats / depth).max(16)), depth)
+}
 
 multiversion! {
     /// `out[r] = x[r] · w` for the `rows` rows of `x` ([rows, k]) and one bf16 weight row `w` [k],
@@ -260,8 +283,8 @@ multiversion! {
 
 /// `x[rows, k] · w[n, k]^T` for f32 `x` and bf16 or f16 weights `w` on the CPU (the checkpoint's
 /// precision kept in memory, half the bytes): up to [`HALF_WEIGHT_DOT_ROWS`] rows read each weight
-/// once, widening in registers (bf16); more rows widen [`HALF_WEIGHT_BLOCK_BYTES`] of weight rows
-/// at a time for the sgemm. Widening is exact, so the result is the f32 product of the same values. None
+/// once, widening in registers (bf16); more rows widen [`HALF_WEIGHT_BLOCK_BYTES`] of weights at
+/// a time for the sgemm, in blocks shaped by [`half_weight_block`]. Widening is exact, so the result is the f32 product of the same values. None
 /// when `w` is not a half-precision CPU tensor.
 pub(crate) fn linear_half_weights(x: &[f32], k: usize, w: &Tensor) -> Result<Option<Vec<f32>>> {
     linear_half_weights_in_blocks(x, k, w, HALF_WEIGHT_BLOCK_BYTES)
@@ -298,25 +321,31 @@ fn linear_half_weights_in_blocks(x: &[f32], k: usize, w: &Tensor, block_bytes: u
         return Ok(Some(y));
     }
     let _single = SingleThreadedBlas::new();
-    let block_rows = (block_bytes / (4 * k.max(1))).max(16);
-    let mut block = vec![0f32; block_rows.min(n) * k];
-    for j0 in (0..n).step_by(block_rows) {
-        crate::nn::check_cancelled()?;
-        let nb = block_rows.min(n - j0);
-        let piece = &mut block[..nb * k];
-        let range = start + j0 * k..start + (j0 + nb) * k;
-        match w.dtype() {
-            DType::BF16 => {
-                let src = &cpu.as_slice::<half::bf16>()?[range];
-                piece.par_chunks_mut(k).zip(src.par_chunks(k)).for_each(|(o, s)| o.iter_mut().zip(s).for_each(|(o, s)| *o = f32::from_bits((s.to_bits() as u32) << 16)));
+    let (block_n, block_k) = half_weight_block(n, k, block_bytes);
+    let mut block = vec![0f32; block_n * block_k];
+    for j0 in (0..n).step_by(block_n) {
+        let nb = block_n.min(n - j0);
+        for k0 in (0..k).step_by(block_k) {
+            crate::nn::check_cancelled()?;
+            let kb = block_k.min(k - k0);
+            let piece = &mut block[..nb * kb];
+            // Weight row j0 + r, columns k0..k0 + kb.
+            let src_row = |r: usize| start + (j0 + r) * k + k0..start + (j0 + r) * k + k0 + kb;
+            match w.dtype() {
+                DType::BF16 => {
+                    let src = cpu.as_slice::<half::bf16>()?;
+                    piece.par_chunks_mut(kb).enumerate().for_each(|(r, o)| o.iter_mut().zip(&src[src_row(r)]).for_each(|(o, s)| *o = f32::from_bits((s.to_bits() as u32) << 16)));
+                }
+                _ => {
+                    let src = cpu.as_slice::<half::f16>()?;
+                    piece.par_chunks_mut(kb).enumerate().for_each(|(r, o)| o.iter_mut().zip(&src[src_row(r)]).for_each(|(o, s)| *o = s.to_f32()));
+                }
             }
-            _ => {
-                let src = &cpu.as_slice::<half::f16>()?[range];
-                piece.par_chunks_mut(k).zip(src.par_chunks(k)).for_each(|(o, s)| o.iter_mut().zip(s).for_each(|(o, s)| *o = s.to_f32()));
-            }
+            // The first slice of the depth writes the output, the others add to it.
+            let beta = if k0 == 0 { 0.0 } else { 1.0 };
+            // SAFETY: columns k0..k0+kb of x ([rows, k]); the block is [nb, kb]; columns j0..j0+nb of y ([rows, n]).
+            unsafe { par_sgemm(false, true, rows, nb, kb, x.as_ptr().add(k0), k, piece.as_ptr(), kb, beta, y.as_mut_ptr().add(j0), n) };
         }
-        // SAFETY: x is [rows, k]; the block is [nb, k]; columns j0..j0+nb of y ([rows, n]).
-        unsafe { par_sgemm(false, true, rows, nb, k, x.as_ptr(), k, piece.as_ptr(), k, 0.0, y.as_mut_ptr().add(j0), n) };
     }
     Ok(Some(y))
 }
@@ -1024,8 +1053,10 @@ mod tests {
         use candle_core::DType;
         let dev = candle_core::Device::Cpu;
         // Rows on both sides of the one-row path's limit; k and n not multiples of the 64 lanes;
-        // widening blocks that split n unevenly (100 KB: 256 rows of k = 96, 16 rows of k = 2053).
-        for (rows, k, n, block_bytes) in [(1usize, 70usize, 257usize, HALF_WEIGHT_BLOCK_BYTES), (3, 2053, 600, 100_000), (8, 64, 1, 100_000), (9, 130, 513, HALF_WEIGHT_BLOCK_BYTES), (9, 130, 513, 100_000), (300, 96, 700, 100_000), (300, 96, 700, HALF_WEIGHT_BLOCK_BYTES)] {
+        // widening blocks that split n (100 KB: 700 rows of k = 96 in three), k alone (20 rows of
+        // k = 3000 in three slices of the depth, added up with beta = 1) and both (600 rows of
+        // k = 2053: three slices of depth 685 by 17 blocks of rows).
+        for (rows, k, n, block_bytes) in [(1usize, 70usize, 257usize, HALF_WEIGHT_BLOCK_BYTES), (3, 2053, 600, 100_000), (20, 2053, 600, 100_000), (8, 64, 1, 100_000), (9, 130, 513, HALF_WEIGHT_BLOCK_BYTES), (9, 130, 513, 100_000), (300, 96, 700, 100_000), (300, 96, 700, HALF_WEIGHT_BLOCK_BYTES), (17, 3000, 20, 100_000)] {
             let x = Tensor::randn(0f32, 1.0, (rows, k), &dev).unwrap();
             for dtype in [DType::BF16, DType::F16] {
                 let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap().to_dtype(dtype).unwrap();
@@ -1041,6 +1072,32 @@ mod tests {
         // f32 weights are not this path's.
         let w = Tensor::zeros((4, 8), DType::F32, &dev).unwrap();
         assert!(linear_half_weights(&[0.0; 8], 8, &w).unwrap().is_none());
+    }
+
+    #[test]
+    fn half_weight_blocks_fit_and_pack_the_activations_few_times() {
+        let floats = HALF_WEIGHT_BLOCK_BYTES / 4;
+        // (n, k) of Spatial-MLLM's half-precision products: the connector's two layers, the
+        // language model's up and down projections, the vision tower's MLP, a small one, and
+        // shapes off every power of two.
+        for (n, k) in [(16384, 16384), (2048, 16384), (11008, 2048), (2048, 11008), (3420, 1280), (1280, 3420), (256, 2048), (1, 5_000_000), (12345, 6789), (3, 7)] {
+            let (bn, bk) = half_weight_block(n, k, HALF_WEIGHT_BLOCK_BYTES);
+            assert!(bn >= 1 && bn <= n && bk >= 1 && bk <= k, "{n}x{k}: {bn}x{bk}");
+            assert!(bn * bk <= floats.max(n.min(16) * k.min(HALF_WEIGHT_BLOCK_DEPTH)), "{n}x{k}: {bn}x{bk} past the budget");
+            // Deep enough that slicing the depth adds no pass over the output of its own.
+            assert!(bk >= k.min(HALF_WEIGHT_BLOCK_DEPTH) / 2, "{n}x{k}: depth {bk}");
+            // Even splits: the last block is not a sliver.
+            let (last_n, last_k) = (n - (n.div_ceil(bn) - 1) * bn, k - (k.div_ceil(bk) - 1) * bk);
+            assert!(last_n * 2 >= bn.min(n) || n.div_ceil(bn) == 1, "{n}x{k}: last rows {last_n} of {bn}");
+            assert!(last_k * 2 >= bk || k.div_ceil(bk) == 1, "{n}x{k}: last depth {last_k} of {bk}");
+        }
+        // The connector's [16384, 16384] weight: 4 blocks of rows, so its activations are packed
+        // 4 times (full-depth 16 MiB blocks were 256 rows: 64 times); its [2048, 16384] second
+        // layer and the language model's down projection keep the whole width (packed once).
+        assert_eq!(half_weight_block(16384, 16384, HALF_WEIGHT_BLOCK_BYTES), (4096, 1024));
+        assert_eq!(half_weight_block(2048, 16384, HALF_WEIGHT_BLOCK_BYTES), (2048, 2048));
+        assert_eq!(half_weight_block(2048, 11008, HALF_WEIGHT_BLOCK_BYTES).0, 2048);
+        assert_eq!(half_weight_block(256, 2048, HALF_WEIGHT_BLOCK_BYTES), (256, 2048));
     }
 
     /// softmax(scale q k^T + mask) v in f64, one query at a time: the reference for the tiled
