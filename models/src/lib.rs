@@ -16,6 +16,7 @@ pub mod checkpoint;
 /// The CPU's fused f32 kernels; public for the benchmarks that compare their settings.
 pub mod cpu;
 mod cpu_attention;
+pub mod cpu_peak;
 mod cpu_winograd;
 /// Fused attention on CUDA (a kernel of this crate's, `attention.cu`).
 pub mod cuda_attention;

@@ -274,6 +274,9 @@ fn bench_blas(sizes: &[usize], repeats: usize) -> Result<i32> {
         let gemm = best(&|| Ok(a.matmul(&b)?))?;
         println!("| {n} | {blas:.0} | {gemm:.0} |");
     }
+    if let Some(fma) = spatial_models::cpu_peak::fma_peak_gflops() {
+        println!("FMA peak ({} independent chains of fused multiply-adds on every core, {}): {fma:.0} GFLOP/s", spatial_models::cpu_peak::CHAINS, spatial_models::multiversion::simd_level().name());
+    }
     Ok(0)
 }
 

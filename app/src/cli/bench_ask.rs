@@ -209,7 +209,8 @@ pub fn bench_ask(shape: &AskShape, device: &str, dtype: &str) -> Result<i32> {
         shape.frames, shape.width, shape.height, grid.t, grid.h, grid.w, video_tokens, ids.len(), generated
     );
     if let Some(p) = peak {
-        println!("CPU: {}; BLAS: {}; SIMD: {}; sgemm peak (OpenBLAS, 4096): {p:.0} GFLOP/s", cpu_model(), spatial_models::blas::backend(), spatial_models::multiversion::simd_level().name());
+        let fma = spatial_models::cpu_peak::fma_peak_gflops().map_or(String::new(), |f| format!(" ({:.0}% of the FMA peak, {f:.0} GFLOP/s)", 100.0 * p / f));
+        println!("CPU: {}; BLAS: {}; SIMD: {}; sgemm peak (OpenBLAS, 4096): {p:.0} GFLOP/s{fma}", cpu_model(), spatial_models::blas::backend(), spatial_models::multiversion::simd_level().name());
     }
     println!("| stage | seconds | GFLOP | GFLOP/s | of sgemm peak | peak RSS MiB | peak GPU MiB |");
     println!("|---|---|---|---|---|---|---|");
