@@ -284,8 +284,8 @@ multiversion! {
 /// `x[rows, k] · w[n, k]^T` for f32 `x` and bf16 or f16 weights `w` on the CPU (the checkpoint's
 /// precision kept in memory, half the bytes): up to [`HALF_WEIGHT_DOT_ROWS`] rows read each weight
 /// once, widening in registers (bf16); more rows widen [`HALF_WEIGHT_BLOCK_BYTES`] of weights at
-/// a time for the sgemm, in blocks shaped by [`half_weight_block`]. Widening is exact, so the result is the f32 product of the same values. None
-/// when `w` is not a half-precision CPU tensor.
+/// a time for the sgemm, in blocks shaped by [`half_weight_block`]. Widening is exact, so the
+/// result is the f32 product of the same values. None when `w` is not a half-precision CPU tensor.
 pub(crate) fn linear_half_weights(x: &[f32], k: usize, w: &Tensor) -> Result<Option<Vec<f32>>> {
     linear_half_weights_in_blocks(x, k, w, HALF_WEIGHT_BLOCK_BYTES)
 }

@@ -1,7 +1,7 @@
 //! The CPU's single-precision arithmetic peak, measured: every core running independent fused
 //! multiply-adds at the widest vector width the kernels use. Benchmarks print it next to
 //! OpenBLAS's sgemm peak, so a stage's GFLOP/s shows its distance to the hardware as well as to
-//! the BLAS (OpenBLAS's Zen kernels reach about 80% of it at 4096 on a Zen 3).
+//! the BLAS (OpenBLAS's Zen kernels reach 63-82% of it at 4096 on a Zen 3).
 
 use crate::multiversion::{SimdLevel, simd_level};
 use rayon::prelude::*;
