@@ -96,7 +96,11 @@ impl<R: Send + 'static, E: Send + 'static> ServiceThread<R, E> {
                         c.0.clone()
                     };
                     let ctx = Ctx { cancel: &cancel, events: &ev_tx };
-                    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(&mut state, req, &ctx))) {
+                    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(&mut state, req, &ctx)));
+                    // The heap keeps a model's freed buffers for reuse while it runs (see
+                    // spatial_models::tune_allocator); between requests they go back.
+                    spatial_models::release_freed_memory();
+                    if let Err(p) = served {
                         if ev_tx.send(on_panic(panic_message(p))).is_err() {
                             break;
                         }
