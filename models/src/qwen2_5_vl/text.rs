@@ -3,7 +3,7 @@
 //! embeddings, and a KV cache for generation.
 
 use super::config::Qwen25VlConfig;
-use crate::nn::{RmsNorm, SwiGlu, causal_attention, linear, linear_no_bias};
+use crate::nn::{RmsNorm, SwiGlu, causal_attention, linear_no_bias};
 use candle_core::{D, DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -36,41 +36,32 @@ impl MropePositions {
     }
 }
 
-/// cos/sin tables [L, head_dim] for M-RoPE: frequency slot i (of head_dim/2) takes the position
-/// of the axis whose `mrope_section` contains i; the half is duplicated for rotate-half.
+/// cos/sin tables [L, head_dim / 2] for M-RoPE: frequency slot i takes the position of the axis
+/// whose `mrope_section` contains i (rotate-half applies each slot to dims i and i + head_dim / 2).
 fn mrope_tables(pos: &MropePositions, head_dim: usize, theta: f64, sections: &[usize], device: &Device) -> Result<(Tensor, Tensor)> {
     let half = head_dim / 2;
     let inv_freq: Vec<f64> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64)).collect();
     let axis_of: Vec<usize> = sections.iter().enumerate().flat_map(|(a, &n)| std::iter::repeat_n(a, n)).collect();
     let axes = [&pos.t, &pos.h, &pos.w];
     let l = pos.len();
-    let mut cos = Vec::with_capacity(l * head_dim);
-    let mut sin = Vec::with_capacity(l * head_dim);
+    let mut cos = Vec::with_capacity(l * half);
+    let mut sin = Vec::with_capacity(l * half);
     for j in 0..l {
         // Upstream computes the angles in f32 (inv_freq f32 times the position as f32).
-        let angles: Vec<f32> = (0..half).map(|i| (inv_freq[i] as f32) * (axes[axis_of[i]][j] as f32)).collect();
-        for _ in 0..2 {
-            cos.extend(angles.iter().map(|a| a.cos()));
-            sin.extend(angles.iter().map(|a| a.sin()));
+        let angles = (0..half).map(|i| (inv_freq[i] as f32) * (axes[axis_of[i]][j] as f32));
+        for a in angles {
+            cos.push(a.cos());
+            sin.push(a.sin());
         }
     }
-    Ok((Tensor::from_vec(cos, (l, head_dim), device)?, Tensor::from_vec(sin, (l, head_dim), device)?))
-}
-
-fn rotate_half(x: &Tensor) -> Result<Tensor> {
-    let half = x.dim(D::Minus1)? / 2;
-    Tensor::cat(&[&x.narrow(D::Minus1, half, half)?.neg()?, &x.narrow(D::Minus1, 0, half)?], D::Minus1)
-}
-
-fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    x.broadcast_mul(cos)?.add(&rotate_half(x)?.broadcast_mul(sin)?)
+    Ok((Tensor::from_vec(cos, (l, half), device)?, Tensor::from_vec(sin, (l, half), device)?))
 }
 
 #[derive(Debug, Clone)]
 struct Attention {
-    q_proj: crate::nn::Linear,
-    k_proj: crate::nn::Linear,
-    v_proj: crate::nn::Linear,
+    /// q_proj, k_proj and v_proj as one product (their weights and biases stacked at load): a
+    /// decoding step on a GPU is bound by how many kernels it launches, not by their arithmetic.
+    qkv_proj: crate::nn::Linear,
     o_proj: crate::nn::Linear,
     num_heads: usize,
     num_kv_heads: usize,
@@ -82,10 +73,11 @@ impl Attention {
     fn new(cfg: &Qwen25VlConfig, vb: VarBuilder) -> Result<Self> {
         let (c, hd) = (cfg.hidden_size, cfg.head_dim());
         let kv = cfg.num_key_value_heads * hd;
+        let (q, k, v) = (vb.pp("q_proj"), vb.pp("k_proj"), vb.pp("v_proj"));
+        let weight = Tensor::cat(&[q.get((cfg.num_attention_heads * hd, c), "weight")?, k.get((kv, c), "weight")?, v.get((kv, c), "weight")?], 0)?;
+        let bias = Tensor::cat(&[q.get(cfg.num_attention_heads * hd, "bias")?, k.get(kv, "bias")?, v.get(kv, "bias")?], 0)?;
         Ok(Self {
-            q_proj: linear(c, cfg.num_attention_heads * hd, vb.pp("q_proj"))?,
-            k_proj: linear(c, kv, vb.pp("k_proj"))?,
-            v_proj: linear(c, kv, vb.pp("v_proj"))?,
+            qkv_proj: crate::nn::Linear::new(weight, Some(bias)),
             o_proj: linear_no_bias(cfg.num_attention_heads * hd, c, vb.pp("o_proj"))?,
             num_heads: cfg.num_attention_heads,
             num_kv_heads: cfg.num_key_value_heads,
@@ -94,16 +86,19 @@ impl Attention {
         })
     }
 
-    /// x: [1, L, C]; cos/sin: [L, head_dim]; the new tokens follow the cached ones.
+    /// x: [1, L, C]; cos/sin: [L, head_dim / 2] in x's dtype; the new tokens follow the cached ones.
     fn forward(&mut self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
         let shape = |t: Tensor, heads: usize| t.reshape((b, l, heads, self.head_dim))?.transpose(1, 2);
-        let q = shape(self.q_proj.forward(x)?, self.num_heads)?;
-        let k = shape(self.k_proj.forward(x)?, self.num_kv_heads)?;
-        let v = shape(self.v_proj.forward(x)?, self.num_kv_heads)?.contiguous()?;
-        let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
-        let q = apply_rotary(&q.contiguous()?, &cos, &sin)?;
-        let k = apply_rotary(&k.contiguous()?, &cos, &sin)?;
+        let qkv = self.qkv_proj.forward(x)?;
+        let (q_width, kv_width) = (self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim);
+        let q = shape(qkv.narrow(D::Minus1, 0, q_width)?, self.num_heads)?;
+        let k = shape(qkv.narrow(D::Minus1, q_width, kv_width)?, self.num_kv_heads)?;
+        let v = shape(qkv.narrow(D::Minus1, q_width + kv_width, kv_width)?, self.num_kv_heads)?.contiguous()?;
+        // One fused kernel per tensor: `x * cos + rotate_half(x) * sin` in x's dtype, as upstream
+        // (a decoding step is bound by how many kernels it launches on a GPU).
+        let q = candle_nn::rotary_emb::rope(&q.contiguous()?, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&k.contiguous()?, cos, sin)?;
         let (k, v) = match &self.cache {
             Some((ck, cv)) => (Tensor::cat(&[ck, &k], 2)?, Tensor::cat(&[cv, &v], 2)?),
             None => (k, v),
@@ -221,6 +216,7 @@ impl TextModel {
             candle_core::bail!("{l} embeddings but {} positions", positions.len());
         }
         let (cos, sin) = mrope_tables(positions, self.cfg.head_dim(), self.cfg.rope_theta, &self.cfg.rope_scaling.mrope_section, embeds.device())?;
+        let (cos, sin) = (cos.to_dtype(self.dtype())?, sin.to_dtype(self.dtype())?);
         let mut x = embeds.to_dtype(self.dtype())?.unsqueeze(0)?;
         for layer in &mut self.layers {
             x = layer.forward(&x, &cos, &sin)?;

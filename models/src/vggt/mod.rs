@@ -131,7 +131,10 @@ impl Vggt {
             _ => candle_core::bail!("this VGGT was loaded without its heads (aggregator only)"),
         };
         let clock = std::time::Instant::now();
+        // A GPU runs ahead of the host: each stage's time waits for its work to finish.
+        let device = images.device().clone();
         let lap = |since: &mut f64| {
+            let _ = device.synchronize();
             let now = clock.elapsed().as_secs_f64();
             let d = now - *since;
             *since = now;
