@@ -91,7 +91,7 @@ say "packing"
 # there has the fixtures and scripts; the CUDA libraries are the machine's own). The four binaries
 # share most of their bytes (candle, the kernels' PTX), so xz gets a window over all of them: 23 MB
 # instead of 40 MB as two default archives, so it fits beside the 40 MB repository in one device
-# call (64 MiB). It takes about 3.5 minutes on 2 cores.
+# call (64 MiB). It takes about 4 minutes on 2 cores.
 pack=$repo/target-cuda
 rm -rf "$pack/bin" && mkdir -p "$pack/bin"
 cp "$CARGO_TARGET_DIR/release/spatial-viewer" "$pack/bin/"

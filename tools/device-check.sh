@@ -28,9 +28,7 @@ dir=$(mktemp -d)
 # Each row's own log (the two files above are what a caller keeps).
 rows=$dir/rows
 mkdir -p "$rows"
-for a in "$pack"/*.tar.xz; do
-    [ -f "$a" ] && tar xJf "$a" -C "$dir"
-done
+[ -f "$pack/binaries.tar.xz" ] && tar xJf "$pack/binaries.tar.xz" -C "$dir"
 bin=$dir/bin
 [ -d "$bin" ] || { echo "no binaries in $pack (make them with tools/build-cuda.sh)" >&2; exit 1; }
 # The CUDA libraries of the machine's own PyTorch (cuBLAS, cuRAND, NVRTC, the runtime).
