@@ -173,6 +173,29 @@ multiversion! {
 }
 
 multiversion! {
+    /// `y += bias` over rows of `bias.len()`.
+    fn add_bias_rows(y: &mut [f32], bias: &[f32]) {
+        for row in y.chunks_exact_mut(bias.len()) {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
+        }
+    }
+}
+
+/// `y = y + bias`, or `y = gelu(y + bias)` with `gelu`, over rows of `bias.len()`, in place and in
+/// parallel: a product's output gets its bias (and activation) without another buffer of its size.
+pub(crate) fn add_bias_in_place(y: &mut [f32], bias: &[f32], gelu: bool) {
+    assert!(!bias.is_empty() && y.len() % bias.len() == 0, "add_bias_in_place: {} values are not rows of {}", y.len(), bias.len());
+    let per = rows_per_task(y.len() / bias.len(), bias.len()) * bias.len();
+    if gelu {
+        y.par_chunks_mut(per).for_each(|rows| bias_gelu(rows, bias));
+    } else {
+        y.par_chunks_mut(per).for_each(|rows| add_bias_rows(rows, bias));
+    }
+}
+
+multiversion! {
     /// `x += gamma * (y + bias)` over rows of `gamma.len()` (a LayerScale'd residual branch).
     fn residual_scaled(x: &mut [f32], y: &[f32], bias: &[f32], gamma: &[f32]) {
         let c = gamma.len();

@@ -117,7 +117,7 @@ impl Module for PatchMerger {
     /// [N, C] -> [N / merge^2, out_hidden]
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = self.ln_q.forward(x)?.reshape(((), self.merged_dim))?;
-        self.fc2.forward(&self.fc1.forward(&x)?.gelu_erf()?)
+        self.fc2.forward(&self.fc1.forward_gelu(&x)?)
     }
 }
 

@@ -39,9 +39,11 @@ impl Connector {
 
     /// [N, merged_dim] -> [N, language_dim]
     pub fn project(&self, merged: &Tensor) -> Result<Tensor> {
-        let x = self.ln_q.forward(merged)?;
         let w = self.fc1.weight();
-        self.fc2.forward(&self.fc1.forward(&x.to_dtype(crate::nn::stream_dtype(w.dtype(), w.device()))?)?.gelu_erf()?)
+        let x = self.ln_q.forward(merged)?.to_dtype(crate::nn::stream_dtype(w.dtype(), w.device()))?;
+        let hidden = self.fc1.forward_gelu(&x)?;
+        drop(x); // [N, merged_dim]: 205 MB at 16 frames
+        self.fc2.forward(&hidden)
     }
 }
 

@@ -196,6 +196,8 @@ impl SpatialMllm {
         let reader = std::sync::Arc::new(crate::checkpoint::CheckpointReader::open(&dir.safetensors)?);
         let model = Self::new(&cfg, vggt.as_ref(), layout, reader.var_builder(dtype, device))?;
         reader.verify_unchanged()?;
+        // Each tensor was read into a buffer and copied (and q/k/v stacked): return those pages.
+        crate::release_freed_memory();
         Ok(model)
     }
 
@@ -232,6 +234,10 @@ impl SpatialMllm {
         let video_embeds = self.visual.forward(&video.pixel_values, &[video.grid])?;
         let (connector_input, fused_embeds) = match (&self.spatial, use_spatial) {
             (Some(branch), true) => {
+                // The heap keeps a stage's freed buffers (see `tune_allocator`); handing them back
+                // between stages makes the question's peak the largest stage's need rather than
+                // the sum of what the stages left behind in buffers of other sizes.
+                crate::release_freed_memory();
                 // Announced before the DINO patch embed, which precedes the first block's progress.
                 if !events(AskEvent::Stage("VGGT spatial encoder", 0, branch.vggt_config.depth)) {
                     return Ok(None);
@@ -244,6 +250,9 @@ impl SpatialMllm {
                 let layer = &out.layers[&branch.layer];
                 let v = &self.config.vision_config;
                 let merged = merge_spatial_tokens(layer, out.patch_start_idx, out.grid.0, out.grid.1, v.spatial_merge_size, v.temporal_patch_size)?;
+                // The aggregator's layer (as large as `merged`) is not needed past the merge.
+                drop(out);
+                crate::release_freed_memory();
                 if !events(AskEvent::Stage("connector", 0, 1)) {
                     return Ok(None);
                 }
@@ -297,6 +306,7 @@ impl SpatialMllm {
         let limit = self.config.max_position_embeddings as i64;
         ensure!(positions.max() + (params.max_new_tokens as i64) < limit, "the prompt reaches position {} and {} new tokens would pass the model's context of {limit} positions; use fewer frames or a shorter question", positions.max(), params.max_new_tokens);
         self.text.clear_cache();
+        crate::release_freed_memory(); // what the encoders freed (see `encode_video`)
         events(AskEvent::Stage("prefill", 0, input_ids.len()));
         let start = Instant::now();
         let embeds = self.prompt_embeds(input_ids, video_tokens)?;

@@ -101,6 +101,8 @@ impl Vggt {
         };
         let model = Self::new(cfg, vb, heads_vb)?;
         reader.verify_unchanged().map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
+        // Each tensor was read into a buffer and copied (or converted): return those pages.
+        crate::release_freed_memory();
         Ok(model)
     }
 
