@@ -546,8 +546,7 @@ pub(crate) fn block_forward(x: &[f32], b: usize, t: usize, w: &BlockWeights, rop
         let normed = layer_norm(&out[range.clone()], w.norm2.0, w.norm2.1, w.norm2.2);
         let mut h = linear_nobias(&normed, c, w.fc1.0);
         drop(normed);
-        let per = rows_per_task(len, hidden) * hidden;
-        h.par_chunks_mut(per).for_each(|rows| bias_gelu(rows, w.fc1.1));
+        add_bias_in_place(&mut h, w.fc1.1, true);
         let y = linear_nobias(&h, hidden, w.fc2.0);
         drop(h);
         par_rows2(&mut out[range], &y, c, |o, y| residual_scaled(o, y, w.fc2.1, w.gamma2));
