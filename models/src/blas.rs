@@ -83,6 +83,64 @@ pub(crate) fn set_threads(n: i32) {
     }
 }
 
+/// Another library's `cblas_sgemm` (BLIS, say), loaded only to compare its kernels with
+/// OpenBLAS's on one core (`bench blas`); the models' products always go through OpenBLAS or the
+/// gemm crate.
+pub struct ComparedSgemm {
+    sgemm: Sgemm,
+    /// The library as it was named.
+    pub name: String,
+    _lib: libloading::Library,
+}
+
+impl ComparedSgemm {
+    /// Loads `name` (a path or a shared-library name); None when it does not load or has no
+    /// `cblas_sgemm`. A BLIS built with threads is asked for one.
+    pub fn load(name: &str) -> Option<Self> {
+        // SAFETY: loading a BLAS runs its initialisers, which only set up its own state.
+        let lib = unsafe { libloading::Library::new(name) }.ok()?;
+        // SAFETY: `cblas_sgemm` has the CBLAS signature in every CBLAS; BLIS's thread setter takes
+        // a plain integer.
+        unsafe {
+            let sgemm = *lib.get::<Sgemm>(b"cblas_sgemm\0").ok()?;
+            if let Ok(set_threads) = lib.get::<SetThreads>(b"bli_thread_set_num_threads\0") {
+                set_threads(1);
+            }
+            Some(Self { sgemm, name: name.to_string(), _lib: lib })
+        }
+    }
+}
+
+/// How many pieces the fused kernels split a product into (one per thread of rayon's pool).
+pub fn product_pieces() -> usize {
+    rayon::current_num_threads().max(1)
+}
+
+/// The library [`sgemm_one_core`] runs.
+#[derive(Clone, Copy)]
+pub enum OneCoreSgemm<'a> {
+    OpenBlas,
+    Other(&'a ComparedSgemm),
+}
+
+/// Row-major `c[m, n] = a[m, k] · b[n, k]^T` (a linear layer's product) on the calling thread
+/// alone, as each core computes its piece of the models' products: for comparing libraries'
+/// kernels at the models' shapes. False when OpenBLAS was asked for and is not loaded.
+pub fn sgemm_one_core(library: OneCoreSgemm, m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) -> bool {
+    assert!(a.len() >= m * k && b.len() >= n * k && c.len() >= m * n, "sgemm_one_core: buffers smaller than [{m}, {k}] x [{n}, {k}] -> [{m}, {n}]");
+    let sgemm = match library {
+        OneCoreSgemm::OpenBlas => match openblas() {
+            Some(o) => o.sgemm,
+            None => return false,
+        },
+        OneCoreSgemm::Other(other) => other.sgemm,
+    };
+    let _single = crate::cpu::SingleThreadedBlas::new();
+    // SAFETY: the sizes were checked above; row-major operands with their natural leading dims.
+    unsafe { sgemm(ROW_MAJOR, NO_TRANS, TRANS, m as i32, n as i32, k as i32, 1.0, a.as_ptr(), k as i32, b.as_ptr(), k as i32, 0.0, c.as_mut_ptr(), n as i32) };
+    true
+}
+
 /// How BLAS can read the last two dims of a layout: (transposed, leading dimension), plus the
 /// stride between consecutive matrices of the (flattened) batch dims.
 fn matrix_view(dims: &[usize], stride: &[usize]) -> Option<(bool, usize, usize)> {
@@ -196,6 +254,31 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use candle_core::{Device, IndexOp};
+
+    /// The one-core product `bench blas` compares libraries with is a linear layer's `a · bᵀ`:
+    /// through OpenBLAS, and through BLIS where the machine has it (a missing BLIS is skipped).
+    #[test]
+    fn one_core_products_are_a_times_b_transposed() {
+        let (m, n, k) = (37, 21, 50);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0).collect();
+        let b: Vec<f32> = (0..n * k).map(|i| ((i * 104_729) % 19) as f32 / 9.0 - 1.0).collect();
+        let want: Vec<f32> = (0..m * n).map(|i| (0..k).map(|p| a[i / n * k + p] * b[i % n * k + p]).sum()).collect();
+        let blis = ComparedSgemm::load("libblis.so.4");
+        let mut libraries = vec![(OneCoreSgemm::OpenBlas, "OpenBLAS")];
+        if let Some(lib) = &blis {
+            libraries.push((OneCoreSgemm::Other(lib), "BLIS"));
+        }
+        for (library, name) in libraries {
+            let mut c = vec![f32::NAN; m * n];
+            if !sgemm_one_core(library, m, n, k, &a, &b, &mut c) {
+                assert!(openblas().is_none(), "{name}: not run although loaded");
+                continue;
+            }
+            let worst = c.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-4, "{name}: {worst}");
+        }
+        assert!(ComparedSgemm::load("/nonexistent/libblas-that-is-not-there.so").is_none());
+    }
 
     #[test]
     fn agrees_with_candle_for_every_layout() {

@@ -92,11 +92,15 @@ pub enum BenchCommand {
     },
     /// Single-precision matrix products at sizes where the hardware peak shows: OpenBLAS (the
     /// kernel its DYNAMIC_ARCH picked) next to the gemm crate candle uses without it; GFLOP/s.
+    /// Then one core's piece of the models' own products, OpenBLAS next to another BLAS (--other).
     Blas {
         #[arg(long, value_delimiter = ',', default_values_t = [1024usize, 2048, 4096])]
         sizes: Vec<usize>,
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+        /// Another BLAS to compare on one core (a path or library name; Debian's BLIS by default)
+        #[arg(long, default_value = "libblis.so.4")]
+        other: String,
     },
     /// One whole Spatial-MLLM question with constant weights (16 frames of 476x644 from a
     /// synthetic clip: the vision tower, the VGGT aggregator, the connector, a prompt of about
@@ -217,7 +221,7 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
             Ok(0)
         }
         BenchCommand::Seek { video, seeks } => bench_seek(video, seeks),
-        BenchCommand::Blas { sizes, repeats } => bench_blas(&sizes, repeats),
+        BenchCommand::Blas { sizes, repeats, other } => bench_blas(&sizes, repeats, &other),
         BenchCommand::Conv { height, width, repeats } => bench_conv(height, width, repeats),
         BenchCommand::Attention { frames, tokens_per_frame, prompt_tokens, query_blocks, key_tiles, repeats } => bench_attention(frames, tokens_per_frame, prompt_tokens, &query_blocks, &key_tiles, repeats),
         BenchCommand::Ask { frames, height, width, prompt_tokens, decode_tokens, device, dtype } => {
@@ -254,7 +258,7 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
     }
 }
 
-fn bench_blas(sizes: &[usize], repeats: usize) -> Result<i32> {
+fn bench_blas(sizes: &[usize], repeats: usize, other: &str) -> Result<i32> {
     use candle_core::{Device, Tensor};
     println!("f32 matrix products (M = N = K), best of {repeats}; CPU: {}", cpu_model());
     println!("OpenBLAS: {}", spatial_models::blas::backend());
@@ -281,7 +285,71 @@ fn bench_blas(sizes: &[usize], repeats: usize) -> Result<i32> {
     if let Some(fma) = spatial_models::cpu_peak::fma_peak_gflops() {
         println!("FMA peak ({} independent chains of fused multiply-adds on every core, {}): {fma:.0} GFLOP/s", spatial_models::cpu_peak::CHAINS, spatial_models::multiversion::simd_level().name());
     }
+    bench_blas_model_shapes(repeats, other)?;
     Ok(0)
+}
+
+/// The models' products as each core computes its piece (the fused kernels split a product over
+/// the cores along its longer side and run one single-threaded BLAS call per piece), timed on one
+/// core through OpenBLAS and through `other`: whether another library's kernels would be faster
+/// at the shapes that matter, not only at large squares.
+fn bench_blas_model_shapes(repeats: usize, other: &str) -> Result<()> {
+    use spatial_models::blas::{ComparedSgemm, OneCoreSgemm, product_pieces, sgemm_one_core};
+    let other_lib = ComparedSgemm::load(other);
+    let cores = product_pieces();
+    // (product, tokens, output features, input features) of a whole product.
+    let products: [(&str, usize, usize, usize); 8] = [
+        ("VGGT block, 2 frames of 224x224: q/k/v", 522, 3072, 1024),
+        ("VGGT block, 2 frames of 224x224: attention output", 522, 1024, 1024),
+        ("VGGT block, 2 frames of 224x224: MLP up", 522, 4096, 1024),
+        ("VGGT block, 2 frames of 224x224: MLP down", 522, 1024, 4096),
+        ("VGGT block, a 2,048-token chunk: MLP up", 2048, 4096, 1024),
+        ("VGGT block, a 2,048-token chunk: MLP down", 2048, 1024, 4096),
+        ("connector, 16 frames: one 1,024-deep slice of the first layer", 3128, 16384, 1024),
+        ("language model, a 2,048-token chunk: MLP down", 2048, 2048, 11008),
+    ];
+    let other_name = match &other_lib {
+        Some(lib) => lib.name.clone(),
+        None => format!("{other} (not loaded: Debian's BLIS is apt-get install libblis4-serial)"),
+    };
+    println!();
+    println!("One core's piece of the models' products ({cores} cores split each along its longer side), best of {repeats}: OpenBLAS against {other_name}");
+    println!("| product | whole m x n x k | one core's piece | OpenBLAS GFLOP/s | other GFLOP/s | other / OpenBLAS |");
+    println!("|---|---|---|---|---|---|");
+    for (name, m, n, k) in products {
+        let (pm, pn) = if m >= n { (m.div_ceil(cores), n) } else { (m, n.div_ceil(cores)) };
+        let a: Vec<f32> = (0..pm * k).map(|i| (i % 7) as f32 * 0.1).collect();
+        let b: Vec<f32> = (0..pn * k).map(|i| (i % 5) as f32 * 0.1).collect();
+        // Every entry of the product is the same sum over the depth; both libraries must give it.
+        let expected: f64 = (0..k).map(|p| ((p % 7) as f64 * 0.1) * ((p % 5) as f64 * 0.1)).sum();
+        let mut c = vec![0f32; pm * pn];
+        let mut time = |library: OneCoreSgemm| -> Result<Option<f64>> {
+            let mut best = f64::INFINITY;
+            for _ in 0..repeats.max(1) {
+                c.fill(f32::NAN);
+                let t = std::time::Instant::now();
+                if !sgemm_one_core(library, pm, pn, k, &a, &b, &mut c) {
+                    return Ok(None);
+                }
+                best = best.min(t.elapsed().as_secs_f64());
+                let got = c[0] as f64;
+                anyhow::ensure!((got - expected).abs() <= 1e-4 * expected.abs().max(1.0), "{name}: the product's first entry is {got}, expected {expected}");
+            }
+            Ok(Some(2.0 * (pm * pn * k) as f64 / best / 1e9))
+        };
+        let openblas = time(OneCoreSgemm::OpenBlas)?;
+        let other_rate = match &other_lib {
+            Some(lib) => time(OneCoreSgemm::Other(lib))?,
+            None => None,
+        };
+        let show = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.1}"));
+        let ratio = match (openblas, other_rate) {
+            (Some(o), Some(x)) => format!("{:.2}x", x / o),
+            _ => "-".into(),
+        };
+        println!("| {name} | {m} x {n} x {k} | {pm} x {pn} x {k} | {} | {} | {ratio} |", show(openblas), show(other_rate));
+    }
+    Ok(())
 }
 
 fn bench_conv(height: usize, width: usize, repeats: usize) -> Result<i32> {
