@@ -207,16 +207,69 @@ multiversion! {
     }
 }
 
+/// Lanes of the row sums: independent accumulators (four AVX2 or two AVX-512 registers), so the
+/// sums vectorise without fast-math and no add waits for the one before it. One running sum was a
+/// chain of dependent adds: LayerNorm ran at a third of its speed, 1.8% of VGGT's forward at
+/// 2 frames.
+const SUM_LANES: usize = 32;
+
+/// `sum(f(x))` over a row in [`SUM_LANES`] lanes, then the lanes and the tail.
+#[inline(always)]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; SUM_LANES];
+    let mut chunks = x.chunks_exact(SUM_LANES);
+    for ch in &mut chunks {
+        for i in 0..SUM_LANES {
+            acc[i] += f(ch[i]);
+        }
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().map(|&v| f(v)).sum::<f32>()
+}
+
+/// A row's mean and 1 / sqrt(variance + eps) (in f32, two passes like PyTorch).
+#[inline(always)]
+fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let c = x.len() as f32;
+    let mean = lane_sum(x, |v| v) / c;
+    let var = lane_sum(x, |v| (v - mean) * (v - mean)) / c;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
 multiversion! {
-    /// LayerNorm of each row of `x` into `out` (statistics in f32, two passes like PyTorch).
-    fn layer_norm_rows(x: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    /// LayerNorm of each row of `x` into `out` (every element written).
+    fn layer_norm_rows(x: &[f32], out: &mut [std::mem::MaybeUninit<f32>], weight: &[f32], bias: &[f32], eps: f32) {
         let c = weight.len();
         for (xr, or) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
-            let mean = xr.iter().sum::<f32>() / c as f32;
-            let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
-            let rstd = 1.0 / (var + eps).sqrt();
-            for i in 0..c {
-                or[i] = (xr[i] - mean) * rstd * weight[i] + bias[i];
+            let (mean, rstd) = row_stats(xr, eps);
+            for (((o, v), w), b) in or.iter_mut().zip(xr).zip(weight).zip(bias) {
+                o.write((v - mean) * rstd * w + b);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// One token's queries or keys or values for every head, out of its slice of the fused qkv
+    /// row (`src`, [heads, d]): `out = src + bias`, then per head, where given, the head's
+    /// LayerNorm (`norm`: weight, bias), the rotary embedding (`rope`: this position's cos and sin
+    /// [d] and the rotated section's size) and `scale`. One vectorised pass per token: element by
+    /// element in the calling closure (bounds checks, no AVX) it was 2% of VGGT's forward.
+    fn prepare_heads(src: &[f32], bias: &[f32], d: usize, norm: Option<(&[f32], &[f32])>, rope: Option<(&[f32], &[f32], usize)>, scale: f32, out: &mut [f32]) {
+        for ((head_src, head_bias), head_out) in src.chunks_exact(d).zip(bias.chunks_exact(d)).zip(out.chunks_exact_mut(d)) {
+            for ((o, s), b) in head_out.iter_mut().zip(head_src).zip(head_bias) {
+                *o = s + b;
+            }
+            if let Some((w, b)) = norm {
+                let (mean, rstd) = row_stats(head_out, 1e-5);
+                for ((v, w), b) in head_out.iter_mut().zip(w).zip(b) {
+                    *v = (*v - mean) * rstd * w + b;
+                }
+            }
+            if let Some((cos, sin, section)) = rope {
+                rotate(head_out, cos, sin, section);
+            }
+            if scale != 1.0 {
+                head_out.iter_mut().for_each(|v| *v *= scale);
             }
         }
     }
@@ -232,20 +285,29 @@ fn rows_per_task(rows: usize, cols: usize) -> usize {
 /// LayerNorm over rows of width `weight.len()`, in parallel.
 pub(crate) fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], eps: f32) -> Vec<f32> {
     let c = weight.len();
-    let mut out = vec![0f32; x.len()];
+    let mut out = Unwritten::new(x.len());
     let per = rows_per_task(x.len() / c, c) * c;
-    out.par_chunks_mut(per).zip(x.par_chunks(per)).for_each(|(o, x)| layer_norm_rows(x, o, weight, bias, eps));
-    out
+    let dst = SharedMut(out.as_mut_ptr());
+    x.par_chunks(per).enumerate().for_each(|(i, x)| {
+        // SAFETY: this task's rows of the output, inside its room, written by no other task.
+        let o = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add(i * per) as *mut std::mem::MaybeUninit<f32>, x.len()) };
+        layer_norm_rows(x, o, weight, bias, eps);
+    });
+    // SAFETY: the tasks' rows cover the output.
+    unsafe { out.into_vec() }
 }
 
 /// `x[rows, k] · w[n, k]^T` (a Linear without its bias) into a new [rows, n] buffer.
 pub(crate) fn linear_nobias(x: &[f32], k: usize, w: &[f32]) -> Vec<f32> {
     let rows = x.len() / k;
     let n = w.len() / k;
-    let mut y = vec![0f32; rows * n];
-    // SAFETY: x is [rows, k], w is [n, k], y is [rows, n], all row-major and fully sized.
-    unsafe { par_sgemm(false, true, rows, n, k, x.as_ptr(), k, w.as_ptr(), k, 0.0, y.as_mut_ptr(), n) };
-    y
+    let mut y = Unwritten::new(rows * n);
+    // SAFETY: x is [rows, k], w is [n, k], y is [rows, n], all row-major and fully sized; with
+    // beta 0 the product writes every element of y.
+    unsafe {
+        par_sgemm(false, true, rows, n, k, x.as_ptr(), k, w.as_ptr(), k, 0.0, y.as_mut_ptr(), n);
+        y.into_vec()
+    }
 }
 
 /// Rows up to which a product with half-precision weights reads them straight from memory
@@ -476,9 +538,9 @@ pub(crate) fn block_forward(x: &[f32], b: usize, t: usize, w: &BlockWeights, rop
     let scale = 1.0 / (d as f32).sqrt();
     let _blas = SingleThreadedBlas::new();
     // q, k, v in [b, heads, t, d], normed, rotated (and q scaled) on the way in.
-    let mut q = CacheAligned::zeroed(n * c);
-    let mut k = CacheAligned::zeroed(n * c);
-    let mut v = CacheAligned::zeroed(n * c);
+    let mut q = Unwritten::cache_aligned(n * c);
+    let mut k = Unwritten::cache_aligned(n * c);
+    let mut v = Unwritten::cache_aligned(n * c);
     let (qp, kp, vp) = (SharedMut(q.as_mut_ptr()), SharedMut(k.as_mut_ptr()), SharedMut(v.as_mut_ptr()));
     let mut start = 0;
     while start < n {
@@ -490,38 +552,28 @@ pub(crate) fn block_forward(x: &[f32], b: usize, t: usize, w: &BlockWeights, rop
         drop(normed);
         let per = rows_per_task(len, 3 * c);
         qkv.par_chunks(per * 3 * c).enumerate().for_each(|(task, rows)| {
-            let (mut tmp, mut src) = (vec![0f32; d], vec![0f32; d]);
+            let mut prepared = vec![0f32; c];
             for (r, row) in rows.chunks_exact(3 * c).enumerate() {
                 let token = start + task * per + r;
                 let (bi, ti) = (token / t, token % t);
-                for h in 0..heads {
-                    let dst = ((bi * heads + h) * t + ti) * d;
-                    for (which, ptr) in [(0usize, qp), (1, kp), (2, vp)] {
-                        let off = which * c + h * d;
-                        for j in 0..d {
-                            tmp[j] = row[off + j] + w.qkv.1[off + j];
-                        }
-                        if which < 2 {
-                            if let Some((qn, kn)) = &w.qk_norm {
-                                let (nw, nb) = if which == 0 { qn } else { kn };
-                                src.copy_from_slice(&tmp);
-                                layer_norm_rows(&src, &mut tmp, nw, nb, 1e-5);
-                            }
-                            if let Some(rope) = rope {
-                                rotate(&mut tmp, &rope.cos[ti * d..(ti + 1) * d], &rope.sin[ti * d..(ti + 1) * d], rope.section);
-                            }
-                            if which == 0 {
-                                tmp.iter_mut().for_each(|v| *v *= scale);
-                            }
-                        }
+                for (which, ptr) in [(0usize, qp), (1, kp), (2, vp)] {
+                    let off = which * c;
+                    let norm = w.qk_norm.as_ref().filter(|_| which < 2).map(|(qn, kn)| if which == 0 { (qn.0, qn.1) } else { (kn.0, kn.1) });
+                    let rotary = rope.filter(|_| which < 2).map(|rope| (&rope.cos[ti * d..(ti + 1) * d], &rope.sin[ti * d..(ti + 1) * d], rope.section));
+                    let head_scale = if which == 0 { scale } else { 1.0 };
+                    prepare_heads(&row[off..off + c], &w.qkv.1[off..off + c], d, norm, rotary, head_scale, &mut prepared);
+                    for h in 0..heads {
+                        let dst = ((bi * heads + h) * t + ti) * d;
                         // SAFETY: token (bi, ti) and head h own this d-element slot alone.
-                        unsafe { std::ptr::copy_nonoverlapping(tmp.as_ptr(), ptr.0.add(dst), d) };
+                        unsafe { std::ptr::copy_nonoverlapping(prepared.as_ptr().add(h * d), ptr.0.add(dst), d) };
                     }
                 }
             }
         });
         start += len;
     }
+    // SAFETY: every token's every head was written above.
+    let (q, k, v) = unsafe { (q.into_cache_aligned(), k.into_cache_aligned(), v.into_cache_aligned()) };
     let attended = attention(&q, &k, &v, b, heads, t, d, 1.0)?;
     drop((q, k, v));
 
@@ -555,7 +607,7 @@ pub(crate) fn block_forward(x: &[f32], b: usize, t: usize, w: &BlockWeights, rop
     Ok(out)
 }
 
-/// A zeroed f32 buffer that starts on a cache line (64 bytes), so vector loads of its rows never
+/// An f32 buffer that starts on a cache line (64 bytes), so vector loads of its rows never
 /// straddle two lines: glibc's large allocations begin 16 bytes into a page, which put every
 /// 64-float row of an attention head's values across a line boundary.
 pub(crate) struct CacheAligned {
@@ -572,14 +624,6 @@ pub(crate) fn cache_line_offset(buf: &[f32]) -> usize {
     buf.as_ptr().align_offset(64).min(CACHE_LINE_F32S - 1)
 }
 
-impl CacheAligned {
-    pub(crate) fn zeroed(len: usize) -> Self {
-        let buf = vec![0f32; len + CACHE_LINE_F32S - 1];
-        let start = cache_line_offset(&buf);
-        Self { buf, start, len }
-    }
-}
-
 impl std::ops::Deref for CacheAligned {
     type Target = [f32];
     fn deref(&self) -> &[f32] {
@@ -593,6 +637,64 @@ impl std::ops::DerefMut for CacheAligned {
     }
 }
 
+/// Room for `len` f32s that a kernel writes, every one of them, through [`Unwritten::as_mut_ptr`]
+/// before anything reads them: no zeroing pass first. Zeroing each product's output, the
+/// LayerNorms' and the attention's on the calling thread, while the other cores waited, was 1-2%
+/// of VGGT's forward at 2 frames.
+pub(crate) struct Unwritten {
+    // Empty (len 0) until written; the room is its capacity.
+    buf: Vec<f32>,
+    start: usize,
+    len: usize,
+}
+
+impl Unwritten {
+    pub(crate) fn new(len: usize) -> Self {
+        Self { buf: Vec::with_capacity(len), start: 0, len }
+    }
+
+    /// Room whose first element starts a cache line (for [`CacheAligned`]).
+    pub(crate) fn cache_aligned(len: usize) -> Self {
+        let buf: Vec<f32> = Vec::with_capacity(len + CACHE_LINE_F32S - 1);
+        let start = buf.as_ptr().align_offset(64).min(CACHE_LINE_F32S - 1);
+        Self { buf, start, len }
+    }
+
+    /// Where element 0 goes; elements 0..len follow it.
+    pub(crate) fn as_mut_ptr(&mut self) -> *mut f32 {
+        // In bounds: the capacity holds start + len elements.
+        self.buf.as_mut_ptr().wrapping_add(self.start)
+    }
+
+    /// The written elements.
+    ///
+    /// # Safety
+    /// All `len` elements were written through [`Unwritten::as_mut_ptr`].
+    pub(crate) unsafe fn into_vec(mut self) -> Vec<f32> {
+        assert_eq!(self.start, 0, "a cache-aligned buffer is taken with into_cache_aligned");
+        // SAFETY: the caller wrote 0..len, within the capacity.
+        unsafe { self.buf.set_len(self.len) };
+        self.buf
+    }
+
+    /// The written elements, starting a cache line.
+    ///
+    /// # Safety
+    /// All `len` elements were written through [`Unwritten::as_mut_ptr`].
+    pub(crate) unsafe fn into_cache_aligned(mut self) -> CacheAligned {
+        let p = self.buf.as_mut_ptr();
+        // SAFETY: the padding before the written elements is zeroed, so all of 0..start + len is
+        // initialised, within the capacity.
+        unsafe {
+            for i in 0..self.start {
+                p.add(i).write(0.0);
+            }
+            self.buf.set_len(self.start + self.len);
+        }
+        CacheAligned { buf: self.buf, start: self.start, len: self.len }
+    }
+}
+
 /// Runs `f` over matching row blocks of `a` (mutable) and `b`, both with rows of `c`.
 fn par_rows2(a: &mut [f32], b: &[f32], c: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) {
     let per = rows_per_task(a.len() / c, c) * c;
@@ -600,14 +702,17 @@ fn par_rows2(a: &mut [f32], b: &[f32], c: usize, f: impl Fn(&mut [f32], &[f32]) 
 }
 
 /// Rotate-half rotary embedding within each `section` of the head: `x cos + rot(x) sin`.
-#[inline]
+#[inline(always)]
 fn rotate(x: &mut [f32], cos: &[f32], sin: &[f32], section: usize) {
     let half = section / 2;
-    for s in (0..x.len()).step_by(section) {
-        for i in 0..half {
-            let (a, b) = (x[s + i], x[s + half + i]);
-            x[s + i] = a * cos[s + i] - b * sin[s + i];
-            x[s + half + i] = b * cos[s + half + i] + a * sin[s + half + i];
+    for ((xs, cs), ss) in x.chunks_exact_mut(section).zip(cos.chunks_exact(section)).zip(sin.chunks_exact(section)) {
+        let (first, second) = xs.split_at_mut(half);
+        let (cos_first, cos_second) = cs.split_at(half);
+        let (sin_first, sin_second) = ss.split_at(half);
+        for ((((a, b), (ca, cb)), sa), sb) in first.iter_mut().zip(second.iter_mut()).zip(cos_first.iter().zip(cos_second)).zip(sin_first).zip(sin_second) {
+            let (x0, x1) = (*a, *b);
+            *a = x0 * ca - x1 * sa;
+            *b = x1 * cb + x0 * sb;
         }
     }
 }
@@ -809,7 +914,7 @@ pub fn attention_tiled(q: &[f32], k: &[f32], v: &[f32], b: usize, heads: usize, 
     }
     let tiling = tiling.clamped(t, t);
     let c = heads * d;
-    let mut out = vec![0f32; b * t * c];
+    let mut out = Unwritten::new(b * t * c);
     let out_ptr = SharedMut(out.as_mut_ptr());
     for_each_query_block(b * heads, t, tiling, |scratch, bh, q0, len| {
         let (bi, h) = (bh / heads, bh % heads);
@@ -819,7 +924,9 @@ pub fn attention_tiled(q: &[f32], k: &[f32], v: &[f32], b: usize, heads: usize, 
         // head h's columns of the output, which no other item writes.
         unsafe { attend_block(q.as_ptr().add(base + q0 * d), d, len, k.as_ptr().add(base), v.as_ptr().add(base), d, keys, scale, out_ptr.ptr().add((bi * t + q0) * c + h * d), c, tiling.key_tile, scratch) };
     })?;
-    Ok(out)
+    // SAFETY: the items cover every (batch, head, query) once, and each writes its rows' outputs
+    // (the first key tile overwrites, later ones accumulate).
+    Ok(unsafe { out.into_vec() })
 }
 
 /// Causal softmax attention with grouped-query heads (the language model's): q [b, heads, tq, d],
@@ -1056,17 +1163,31 @@ pub(crate) fn upsample_bilinear_align_corners(x: &[f32], planes: usize, h: usize
 mod tests {
     use super::*;
 
-    /// The attention's q/k/v buffers start a cache line, hold exactly what was asked, zeroed, and
-    /// keep what is written through them.
+    /// The attention's q/k/v buffers start a cache line, hold exactly what was asked and what was
+    /// written into their room, and keep what is written through them later; plain rooms become
+    /// the vector written.
     #[test]
     fn cache_aligned_buffers_start_a_line() {
         for len in [0usize, 1, 15, 16, 17, 1000, 1 << 20] {
-            let mut buf = CacheAligned::zeroed(len);
+            let mut room = Unwritten::cache_aligned(len);
+            let p = room.as_mut_ptr();
+            // SAFETY: the room holds len elements from p.
+            (0..len).for_each(|i| unsafe { p.add(i).write(i as f32 * 0.5) });
+            // SAFETY: all len elements were written.
+            let mut buf = unsafe { room.into_cache_aligned() };
             assert_eq!(buf.len(), len);
             assert_eq!(buf.as_ptr() as usize % 64, 0, "length {len}");
-            assert!(buf.iter().all(|&x| x == 0.0));
+            assert!(buf.iter().enumerate().all(|(i, &x)| x == i as f32 * 0.5));
             buf.iter_mut().enumerate().for_each(|(i, x)| *x = i as f32);
             assert!(buf.iter().enumerate().all(|(i, &x)| x == i as f32));
+
+            let mut room = Unwritten::new(len);
+            let p = room.as_mut_ptr();
+            // SAFETY: as above.
+            (0..len).for_each(|i| unsafe { p.add(i).write(-(i as f32)) });
+            let v = unsafe { room.into_vec() };
+            assert_eq!(v.len(), len);
+            assert!(v.iter().enumerate().all(|(i, &x)| x == -(i as f32)));
         }
     }
 

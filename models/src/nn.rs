@@ -410,6 +410,11 @@ impl Block {
                 return Ok(out);
             }
         }
+        self.forward_ops(x, rope)
+    }
+
+    /// The block op by op (candle's tensors; the fused path's reference).
+    fn forward_ops(&self, x: &Tensor, rope: Option<&RotaryTables>) -> Result<Tensor> {
         let h = self.attn.forward(&self.norm1.forward(x)?, rope)?;
         let x = (x + self.ls1.forward(&h)?)?;
         let h = token_chunked(&x, |x| self.ls2.forward(&self.mlp.forward(&self.norm2.forward(x)?)?))?;
@@ -628,6 +633,47 @@ mod tests {
             let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(diff < 1e-4, "[{b}, {h}, {t}, {d}]: {diff}");
         }
+    }
+
+    /// A VGGT-style block (q/k LayerNorms, a 2-D rotary embedding) through the fused CPU kernels
+    /// equals the same block op by op through candle: at widths off the LayerNorms' summing lanes
+    /// (80 channels, heads of 40) and over more tokens than one task takes, for a batch of frames.
+    #[test]
+    fn fused_block_matches_the_op_path() {
+        use std::collections::HashMap;
+        let dev = Device::Cpu;
+        let (dim, heads, frames) = (80usize, 2usize, 2usize);
+        let (grid_h, grid_w, special) = (10usize, 14usize, 5usize);
+        let t = special + grid_h * grid_w;
+        let hidden = 4 * dim;
+        let shapes: [(&str, Vec<usize>); 18] = [
+            ("norm1.weight", vec![dim]), ("norm1.bias", vec![dim]),
+            ("attn.qkv.weight", vec![3 * dim, dim]), ("attn.qkv.bias", vec![3 * dim]),
+            ("attn.q_norm.weight", vec![dim / heads]), ("attn.q_norm.bias", vec![dim / heads]),
+            ("attn.k_norm.weight", vec![dim / heads]), ("attn.k_norm.bias", vec![dim / heads]),
+            ("attn.proj.weight", vec![dim, dim]), ("attn.proj.bias", vec![dim]), ("ls1.gamma", vec![dim]),
+            ("norm2.weight", vec![dim]), ("norm2.bias", vec![dim]),
+            ("mlp.fc1.weight", vec![hidden, dim]), ("mlp.fc1.bias", vec![hidden]),
+            ("mlp.fc2.weight", vec![dim, hidden]), ("mlp.fc2.bias", vec![dim]), ("ls2.gamma", vec![dim]),
+        ];
+        let weights: HashMap<String, Tensor> = shapes
+            .iter()
+            .map(|(name, shape)| {
+                // LayerNorm weights around 1, everything else small, so no activation saturates.
+                let around = if name.ends_with("norm.weight") || name.ends_with("norm1.weight") || name.ends_with("norm2.weight") { 1.0 } else { 0.0 };
+                (name.to_string(), Tensor::randn(around, 0.2f32, shape.as_slice(), &dev).unwrap())
+            })
+            .collect();
+        let block = Block::new(dim, heads, 4.0, true, 1e-6, VarBuilder::from_tensors(weights, DType::F32, &dev)).unwrap();
+        let positions = crate::vggt::rope::frame_positions(special, grid_h, grid_w);
+        let rope = crate::vggt::rope::rope_2d_tables(&positions, dim / heads, 100.0, &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (frames, t, dim), &dev).unwrap();
+        let got = block.forward_fused(&x, Some(&rope)).unwrap().expect("the block takes the fused path");
+        let want = block.forward_ops(&x, Some(&rope)).unwrap();
+        assert_eq!(got.dims(), &[frames, t, dim]);
+        let diff = (&got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let size = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5 * size.max(1.0), "fused block vs ops: {diff} (values up to {size})");
     }
 
     /// A linear layer with half-precision weights on the CPU adds its bias (and with
