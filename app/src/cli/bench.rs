@@ -207,7 +207,7 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
             let (median, st) = times[times.len() / 2];
             let flops = estimate_flops(&cfg, s, height, width);
             println!(
-                "| {s} | {width}x{height} | {dtype:?} | {} | {median:.2} | {:.1} / {:.1} / {:.1} / {:.1} | {:.0} | {:.0} | {:.0} | {} | {init:.1} |",
+                "| {s} | {width}x{height} | {dtype:?} | {} | {median:.2} | {:.2} / {:.2} / {:.2} / {:.2} | {:.0} | {:.0} | {:.0} | {} | {init:.1} |",
                 spatial_models::multiversion::simd_level().name(),
                 st.aggregator,
                 st.camera,
