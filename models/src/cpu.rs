@@ -978,11 +978,23 @@ pub(crate) fn causal_attention(q: &[f32], k: &[f32], v: &[f32], b: usize, heads:
 /// [`causal_attention`] with a chosen tiling (the benchmark compares them).
 #[allow(clippy::too_many_arguments)]
 pub fn causal_attention_tiled(q: &[f32], k: &[f32], v: &[f32], b: usize, heads: usize, kv_heads: usize, tq: usize, tk: usize, d: usize, q_offset: usize, scale: f32, tiling: AttentionTiling) -> Result<Vec<f32>> {
-    if kv_heads == 0 || heads % kv_heads != 0 || q_offset + tq > tk || tiling.query_block == 0 || tiling.key_tile == 0 {
-        candle_core::bail!("causal attention: {heads} heads over {kv_heads} kv heads, {tq} queries after {q_offset} of {tk} keys, {tiling:?}");
+    causal_attention_in_rooms(q, k, v, b, heads, kv_heads, tq, tk, tk, d, q_offset, scale, tiling)
+}
+
+/// [`causal_attention`] over a KV cache that keeps room for more tokens: each kv head's keys and
+/// values are the first `tk` of `kv_rows` rows, so k and v are [b, kv_heads, kv_rows, d].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn causal_attention_cached(q: &[f32], k: &[f32], v: &[f32], heads: usize, kv_heads: usize, tq: usize, tk: usize, kv_rows: usize, d: usize, q_offset: usize, scale: f32) -> Result<Vec<f32>> {
+    causal_attention_in_rooms(q, k, v, 1, heads, kv_heads, tq, tk, kv_rows, d, q_offset, scale, AttentionTiling::DEFAULT)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn causal_attention_in_rooms(q: &[f32], k: &[f32], v: &[f32], b: usize, heads: usize, kv_heads: usize, tq: usize, tk: usize, kv_rows: usize, d: usize, q_offset: usize, scale: f32, tiling: AttentionTiling) -> Result<Vec<f32>> {
+    if kv_heads == 0 || heads % kv_heads != 0 || q_offset + tq > tk || tk > kv_rows || tiling.query_block == 0 || tiling.key_tile == 0 {
+        candle_core::bail!("causal attention: {heads} heads over {kv_heads} kv heads, {tq} queries after {q_offset} of {tk} keys (room for {kv_rows}), {tiling:?}");
     }
-    if q.len() != b * heads * tq * d || k.len() != b * kv_heads * tk * d || v.len() != k.len() {
-        candle_core::bail!("causal attention: q, k, v of {}, {}, {} values for {b} x {heads} heads x {tq} queries over {kv_heads} x {tk} keys of {d}", q.len(), k.len(), v.len());
+    if q.len() != b * heads * tq * d || k.len() != b * kv_heads * kv_rows * d || v.len() != k.len() {
+        candle_core::bail!("causal attention: q, k, v of {}, {}, {} values for {b} x {heads} heads x {tq} queries over {kv_heads} x {kv_rows} key rows of {d}", q.len(), k.len(), v.len());
     }
     let tiling = tiling.clamped(tq, tk);
     let rep = heads / kv_heads;
@@ -994,7 +1006,7 @@ pub fn causal_attention_tiled(q: &[f32], k: &[f32], v: &[f32], b: usize, heads: 
         // The block's last query sees keys 0..visible; earlier rows are masked.
         let keys = Keys { visible: q_offset + q0 + len, causal_first_sees: Some(q_offset + q0 + 1) };
         // SAFETY: the block's queries and output rows (its own), this kv head's keys and values.
-        unsafe { attend_block(q.as_ptr().add(q_base), d, len, k.as_ptr().add(kv * tk * d), v.as_ptr().add(kv * tk * d), d, keys, scale, out_ptr.ptr().add(q_base), d, tiling.key_tile, scratch) };
+        unsafe { attend_block(q.as_ptr().add(q_base), d, len, k.as_ptr().add(kv * kv_rows * d), v.as_ptr().add(kv * kv_rows * d), d, keys, scale, out_ptr.ptr().add(q_base), d, tiling.key_tile, scratch) };
     })?;
     Ok(out)
 }
