@@ -1,7 +1,8 @@
 //! The CPU's single-precision arithmetic peak, measured: every core running independent fused
 //! multiply-adds at the widest vector width the kernels use. Benchmarks print it next to
 //! OpenBLAS's sgemm peak, so a stage's GFLOP/s shows its distance to the hardware as well as to
-//! the BLAS (OpenBLAS's Zen kernels reach 63-82% of it at 4096 on a Zen 3).
+//! the BLAS (OpenBLAS's Zen kernels reach 63-82% of it at 4096 on a Zen 3). And the memory's
+//! read bandwidth, which bounds decoding (every token reads every weight once).
 
 use crate::multiversion::{SimdLevel, simd_level};
 use rayon::prelude::*;
@@ -85,6 +86,51 @@ unsafe fn fma_chains_avx512(iterations: usize) -> f32 {
     _mm512_reduce_add_ps(acc.iter().fold(_mm512_setzero_ps(), |s, a| _mm512_add_ps(s, *a)))
 }
 
+/// Bytes the bandwidth measurement reads per pass: 16 times a 32 MiB L3, so the pass comes from
+/// memory.
+const BANDWIDTH_BYTES: usize = 512 << 20;
+
+/// Measured memory read bandwidth in GB/s on all of rayon's threads: each sums its own contiguous
+/// part of a 512 MiB buffer; best of three passes after one that faults the pages in. On the
+/// project's shared 2-core machines it moves with the neighbours' load (28.6 and 52.9 GB/s within
+/// one hour on a Zen 4), so a decoding rate is only comparable with the bandwidth measured in the
+/// same run.
+pub fn read_bandwidth_gbps() -> f64 {
+    let values = vec![1f32; BANDWIDTH_BYTES / 4];
+    let threads = rayon::current_num_threads().max(1);
+    let part = values.len().div_ceil(threads);
+    let pass = || {
+        let start = std::time::Instant::now();
+        let total: f64 = values.par_chunks(part).map(sum_lanes).sum();
+        (start.elapsed().as_secs_f64(), total)
+    };
+    pass();
+    (0..3)
+        .map(|_| {
+            let (secs, total) = pass();
+            // Every value is 1: a skipped read shows as a wrong total (exact: a lane sums at most
+            // 2^27 / 64 ones, under f32's 2^24, and the lanes add up in f64).
+            assert_eq!(total as usize, values.len(), "the bandwidth pass summed {total} of {} ones", values.len());
+            BANDWIDTH_BYTES as f64 / secs / 1e9
+        })
+        .fold(0.0, f64::max)
+}
+
+multiversion! {
+    /// The sum of a slice in 64 independent f32 lanes (vector adds, no dependent chain), then
+    /// the lanes and the tail in f64.
+    fn sum_lanes(x: &[f32]) -> f64 {
+        let mut acc = [0f32; 64];
+        let mut chunks = x.chunks_exact(64);
+        for ch in &mut chunks {
+            for i in 0..64 {
+                acc[i] += ch[i];
+            }
+        }
+        acc.iter().chain(chunks.remainder()).map(|&v| v as f64).sum()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +148,13 @@ mod tests {
         assert!((sum - CHAINS as f32 * lanes).abs() < 1e-3 * CHAINS as f32 * lanes, "{sum}");
         let peak = fma_gflops(1_000_000).expect("a measured peak");
         assert!(peak.is_finite() && peak > 0.0, "{peak}");
+    }
+
+    #[test]
+    fn lane_sums_add_every_value_once() {
+        for n in [0usize, 1, 63, 64, 65, 1000] {
+            let x: Vec<f32> = (0..n).map(|i| i as f32).collect();
+            assert_eq!(sum_lanes(&x), (n * n.saturating_sub(1) / 2) as f64, "{n} values");
+        }
     }
 }

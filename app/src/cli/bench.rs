@@ -585,7 +585,24 @@ fn bench_mllm(prompt_tokens: usize, decode_tokens: usize, vision_frames: usize, 
         peak_rss_mib().unwrap_or(f64::NAN),
         gpu_peak_mib(&device)
     );
+    if device.is_cpu() && decode_tokens > 0 {
+        // Measured after the peak RSS is read, so its buffer is not in it.
+        println!("{}", decode_bandwidth_line(spatial_models::qwen2_5_vl::text::decode_weight_bytes(&cfg, dtype), decode_tokens as f64 / decode.max(1e-9)));
+    }
     Ok(0)
+}
+
+/// What decoding reads against what the memory can give, both measured in this run: every token
+/// reads every weight once, so the memory's read bandwidth bounds the rate.
+pub(crate) fn decode_bandwidth_line(weight_bytes: f64, tokens_per_sec: f64) -> String {
+    let read = weight_bytes * tokens_per_sec / 1e9;
+    let bandwidth = spatial_models::cpu_peak::read_bandwidth_gbps();
+    format!(
+        "decode reads {:.1} GB of weights per token: {read:.1} GB/s, {:.0}% of this machine's memory read bandwidth measured right after ({bandwidth:.1} GB/s on all cores; the rate it allows: {:.2} tokens/s)",
+        weight_bytes / 1e9,
+        100.0 * read / bandwidth,
+        bandwidth * 1e9 / weight_bytes
+    )
 }
 
 fn bench_seek(video: Option<std::path::PathBuf>, seeks: usize) -> Result<i32> {

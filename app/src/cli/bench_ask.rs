@@ -252,6 +252,9 @@ pub fn bench_ask(shape: &AskShape, device: &str, dtype: &str) -> Result<i32> {
         bytes / 1e9,
         bytes * decode_rate / 1e9
     );
+    if device.is_cpu() {
+        println!("{}", super::bench::decode_bandwidth_line(bytes, decode_rate));
+    }
     Ok(0)
 }
 
