@@ -228,8 +228,8 @@ fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 
 /// The sum of N lanes (a power of two), halves added together: the adds vectorise and the chain
 /// is log2(N) adds deep. Summed left to right, 64 lanes were 64 dependent scalar adds (about 200
-/// cycles) after each 2,048-wide decoding dot product; decoding is bound by the memory's
-/// bandwidth (`bench mllm` measures both), so this moved it by at most the machine's noise.
+/// cycles) after each 2,048-wide decoding dot product. Decoding moved by no more than the
+/// machine's noise: its pace is set by how fast the weights arrive (`bench mllm`).
 #[inline(always)]
 fn tree_sum<const N: usize>(mut lanes: [f32; N]) -> f32 {
     const { assert!(N.is_power_of_two()) };

@@ -92,8 +92,8 @@ const BANDWIDTH_BYTES: usize = 512 << 20;
 
 /// Measured memory read bandwidth in GB/s on all of rayon's threads: each sums its own contiguous
 /// part of a 512 MiB buffer; best of three passes after one that faults the pages in. On the
-/// project's shared 2-core machines it moves with the neighbours' load (28.6 and 52.9 GB/s within
-/// one hour on a Zen 4), so a decoding rate is only comparable with the bandwidth measured in the
+/// project's shared 2-core machines it moves with the neighbours' load (28.6 to 63.3 GB/s within
+/// two hours on a Zen 4), so a decoding rate is only comparable with the bandwidth measured in the
 /// same run.
 pub fn read_bandwidth_gbps() -> f64 {
     let values = vec![1f32; BANDWIDTH_BYTES / 4];
