@@ -215,7 +215,7 @@ const SUM_LANES: usize = 32;
 
 /// `sum(f(x))` over a row in [`SUM_LANES`] lanes, then the lanes and the tail.
 #[inline(always)]
-fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+pub(crate) fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0f32; SUM_LANES];
     let mut chunks = x.chunks_exact(SUM_LANES);
     for ch in &mut chunks {
@@ -358,26 +358,32 @@ fn rows_times_weight_rows(rows: usize, n: usize, dot: impl Fn(usize, &mut [f32])
     y
 }
 
-multiversion! {
-    /// `out[r] = x[r] · w` for the `rows` rows of `x` ([rows, k]) and one f32 weight row `w` [k].
-    /// 64 lanes: independent accumulators, so the loop runs at the memory's pace rather than the
-    /// adder's latency.
-    fn dot_rows_f32(x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
-        for (xr, o) in x.chunks_exact(k).zip(out.iter_mut()) {
-            let mut acc = [0f32; 64];
-            let mut xs = xr.chunks_exact(64);
-            let mut ws = w.chunks_exact(64);
-            for (a, b) in (&mut xs).zip(&mut ws) {
-                for i in 0..64 {
-                    acc[i] += a[i] * b[i];
-                }
+/// `out[r] = x[r] · widen(w)` for the `rows` rows of `x` ([rows, k]) and one weight row `w` [k].
+/// 64 lanes: independent accumulators, so the loop runs at the memory's pace rather than the
+/// adder's latency. Inlined into each instruction set's build by the callers below.
+#[inline(always)]
+fn dot_rows<W: Copy>(x: &[f32], k: usize, w: &[W], widen: impl Fn(W) -> f32, out: &mut [f32]) {
+    for (xr, o) in x.chunks_exact(k).zip(out.iter_mut()) {
+        let mut acc = [0f32; 64];
+        let mut xs = xr.chunks_exact(64);
+        let mut ws = w.chunks_exact(64);
+        for (a, b) in (&mut xs).zip(&mut ws) {
+            for i in 0..64 {
+                acc[i] += a[i] * widen(b[i]);
             }
-            let mut total = tree_sum(acc);
-            for (a, b) in xs.remainder().iter().zip(ws.remainder()) {
-                total += a * b;
-            }
-            *o = total;
         }
+        let mut total = tree_sum(acc);
+        for (a, b) in xs.remainder().iter().zip(ws.remainder()) {
+            total += a * widen(*b);
+        }
+        *o = total;
+    }
+}
+
+multiversion! {
+    /// [`dot_rows`] with one f32 weight row.
+    fn dot_rows_f32(x: &[f32], k: usize, w: &[f32], out: &mut [f32]) {
+        dot_rows(x, k, w, |v| v, out)
     }
 }
 /// Bytes of weights widened to f32 at a time for larger products: half of a server's L3, so the
@@ -411,25 +417,10 @@ fn half_weight_block(n: usize, k: usize, block_bytes: usize) -> (usize, usize) {
 }
 
 multiversion! {
-    /// `out[r] = x[r] · w` for the `rows` rows of `x` ([rows, k]) and one bf16 weight row `w` [k],
-    /// widening in registers (bf16 is the top half of an f32). 64 lanes: independent
-    /// accumulators, so the loop runs at the memory's pace rather than the adder's latency.
+    /// [`dot_rows`] with one bf16 weight row, widened in registers (bf16 is the top half of an
+    /// f32).
     fn dot_rows_bf16(x: &[f32], k: usize, w: &[u16], out: &mut [f32]) {
-        for (xr, o) in x.chunks_exact(k).zip(out.iter_mut()) {
-            let mut acc = [0f32; 64];
-            let mut xs = xr.chunks_exact(64);
-            let mut ws = w.chunks_exact(64);
-            for (a, b) in (&mut xs).zip(&mut ws) {
-                for i in 0..64 {
-                    acc[i] += a[i] * f32::from_bits((b[i] as u32) << 16);
-                }
-            }
-            let mut total = tree_sum(acc);
-            for (a, b) in xs.remainder().iter().zip(ws.remainder()) {
-                total += a * f32::from_bits((*b as u32) << 16);
-            }
-            *o = total;
-        }
+        dot_rows(x, k, w, |b| f32::from_bits((b as u32) << 16), out)
     }
 }
 

@@ -155,7 +155,8 @@ impl Attention {
         let k = candle_nn::rotary_emb::rope(&k.contiguous()?, cos, sin)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let (heads, kv_heads, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let in_place = b == 1 && [&q, &k, &v].iter().all(|t| crate::cpu::is_cpu_f32(t)) && !matches!(self.cache, Some(KvCache::Tensors(..)));
+        // CPU f32 tensors (the views) and batch 1 write in place; anything else keeps tensors.
+        let in_place = b == 1 && !matches!(self.cache, Some(KvCache::Tensors(..)));
         let cpu_out = match (in_place, crate::cpu::f32_view(&q), crate::cpu::f32_view(&k), crate::cpu::f32_view(&v)) {
             (true, Some(qs), Some(ks), Some(vs)) => {
                 let cache = KvCache::append_cpu(self.cache.take(), ks.slice(), vs.slice(), kv_heads, l, d);
