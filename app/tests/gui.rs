@@ -1165,6 +1165,13 @@ fn results_browser_filters_and_opens_a_questions_frames() {
     let timeline = (img.height() - 110)..(img.height() - 24);
     let cols: std::collections::BTreeSet<u32> = timeline.flat_map(|y| (0..img.width()).filter(|&x| near(img.get_pixel(x, y), SAMPLED, 30)).collect::<Vec<_>>()).map(|x| x / 6).collect();
     assert!(cols.len() >= 4, "{} orange marks on the timeline", cols.len());
+    // The 3D view's scene badge (green text) stays under the window: nothing of it shows in
+    // the window's title bar, which the badge used to cover.
+    let r: Vec<u32> = state["eval"]["window_rect"].as_array().expect("the window's rect").iter().map(|v| v.as_f64().unwrap().round() as u32).collect();
+    let badge_green = [140, 230, 140];
+    let title_bar = (r[1]..r[1] + 20).flat_map(|y| (r[0]..r[0] + r[2] - 30).map(move |x| (x, y)));
+    let covered = title_bar.filter(|&(x, y)| near(img.get_pixel(x, y), badge_green, 40)).count();
+    assert_eq!(covered, 0, "the scene badge covers the results window's title bar ({covered} pixels)");
 }
 
 /// The demo's ground truth, read back from its safetensors export.

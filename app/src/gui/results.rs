@@ -52,6 +52,8 @@ pub struct ResultsBrowser {
     /// Where each listed question's row was drawn last frame (logical pixels: x, y, w, h), for
     /// tests that click them.
     pub row_rects: Vec<(String, [f32; 4])>,
+    /// Where the browser's window was drawn last frame (x, y, w, h), for the same tests.
+    pub window_rect: Option<[f32; 4]>,
     loading: Option<Receiver<Loaded>>,
     /// The rows the filters let through, and the filters they are for (recomputed only when
     /// a filter or a run changes, not every frame).
@@ -173,7 +175,7 @@ fn window(mut contexts: EguiContexts, mut browser: ResMut<ResultsBrowser>, opene
     let mut keep_open = true;
     let mut clicked: Option<String> = None;
     // Over the 3D view, leaving the video panel and the chat visible.
-    egui::Window::new("VSI-Bench results").open(&mut keep_open).default_pos([305.0, 30.0]).default_size([650.0, 560.0]).resizable(true).show(&ctx, |ui| {
+    let shown = egui::Window::new("VSI-Bench results").open(&mut keep_open).default_pos([305.0, 30.0]).default_size([650.0, 560.0]).resizable(true).show(&ctx, |ui| {
         if browser.is_loading() {
             ui.label("reading...");
             return;
@@ -298,6 +300,7 @@ fn window(mut contexts: EguiContexts, mut browser: ResMut<ResultsBrowser>, opene
             });
         }
     });
+    browser.window_rect = shown.map(|s| [s.response.rect.min.x, s.response.rect.min.y, s.response.rect.width(), s.response.rect.height()]);
     if !keep_open {
         browser.open = false;
     }

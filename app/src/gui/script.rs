@@ -674,6 +674,7 @@ fn run_script(
                         "selected": browser.selected,
                         "rows": browser.row_rects.iter().map(|(k, r)| serde_json::json!({"key": k, "rect": r})).collect::<Vec<_>>(),
                         "window_open": browser.open,
+                        "window_rect": browser.window_rect,
                     })),
                     "frustums": list.iter().map(|f| serde_json::json!({
                         "frame": f.frame,

@@ -53,7 +53,8 @@ fn legend(mode: ColorMode, scene: &LoadedScene) -> Option<(String, Box<dyn Fn(f3
 /// Draws the bar at the bottom-left of the 3D view.
 pub fn show(ctx: &egui::Context, view: egui::Rect, mode: ColorMode, scene: &LoadedScene) {
     let Some((title, map, low, high)) = legend(mode, scene) else { return };
-    egui::Area::new("colour bar".into()).fixed_pos(view.left_bottom() + egui::vec2(10.0, -62.0)).show(ctx, |ui| {
+    // Under every window, like the scene badge.
+    egui::Area::new("colour bar".into()).order(egui::Order::Background).fixed_pos(view.left_bottom() + egui::vec2(10.0, -62.0)).show(ctx, |ui| {
         egui::Frame::new().fill(egui::Color32::from_black_alpha(170)).inner_margin(6.0).corner_radius(4.0).show(ui, |ui| {
             ui.label(egui::RichText::new(title).small());
             let (rect, _) = ui.allocate_exact_size(egui::vec2(220.0, 12.0), egui::Sense::hover());

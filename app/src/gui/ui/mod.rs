@@ -638,7 +638,9 @@ fn ui_system(
 
     if let Some(scene) = &geometry.scene {
         colorbar::show(&ctx, free, settings.color_mode, scene);
-        egui::Area::new("badge".into()).fixed_pos(free.left_top() + egui::vec2(10.0, 10.0)).show(&ctx, |ui| {
+        // Under every window (Background): a window opened over the 3D view's corner, like the
+        // results browser, keeps its title bar visible and draggable.
+        egui::Area::new("badge".into()).order(egui::Order::Background).fixed_pos(free.left_top() + egui::vec2(10.0, 10.0)).show(&ctx, |ui| {
             egui::Frame::new().fill(egui::Color32::from_black_alpha(170)).inner_margin(6.0).corner_radius(4.0).show(ui, |ui| {
                 ui.colored_label(egui::Color32::from_rgb(140, 230, 140), &scene.label);
             });
