@@ -726,6 +726,15 @@ fn the_device_each_model_thread_runs_on_is_shown() {
     assert_eq!(state["compute"]["vggt"], "cpu bf16 weights, f32", "{state}");
     assert!(state["compute"]["vggt_note"].is_null());
     assert_eq!(state["compute"]["chat"], "cpu bf16 weights, f32");
+    // bf16 products say so, and whether this CPU runs them at bf16 speed; the reconstruction
+    // still loads and runs.
+    let out = run_viewer(&dir, &script, &["--device", "cpu", "--dtype", "bf16-products"], |_, _| {});
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let state = read_json(&dir.join("state.json"));
+    let label = state["compute"]["vggt"].as_str().unwrap();
+    assert!(label.starts_with("cpu bf16 weights, bf16 products"), "{state}");
+    assert_eq!(label.contains("no AVX512-BF16"), !std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().contains(" avx512_bf16"), "{label}");
+    assert!(state["vggt"].as_str().unwrap().ends_with(label), "{state}");
 }
 
 /// The viewer's X window, once it is mapped.

@@ -1,7 +1,11 @@
 """Baseline for `spatial-viewer bench mllm`: Hugging Face transformers' Qwen2.5-VL-3B language
-model on the same shapes (constant weights, f32, CPU), prefill and greedy decode with the KV cache.
+model on the same shapes (constant weights, f32 or bf16, CPU), prefill and greedy decode with the
+KV cache.
 
     python models/benches/transformers_qwen.py --prompt-tokens 512 --decode-tokens 16
+
+`--dtype bf16` runs the model in bf16 as PyTorch does on the CPU (oneDNN's bf16 kernels where the
+CPU has AVX512-BF16 or AMX): the comparison for `bench mllm --dtype bf16-products`.
 
 Needs torch and transformers==4.51.3 (the version Spatial-MLLM pins). Prints one table row.
 """
@@ -23,6 +27,7 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=512)
     ap.add_argument("--decode-tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     cfg = Qwen2_5_VLConfig(
@@ -37,7 +42,8 @@ def main():
     t0 = time.time()
     with torch.device("meta"):
         model = Qwen2_5_VLForConditionalGeneration(cfg)
-    model = model.to_empty(device="cpu").float()
+    model = model.to_empty(device="cpu")
+    model = model.to(torch.bfloat16) if a.dtype == "bf16" else model.float()
     with torch.no_grad():
         for p in model.parameters():
             p.fill_(1e-3)
@@ -59,7 +65,7 @@ def main():
             past = out.past_key_values
             nxt = model.lm_head(out.last_hidden_state[:, -1:]).argmax(-1)
         decode = time.time() - t
-    print(f"| transformers {__import__('transformers').__version__} torch {torch.__version__} | {a.prompt_tokens} | {prefill:.2f} | "
+    print(f"| transformers {__import__('transformers').__version__} torch {torch.__version__} {a.dtype} | {a.prompt_tokens} | {prefill:.2f} | "
           f"{a.prompt_tokens / prefill:.1f} | {a.decode_tokens} | {decode:.2f} | {a.decode_tokens / decode:.2f} | "
           f"{rss_after_load:.0f} | {peak_rss_mib():.0f} | {init:.1f} |")
 

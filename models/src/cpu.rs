@@ -101,6 +101,55 @@ pub(crate) fn f32_data(t: &Tensor) -> Option<F32Data<impl std::ops::Deref<Target
     Some(F32Data::Owned(out))
 }
 
+/// A product's weight [n, k] as the fused block multiplies it: f32 values, or bf16 bits when bf16
+/// products are on ([`crate::cpu_bf16`]).
+#[derive(Clone, Copy)]
+pub(crate) enum WeightRows<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
+}
+
+/// The elements behind [`WeightRows`]: a bf16 CPU tensor's bits borrowed in place when bf16
+/// products are on, else its values as f32 ([`F32Data`]).
+pub(crate) enum ProductWeight<G> {
+    F32(F32Data<G>),
+    Bf16 { guard: G, start: usize, end: usize },
+}
+
+impl<G: std::ops::Deref<Target = Storage>> ProductWeight<G> {
+    pub(crate) fn rows(&self) -> WeightRows<'_> {
+        match self {
+            ProductWeight::F32(d) => WeightRows::F32(d.slice()),
+            ProductWeight::Bf16 { guard, start, end } => match &**guard {
+                Storage::Cpu(cpu) => WeightRows::Bf16(cpu.as_slice::<half::bf16>().expect("checked bf16")[*start..*end].reinterpret_cast()),
+                _ => unreachable!("checked CPU"),
+            },
+        }
+    }
+}
+
+/// [`ProductWeight`] of a CPU tensor of a float dtype; None on other devices or dtypes.
+pub(crate) fn product_weight(t: &Tensor) -> Option<ProductWeight<impl std::ops::Deref<Target = Storage> + '_>> {
+    use candle_core::DType;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else { return None };
+    if t.dtype() == DType::BF16 && crate::cpu_bf16::bf16_products() {
+        if let Some((start, end)) = layout.contiguous_offsets() {
+            return Some(ProductWeight::Bf16 { guard: storage, start, end });
+        }
+    }
+    if cpu.as_slice::<f32>().is_ok() {
+        if let Some((start, end)) = layout.contiguous_offsets() {
+            return Some(ProductWeight::F32(F32Data::View(F32View { guard: storage, start, end })));
+        }
+    }
+    drop(storage);
+    match f32_data(t)? {
+        F32Data::Owned(v) => Some(ProductWeight::F32(F32Data::Owned(v))),
+        F32Data::View(v) => Some(ProductWeight::F32(F32Data::Owned(v.slice().to_vec()))),
+    }
+}
+
 /// Whether the tensor can take the fused path (f32 on the CPU).
 pub(crate) fn is_cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == candle_core::DType::F32
@@ -330,6 +379,29 @@ pub(crate) fn linear_nobias(x: &[f32], k: usize, w: &[f32]) -> Vec<f32> {
     }
 }
 
+/// `x[rows, k] · w[n, k]^T` for a fused block's weight: [`linear_nobias`] for f32 values; bf16
+/// products ([`crate::cpu_bf16`]) for bf16 bits: the kernel for more rows than the one-row
+/// path's, else the rounded rows dotted with each weight row, or (a CPU without AVX512-BF16)
+/// the rounded rows through the f32 product of the widened weight.
+pub(crate) fn linear_weight_rows(x: &[f32], k: usize, w: WeightRows) -> Result<Vec<f32>> {
+    let bits = match w {
+        WeightRows::F32(w) => return Ok(linear_nobias(x, k, w)),
+        WeightRows::Bf16(bits) => bits,
+    };
+    let (rows, n) = (x.len() / k, bits.len() / k);
+    if rows > HALF_WEIGHT_DOT_ROWS {
+        if let Some(y) = crate::cpu_bf16::matmul_bf16(x, rows, k, bits, n)? {
+            return Ok(y);
+        }
+    }
+    let rounded = crate::cpu_bf16::rounded_to_bf16(x);
+    if rows <= HALF_WEIGHT_DOT_ROWS {
+        return Ok(rows_times_weight_rows(rows, n, |j, out| dot_rows_bf16(&rounded, k, &bits[j * k..(j + 1) * k], out)));
+    }
+    let widened: Vec<f32> = bits.par_iter().map(|&b| f32::from_bits((b as u32) << 16)).collect();
+    Ok(linear_nobias(&rounded, k, &widened))
+}
+
 /// Rows up to which a product with half-precision weights reads them straight from memory
 /// (decoding: one token's row; the bandwidth of the weights is the limit there).
 const HALF_WEIGHT_DOT_ROWS: usize = 8;
@@ -429,7 +501,25 @@ multiversion! {
 /// once, widening in registers (bf16); more rows widen [`HALF_WEIGHT_BLOCK_BYTES`] of weights at
 /// a time for the sgemm, in blocks shaped by [`half_weight_block`]. Widening is exact, so the
 /// result is the f32 product of the same values. None when `w` is not a half-precision CPU tensor.
+///
+/// With bf16 products on ([`crate::cpu_bf16::set_bf16_products`]) and bf16 weights, `x` is
+/// rounded to bf16 first, and more rows than the one-row path's go through the bf16 dot-product
+/// kernel where the CPU has one.
 pub(crate) fn linear_half_weights(x: &[f32], k: usize, w: &Tensor) -> Result<Option<Vec<f32>>> {
+    if w.dtype() == candle_core::DType::BF16 && crate::cpu_bf16::bf16_products() {
+        let rows = x.len() / k.max(1);
+        if rows > HALF_WEIGHT_DOT_ROWS && w.device().is_cpu() && w.rank() == 2 && w.dim(1)? == k {
+            let w = w.contiguous()?;
+            let (storage, layout) = w.storage_and_layout();
+            if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
+                let bits: &[u16] = cpu.as_slice::<half::bf16>()?[start..end].reinterpret_cast();
+                if let Some(y) = crate::cpu_bf16::matmul_bf16(x, rows, k, bits, w.dim(0)?)? {
+                    return Ok(Some(y));
+                }
+            }
+        }
+        return linear_half_weights_in_blocks(&crate::cpu_bf16::rounded_to_bf16(x), k, w, HALF_WEIGHT_BLOCK_BYTES);
+    }
     linear_half_weights_in_blocks(x, k, w, HALF_WEIGHT_BLOCK_BYTES)
 }
 
@@ -552,13 +642,13 @@ pub(crate) unsafe fn par_sgemm(ta: bool, tb: bool, m: usize, n: usize, k: usize,
 /// The weights of a pre-norm block with LayerScale, as f32 slices.
 pub(crate) struct BlockWeights<'a> {
     pub norm1: (&'a [f32], &'a [f32], f32),
-    pub qkv: (&'a [f32], &'a [f32]),
+    pub qkv: (WeightRows<'a>, &'a [f32]),
     pub qk_norm: Option<((&'a [f32], &'a [f32]), (&'a [f32], &'a [f32]))>,
-    pub proj: (&'a [f32], &'a [f32]),
+    pub proj: (WeightRows<'a>, &'a [f32]),
     pub gamma1: &'a [f32],
     pub norm2: (&'a [f32], &'a [f32], f32),
-    pub fc1: (&'a [f32], &'a [f32]),
-    pub fc2: (&'a [f32], &'a [f32]),
+    pub fc1: (WeightRows<'a>, &'a [f32]),
+    pub fc2: (WeightRows<'a>, &'a [f32]),
     pub gamma2: &'a [f32],
     pub num_heads: usize,
 }
@@ -593,7 +683,7 @@ pub(crate) fn block_forward(x: &[f32], b: usize, t: usize, w: &BlockWeights, rop
         let len = TOKEN_CHUNK.min(n - start);
         let xs = &x[start * c..(start + len) * c];
         let normed = layer_norm(xs, w.norm1.0, w.norm1.1, w.norm1.2);
-        let qkv = linear_nobias(&normed, c, w.qkv.0);
+        let qkv = linear_weight_rows(&normed, c, w.qkv.0)?;
         drop(normed);
         let per = rows_per_task(len, 3 * c);
         qkv.par_chunks(per * 3 * c).enumerate().for_each(|(task, rows)| {
@@ -628,7 +718,7 @@ pub(crate) fn block_forward(x: &[f32], b: usize, t: usize, w: &BlockWeights, rop
         crate::nn::check_cancelled()?;
         let len = TOKEN_CHUNK.min(n - start);
         let range = start * c..(start + len) * c;
-        let y = linear_nobias(&attended[range.clone()], c, w.proj.0);
+        let y = linear_weight_rows(&attended[range.clone()], c, w.proj.0)?;
         par_rows2(&mut out[range], &y, c, |o, y| residual_scaled(o, y, w.proj.1, w.gamma1));
         start += len;
     }
@@ -641,10 +731,10 @@ pub(crate) fn block_forward(x: &[f32], b: usize, t: usize, w: &BlockWeights, rop
         let len = TOKEN_CHUNK.min(n - start);
         let range = start * c..(start + len) * c;
         let normed = layer_norm(&out[range.clone()], w.norm2.0, w.norm2.1, w.norm2.2);
-        let mut h = linear_nobias(&normed, c, w.fc1.0);
+        let mut h = linear_weight_rows(&normed, c, w.fc1.0)?;
         drop(normed);
         add_bias_in_place(&mut h, w.fc1.1, true);
-        let y = linear_nobias(&h, hidden, w.fc2.0);
+        let y = linear_weight_rows(&h, hidden, w.fc2.0)?;
         drop(h);
         par_rows2(&mut out[range], &y, c, |o, y| residual_scaled(o, y, w.fc2.1, w.gamma2));
         start += len;
@@ -872,6 +962,15 @@ unsafe fn attend_block(q: *const f32, q_stride: usize, rows: usize, k: *const f3
     // The register kernels transpose each key tile, which pays off only over enough query rows
     // (one decoding step has one per head).
     if *kernel == AttentionKernel::Registers && rows >= crate::cpu_attention::MIN_ROWS {
+        // With bf16 products on, the attention's two products are bf16 too where the CPU has
+        // AVX512-BF16 (elsewhere it stays f32).
+        if crate::cpu_bf16::bf16_products() {
+            let state = crate::cpu_attention::RowState { max, sum, rescale };
+            // SAFETY: the caller's contract is the kernel's.
+            if unsafe { crate::cpu_attention::attend_block_bf16(q, q_stride, rows, k, v, d, keys, scale, out, out_stride, key_tile, state, registers) } {
+                return;
+            }
+        }
         let state = crate::cpu_attention::RowState { max, sum, rescale };
         // SAFETY: the caller's contract is the kernel's.
         if unsafe { crate::cpu_attention::attend_block(crate::multiversion::simd_level(), q, q_stride, rows, k, v, d, keys, scale, out, out_stride, key_tile, state, registers) } {

@@ -11,11 +11,14 @@
 use crate::multiversion::SimdLevel;
 
 /// Buffers of one work item: the tile's keys transposed ([d, keys rounded up to the vector
-/// width]) and one row group's scores.
+/// width]) and one row group's scores; for the bf16 kernel also the block's queries, the tile's
+/// keys and values and a row group's probabilities as bf16 pairs.
 #[derive(Default)]
 pub(crate) struct KernelScratch {
     keys_t: Vec<f32>,
     scores: Vec<f32>,
+    #[cfg(target_arch = "x86_64")]
+    pairs: avx512_bf16::PairScratch,
 }
 
 /// The online-softmax state of a block's rows (running max and sum; the rescale of one step).
@@ -205,7 +208,7 @@ macro_rules! attention_kernels {
             /// `sum = sum * rescale + the tile's sum`, `rescale = 2^(old max - m)`.
             #[target_feature(enable = $features)]
             #[inline]
-            unsafe fn softmax_step(row: &mut [f32], max: &mut f32, sum: &mut f32, rescale: &mut f32) {
+            pub(super) unsafe fn softmax_step(row: &mut [f32], max: &mut f32, sum: &mut f32, rescale: &mut f32) {
                 let mut lanes = [0f32; LANES];
                 let p = row.as_mut_ptr();
                 unsafe {
@@ -396,6 +399,258 @@ attention_kernels!(avx512, "avx512f,avx2,fma", 16, 6, 4, _mm512_setzero_ps, _mm5
 #[cfg(target_arch = "x86_64")]
 attention_kernels!(avx2, "avx2,fma", 8, 5, 2, _mm256_setzero_ps, _mm256_set1_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_fmadd_ps, _mm256_mul_ps, _mm256_add_ps, _mm256_sub_ps, _mm256_max_ps, super::exp2_avx2);
 
+/// [`attend_block`] with bf16 products (`--dtype bf16-products`, AVX512-BF16): q, k, v and the
+/// unnormalised probabilities rounded to bf16 pairs, the scores, the softmax and the sums in f32,
+/// as FlashAttention-2 computes a bf16 model. Head sizes that are multiples of 16. Returns false
+/// (and does nothing) where the CPU lacks AVX512-BF16 or the head size does not fit.
+///
+/// # Safety
+/// As [`attend_block`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn attend_block_bf16(q: *const f32, q_stride: usize, rows: usize, k: *const f32, v: *const f32, d: usize, keys: Keys, scale: f32, out: *mut f32, out_stride: usize, key_tile: usize, state: RowState, scratch: &mut KernelScratch) -> bool {
+    if !crate::cpu_bf16::has_bf16_dot_product() || d % 16 != 0 || key_tile == 0 {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the CPU has AVX512-BF16 (checked); the rest is the caller's contract.
+    unsafe {
+        avx512_bf16::attend_block(q, q_stride, rows, k, v, d, keys, scale, out, out_stride, key_tile, state, scratch);
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// The bf16 kernels: 6 query rows x 4 vectors of 16 sums (24 registers), `vdpbf16ps` taking the
+/// depth two at a time: for the scores the head size's pairs (keys stored as [pair][key]), for
+/// the values the keys' pairs (values stored as [key pair][column]).
+#[cfg(target_arch = "x86_64")]
+mod avx512_bf16 {
+    use super::{KernelScratch, Keys, RowState};
+    use crate::cpu_bf16::round_pairs;
+    use std::arch::x86_64::*;
+
+    const LANES: usize = 16;
+    const ROWS: usize = 6;
+    const VECS: usize = 4;
+
+    /// The bf16-pair buffers (32-bit elements).
+    #[derive(Default)]
+    pub(super) struct PairScratch {
+        queries: Vec<u32>,
+        keys: Vec<u32>,
+        values: Vec<u32>,
+        probabilities: Vec<u32>,
+    }
+
+    /// out[c] = the bf16 pair (a[c], b[c]) for c < d (a multiple of 16); b absent is zeros.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[inline]
+    unsafe fn pair_rows(a: &[f32], b: Option<&[f32]>, out: &mut [u32]) {
+        for c in (0..out.len()).step_by(LANES) {
+            unsafe {
+                let low = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(a.as_ptr().add(c)))));
+                let high = match b {
+                    Some(b) => _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(b.as_ptr().add(c)))))),
+                    None => _mm512_setzero_si512(),
+                };
+                _mm512_storeu_si512(out.as_mut_ptr().add(c).cast(), _mm512_or_si512(low, high));
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn bh(v: __m512i) -> __m512bh {
+        // SAFETY: both are 512 bits of plain data.
+        unsafe { std::mem::transmute(v) }
+    }
+
+    /// s[r, c*16..] = scale * q2[r] . kp[.., c*16..] over `pairs` pairs, R rows x NC vectors.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn score_tile<const R: usize, const NC: usize>(q2: *const u32, q2_stride: usize, kp: *const u32, kp_stride: usize, pairs: usize, scale: f32, s: *mut f32, s_stride: usize) {
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); NC]; R];
+            for i in 0..pairs {
+                let mut key = [bh(_mm512_setzero_si512()); NC];
+                for c in 0..NC {
+                    key[c] = bh(_mm512_loadu_si512(kp.add(i * kp_stride + c * LANES).cast()));
+                }
+                for r in 0..R {
+                    let qi = bh(_mm512_set1_epi32(*q2.add(r * q2_stride + i) as i32));
+                    for c in 0..NC {
+                        acc[r][c] = _mm512_dpbf16_ps(acc[r][c], qi, key[c]);
+                    }
+                }
+            }
+            let scale = _mm512_set1_ps(scale);
+            for r in 0..R {
+                for c in 0..NC {
+                    _mm512_storeu_ps(s.add(r * s_stride + c * LANES), _mm512_mul_ps(acc[r][c], scale));
+                }
+            }
+        }
+    }
+
+    /// o[r, c*16..] = o * rescale[r] (0 on the first tile) + p2[r] . vp[.., c*16..] over
+    /// `pairs` key pairs, R rows x NC vectors.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn value_tile<const R: usize, const NC: usize>(p2: *const u32, p2_stride: usize, vp: *const u32, vp_stride: usize, pairs: usize, rescale: *const f32, first: bool, o: *mut f32, o_stride: usize) {
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); NC]; R];
+            if !first {
+                for r in 0..R {
+                    let f = _mm512_set1_ps(*rescale.add(r));
+                    for c in 0..NC {
+                        acc[r][c] = _mm512_mul_ps(_mm512_loadu_ps(o.add(r * o_stride + c * LANES)), f);
+                    }
+                }
+            }
+            for j in 0..pairs {
+                let mut value = [bh(_mm512_setzero_si512()); NC];
+                for c in 0..NC {
+                    value[c] = bh(_mm512_loadu_si512(vp.add(j * vp_stride + c * LANES).cast()));
+                }
+                for r in 0..R {
+                    let pj = bh(_mm512_set1_epi32(*p2.add(r * p2_stride + j) as i32));
+                    for c in 0..NC {
+                        acc[r][c] = _mm512_dpbf16_ps(acc[r][c], pj, value[c]);
+                    }
+                }
+            }
+            for r in 0..R {
+                for c in 0..NC {
+                    _mm512_storeu_ps(o.add(r * o_stride + c * LANES), acc[r][c]);
+                }
+            }
+        }
+    }
+
+    /// `tile(c0, vectors)` over `len` columns (a multiple of LANES) in steps of VECS vectors, the
+    /// rest in one call of fewer.
+    #[inline(always)]
+    fn by_vectors(len: usize, mut tile: impl FnMut(usize, usize)) {
+        let mut c0 = 0;
+        while c0 + VECS * LANES <= len {
+            tile(c0, VECS);
+            c0 += VECS * LANES;
+        }
+        if c0 < len {
+            tile(c0, (len - c0) / LANES);
+        }
+    }
+
+    /// One group of R query rows against one key tile: scores, the online softmax step, the
+    /// probabilities rounded to pairs, the rescaled value product.
+    #[target_feature(enable = "avx512f,avx512bf16,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn row_group<const R: usize>(q2: *const u32, q2_stride: usize, kp: *const u32, kp_stride: usize, width: usize, vp: *const u32, d: usize, start: usize, n: usize, keys: Keys, first_row: usize, scale: f32, scores: &mut [f32], p2: &mut [u32], state: &mut RowState, out: *mut f32, out_stride: usize) {
+        let s = scores.as_mut_ptr();
+        by_vectors(width, |c0, nc| unsafe {
+            let (kp, s) = (kp.add(c0), s.add(c0));
+            match nc {
+                4 => score_tile::<R, 4>(q2, q2_stride, kp, kp_stride, d / 2, scale, s, width),
+                3 => score_tile::<R, 3>(q2, q2_stride, kp, kp_stride, d / 2, scale, s, width),
+                2 => score_tile::<R, 2>(q2, q2_stride, kp, kp_stride, d / 2, scale, s, width),
+                _ => score_tile::<R, 1>(q2, q2_stride, kp, kp_stride, d / 2, scale, s, width),
+            }
+        });
+        let half = width / 2;
+        for r in 0..R {
+            let i = first_row + r;
+            let seen = keys.causal_first_sees.map_or(n, |first_sees| (first_sees + i).saturating_sub(start).min(n));
+            let row = &mut scores[r * width..(r + 1) * width];
+            row[seen..].fill(f32::NEG_INFINITY);
+            // SAFETY: the row is a multiple of 16 long; the CPU has AVX512-BF16 (and with it
+            // the f32 kernel's features).
+            unsafe {
+                super::avx512::softmax_step(row, &mut state.max[i], &mut state.sum[i], &mut state.rescale[i]);
+                round_pairs(row, &mut p2[r * half..(r + 1) * half]);
+            }
+        }
+        let p2 = p2.as_ptr();
+        by_vectors(d, |c0, nc| unsafe {
+            let (vp, o) = (vp.add(c0), out.add(c0));
+            let rescale = state.rescale.as_ptr().add(first_row);
+            match nc {
+                4 => value_tile::<R, 4>(p2, half, vp, d, half, rescale, start == 0, o, out_stride),
+                3 => value_tile::<R, 3>(p2, half, vp, d, half, rescale, start == 0, o, out_stride),
+                2 => value_tile::<R, 2>(p2, half, vp, d, half, rescale, start == 0, o, out_stride),
+                _ => value_tile::<R, 1>(p2, half, vp, d, half, rescale, start == 0, o, out_stride),
+            }
+        });
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn attend_block(q: *const f32, q_stride: usize, rows: usize, k: *const f32, v: *const f32, d: usize, keys: Keys, scale: f32, out: *mut f32, out_stride: usize, key_tile: usize, mut state: RowState, scratch: &mut KernelScratch) {
+        state.max[..rows].fill(f32::NEG_INFINITY);
+        state.sum[..rows].fill(0.0);
+        let pairs = d / 2;
+        // Keys in pairs of 32 (16 value pairs fill a vector), padded by a cache line.
+        let tile_width = key_tile.div_ceil(2 * LANES) * 2 * LANES;
+        let kp_stride = tile_width + LANES;
+        let KernelScratch { scores, pairs: buffers, .. } = scratch;
+        let PairScratch { queries, keys: kp, values: vp, probabilities: p2 } = buffers;
+        queries.resize(rows * pairs, 0);
+        kp.resize(pairs * kp_stride, 0);
+        vp.resize(tile_width / 2 * d, 0);
+        p2.resize(ROWS * tile_width / 2, 0);
+        scores.resize(ROWS * tile_width, 0.0);
+        for r in 0..rows {
+            unsafe { round_pairs(std::slice::from_raw_parts(q.add(r * q_stride), d), &mut queries[r * pairs..(r + 1) * pairs]) };
+        }
+        let mut key_pairs = vec![0u32; pairs];
+        // Scores in log2 units, so the softmax takes powers of two.
+        let scale = scale * std::f32::consts::LOG2_E;
+        let mut start = 0;
+        while start < keys.visible {
+            let n = key_tile.min(keys.visible - start);
+            let width = n.div_ceil(2 * LANES) * 2 * LANES;
+            // The tile's keys as [pair][key] and values as [key pair][column], zero past n.
+            for j in 0..width {
+                if j < n {
+                    unsafe { round_pairs(std::slice::from_raw_parts(k.add((start + j) * d), d), &mut key_pairs) };
+                } else {
+                    key_pairs.fill(0);
+                }
+                for (i, p) in key_pairs.iter().enumerate() {
+                    kp[i * kp_stride + j] = *p;
+                }
+            }
+            let value = |j: usize| (j < n).then(|| unsafe { std::slice::from_raw_parts(v.add((start + j) * d), d) });
+            for j2 in 0..n.div_ceil(2) {
+                unsafe { pair_rows(value(2 * j2).expect("j2 < n / 2"), value(2 * j2 + 1), &mut vp[j2 * d..(j2 + 1) * d]) };
+            }
+            vp[n.div_ceil(2) * d..width / 2 * d].fill(0);
+            let mut r0 = 0;
+            while r0 < rows {
+                let (q2, og) = (queries[r0 * pairs..].as_ptr(), unsafe { out.add(r0 * out_stride) });
+                unsafe {
+                    match (rows - r0).min(ROWS) {
+                        1 => row_group::<1>(q2, pairs, kp.as_ptr(), kp_stride, width, vp.as_ptr(), d, start, n, keys, r0, scale, scores, p2, &mut state, og, out_stride),
+                        2 => row_group::<2>(q2, pairs, kp.as_ptr(), kp_stride, width, vp.as_ptr(), d, start, n, keys, r0, scale, scores, p2, &mut state, og, out_stride),
+                        3 => row_group::<3>(q2, pairs, kp.as_ptr(), kp_stride, width, vp.as_ptr(), d, start, n, keys, r0, scale, scores, p2, &mut state, og, out_stride),
+                        4 => row_group::<4>(q2, pairs, kp.as_ptr(), kp_stride, width, vp.as_ptr(), d, start, n, keys, r0, scale, scores, p2, &mut state, og, out_stride),
+                        5 => row_group::<5>(q2, pairs, kp.as_ptr(), kp_stride, width, vp.as_ptr(), d, start, n, keys, r0, scale, scores, p2, &mut state, og, out_stride),
+                        _ => row_group::<6>(q2, pairs, kp.as_ptr(), kp_stride, width, vp.as_ptr(), d, start, n, keys, r0, scale, scores, p2, &mut state, og, out_stride),
+                    }
+                }
+                r0 += ROWS;
+            }
+            start += n;
+        }
+        for r in 0..rows {
+            let row = unsafe { std::slice::from_raw_parts_mut(out.add(r * out_stride), d) };
+            let inv = 1.0 / state.sum[r];
+            row.iter_mut().for_each(|x| *x *= inv);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,5 +724,43 @@ mod tests {
         }
         // Head sizes off the vector width are left to the portable path.
         assert!(!supports(SimdLevel::Avx512, 24) && !supports(SimdLevel::Avx2, 12) && !supports(SimdLevel::Generic, 64));
+    }
+
+    /// The bf16 kernel against the f64 softmax attention of the bf16-rounded q, k and v: what
+    /// is left is its rounding of the probabilities (2^-9 of each) and f32 sums, far below what
+    /// a wrong pairing or mask would give. Head sizes of one and several vector columns, rows off
+    /// the row groups, key tiles off the pair width, causal rows.
+    #[test]
+    fn bf16_kernel_gives_the_softmax_attention_of_the_rounded_values() {
+        if !crate::cpu_bf16::has_bf16_dot_product() {
+            eprintln!("this CPU has no AVX512-BF16: the bf16 attention kernel is not run");
+            return;
+        }
+        let round = |x: Vec<f32>| x.iter().map(|&v| f32::from_bits((crate::cpu_bf16::round_to_bf16(v) as u32) << 16)).collect::<Vec<f32>>();
+        for d in [16usize, 64, 80, 128] {
+            for (rows, keys, key_tile, spread) in [(1usize, 1usize, 256usize, 1.0f32), (7, 300, 256, 1.0), (13, 37, 5, 8.0), (25, 515, 100, 1.0)] {
+                let (q, v) = (values(rows * d, 1 + d as u64, spread), values(keys * d, 3, 1.0));
+                let k: Vec<f32> = values(keys * d, 2, spread).iter().enumerate().map(|(i, x)| x + (i / d) as f32 * 0.01).collect();
+                for causal_first_sees in [None, Some(keys.saturating_sub(rows) + 1)] {
+                    if causal_first_sees.is_some_and(|f| f + rows - 1 > keys) {
+                        continue;
+                    }
+                    let sees = |r: usize| causal_first_sees.map_or(keys, |f| f + r);
+                    let want = naive(&round(q.clone()), &round(k.clone()), &round(v.clone()), rows, d, 0.3, sees);
+                    let mut out = vec![f32::NAN; rows * d];
+                    let (mut max, mut sum, mut rescale) = (vec![0.0; rows], vec![0.0; rows], vec![0.0; rows]);
+                    let state = RowState { max: &mut max, sum: &mut sum, rescale: &mut rescale };
+                    let mut scratch = KernelScratch::default();
+                    let keys_seen = Keys { visible: sees(rows - 1), causal_first_sees };
+                    // SAFETY: the buffers hold what the arguments say.
+                    let ran = unsafe { attend_block_bf16(q.as_ptr(), d, rows, k.as_ptr(), v.as_ptr(), d, keys_seen, 0.3, out.as_mut_ptr(), d, key_tile, state, &mut scratch) };
+                    assert!(ran, "d {d}");
+                    let diff = out.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                    // The values are within 0.5: a probability's rounding moves an output by at
+                    // most 2^-9 of its share.
+                    assert!(diff < 2e-3, "d {d} rows {rows} keys {keys} tile {key_tile} causal {causal_first_sees:?}: {diff}");
+                }
+            }
+        }
     }
 }

@@ -36,6 +36,49 @@ fn fma_gflops(iterations: usize) -> Option<f64> {
     Some((threads * iterations * CHAINS * lanes * 2) as f64 / secs / 1e9)
 }
 
+/// Measured GFLOP/s of `vdpbf16ps` (32 bf16 multiply-adds into 16 f32 sums) on all of rayon's
+/// threads, best of three: the limit of [`crate::cpu_bf16`]'s products. `None` without
+/// AVX512-BF16.
+pub fn bf16_dot_peak_gflops() -> Option<f64> {
+    if !crate::cpu_bf16::has_bf16_dot_product() {
+        return None;
+    }
+    let iterations = 100_000_000;
+    let threads = rayon::current_num_threads().max(1);
+    (0..3)
+        .filter_map(|_| {
+            let start = std::time::Instant::now();
+            // SAFETY: the CPU has AVX512-BF16 (checked above).
+            #[cfg(target_arch = "x86_64")]
+            let sums: Vec<f32> = (0..threads).into_par_iter().map(|_| unsafe { bf16_dot_chains(iterations) }).collect();
+            #[cfg(not(target_arch = "x86_64"))]
+            let sums: Vec<f32> = Vec::new();
+            let secs = start.elapsed().as_secs_f64();
+            // Each lane adds two products of 2^-16 per step until f32 stops absorbing them (at
+            // 256 or 512, as the two are added one by one or together), so a loop that ran
+            // leaves every sum there and a skipped one 0.
+            let full = 256.0 * (CHAINS * 16) as f32;
+            sums.iter().all(|s| s.is_finite() && *s >= full && *s <= 2.0 * full).then(|| (threads * iterations * CHAINS * 16 * 4) as f64 / secs / 1e9)
+        })
+        .reduce(f64::max)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn bf16_dot_chains(iterations: usize) -> f32 {
+    use std::arch::x86_64::*;
+    // 2^-8 in bf16 (0x3b80) in every half.
+    let v: __m512bh = unsafe { std::mem::transmute(_mm512_set1_epi16(std::hint::black_box(0x3b80))) };
+    let mut acc = [_mm512_setzero_ps(); CHAINS];
+    for _ in 0..iterations {
+        for a in acc.iter_mut() {
+            *a = _mm512_dpbf16_ps(*a, v, v);
+        }
+    }
+    let total = acc.iter().fold(_mm512_setzero_ps(), |s, a| _mm512_add_ps(s, *a));
+    _mm512_reduce_add_ps(total)
+}
+
 /// One thread's chains; returns their sum so the work is used.
 fn fma_chains(level: SimdLevel, iterations: usize) -> f32 {
     #[cfg(target_arch = "x86_64")]

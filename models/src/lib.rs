@@ -16,6 +16,8 @@ pub mod checkpoint;
 /// The CPU's fused f32 kernels; public for the benchmarks that compare their settings.
 pub mod cpu;
 mod cpu_attention;
+/// Opt-in bf16 products (AVX512-BF16 where the CPU has it).
+pub mod cpu_bf16;
 pub mod cpu_peak;
 mod cpu_winograd;
 /// Fused attention on CUDA (a kernel of this crate's, `attention.cu`).

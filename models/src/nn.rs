@@ -37,6 +37,12 @@ pub fn check_cancelled() -> Result<()> {
     Ok(())
 }
 
+/// The cancel flag of the run this thread is doing, for work it hands to other threads (rayon's
+/// workers do not see this thread's flag).
+pub(crate) fn cancel_flag() -> Option<Arc<AtomicBool>> {
+    CANCEL.with(|c| c.borrow().clone())
+}
+
 /// Tokens per chunk for the token-wise layers of large inputs, so a cancel is noticed within
 /// a fraction of a second even when one layer over all tokens takes seconds.
 pub(crate) const TOKEN_CHUNK: usize = 2048;
@@ -427,7 +433,7 @@ impl Block {
     /// whatever the weights' dtype (bf16/f16 weights are widened per call, the output is cast back
     /// to x's dtype); None when a bias is missing, so the op-by-op path runs.
     fn forward_fused(&self, x: &Tensor, rope: Option<&RotaryTables>) -> Result<Option<Tensor>> {
-        use crate::cpu::{BlockWeights, Rope, block_forward, f32_data, f32_view};
+        use crate::cpu::{BlockWeights, Rope, block_forward, f32_data, f32_view, product_weight};
         let (b, t, c) = x.dims3()?;
         let attn = &self.attn;
         let (Some(n1b), Some(n2b), Some(qkv_b), Some(proj_b), Some(fc1_b), Some(fc2_b)) =
@@ -435,10 +441,10 @@ impl Block {
         else {
             return Ok(None);
         };
-        let mut tensors = vec![
-            self.norm1.weight(), n1b, &attn.qkv.weight, qkv_b, &attn.proj.weight, proj_b, &self.ls1.gamma,
-            self.norm2.weight(), n2b, &self.mlp.fc1.weight, fc1_b, &self.mlp.fc2.weight, fc2_b, &self.ls2.gamma,
-        ];
+        // The products' weights: bf16 bits in place with bf16 products on, else f32 values.
+        let Some(products) = [&attn.qkv.weight, &attn.proj.weight, &self.mlp.fc1.weight, &self.mlp.fc2.weight].into_iter().map(product_weight).collect::<Option<Vec<_>>>() else { return Ok(None) };
+        let p: Vec<crate::cpu::WeightRows> = products.iter().map(|w| w.rows()).collect();
+        let mut tensors = vec![self.norm1.weight(), n1b, qkv_b, proj_b, &self.ls1.gamma, self.norm2.weight(), n2b, fc1_b, fc2_b, &self.ls2.gamma];
         if let Some((qn, kn)) = &attn.qk_norm {
             let (Some(qb), Some(kb)) = (qn.bias(), kn.bias()) else { return Ok(None) };
             tensors.extend([qn.weight(), qb, kn.weight(), kb]);
@@ -463,14 +469,14 @@ impl Block {
         let eps = self.eps as f32;
         let weights = BlockWeights {
             norm1: (w[0], w[1], eps),
-            qkv: (w[2], w[3]),
-            qk_norm: attn.qk_norm.as_ref().map(|_| ((w[14], w[15]), (w[16], w[17]))),
-            proj: (w[4], w[5]),
-            gamma1: w[6],
-            norm2: (w[7], w[8], eps),
-            fc1: (w[9], w[10]),
-            fc2: (w[11], w[12]),
-            gamma2: w[13],
+            qkv: (p[0], w[2]),
+            qk_norm: attn.qk_norm.as_ref().map(|_| ((w[10], w[11]), (w[12], w[13]))),
+            proj: (p[1], w[3]),
+            gamma1: w[4],
+            norm2: (w[5], w[6], eps),
+            fc1: (p[2], w[7]),
+            fc2: (p[3], w[8]),
+            gamma2: w[9],
             num_heads: attn.num_heads,
         };
         let out = block_forward(w[w.len() - 1], b, t, &weights, rope.as_ref())?;

@@ -78,6 +78,10 @@ pub enum BenchCommand {
         key_tiles: Vec<usize>,
         #[arg(long, default_value_t = 1)]
         repeats: usize,
+        /// f32, or bf16-products (the register kernels' products in bf16, where the CPU has
+        /// AVX512-BF16)
+        #[arg(long, default_value = "f32")]
+        dtype: String,
     },
     /// The DPT heads' stride-1 convolutions at one image size (each head runs them per frame),
     /// by the default (Winograd tiles) and by shifted products: seconds and GFLOP/s (direct-convolution
@@ -223,7 +227,11 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
         BenchCommand::Seek { video, seeks } => bench_seek(video, seeks),
         BenchCommand::Blas { sizes, repeats, other } => bench_blas(&sizes, repeats, &other),
         BenchCommand::Conv { height, width, repeats } => bench_conv(height, width, repeats),
-        BenchCommand::Attention { frames, tokens_per_frame, prompt_tokens, query_blocks, key_tiles, repeats } => bench_attention(frames, tokens_per_frame, prompt_tokens, &query_blocks, &key_tiles, repeats),
+        BenchCommand::Attention { frames, tokens_per_frame, prompt_tokens, query_blocks, key_tiles, repeats, dtype } => {
+            anyhow::ensure!(matches!(dtype.as_str(), "f32" | "bf16-products"), "--dtype {dtype}: the attention takes f32 or bf16-products");
+            bench_dtype(&dtype)?;
+            bench_attention(frames, tokens_per_frame, prompt_tokens, &query_blocks, &key_tiles, repeats)
+        }
         BenchCommand::Ask { frames, height, width, prompt_tokens, decode_tokens, device, dtype } => {
             super::bench_ask::bench_ask(&super::bench_ask::AskShape { frames, height, width, prompt_tokens, decode_tokens }, &device, &dtype)
         }
@@ -286,7 +294,53 @@ fn bench_blas(sizes: &[usize], repeats: usize, other: &str) -> Result<i32> {
         println!("FMA peak ({} independent chains of fused multiply-adds on every core, {}): {fma:.0} GFLOP/s", spatial_models::cpu_peak::CHAINS, spatial_models::multiversion::simd_level().name());
     }
     bench_blas_model_shapes(repeats, other)?;
+    bench_bf16_products(repeats)?;
     Ok(0)
+}
+
+/// `--dtype bf16-products`' kernel against OpenBLAS's sgemm at the models' shapes, whole products
+/// on all cores, next to the measured peaks of both instructions.
+fn bench_bf16_products(repeats: usize) -> Result<()> {
+    use candle_core::{Device, Tensor};
+    use spatial_models::cpu_bf16::{matmul_bf16, round_to_bf16};
+    println!();
+    let Some(peak) = spatial_models::cpu_peak::bf16_dot_peak_gflops() else {
+        println!("bf16 products: this CPU has no AVX512-BF16 (--dtype bf16-products rounds the same way and runs at the f32 products' speed)");
+        return Ok(());
+    };
+    println!("bf16 products (--dtype bf16-products: vdpbf16ps, 32 bf16 multiply-adds per instruction; measured peak {peak:.0} GFLOP/s on every core) against f32 OpenBLAS, whole products on all cores, best of {repeats}");
+    println!("| product | m x n x k | OpenBLAS f32 GFLOP/s | bf16 products GFLOP/s | ratio | bf16 share of its peak |");
+    println!("|---|---|---|---|---|---|");
+    let products: [(&str, usize, usize, usize); 6] = [
+        ("VGGT block, 2 frames of 224x224: q/k/v", 522, 3072, 1024),
+        ("VGGT block, 2 frames of 224x224: MLP down", 522, 1024, 4096),
+        ("VGGT block, a 2,048-token chunk: MLP up", 2048, 4096, 1024),
+        ("language model, 3,200 tokens: q", 3200, 2048, 2048),
+        ("language model, 3,200 tokens: MLP up", 3200, 11008, 2048),
+        ("language model, 3,200 tokens: MLP down", 3200, 2048, 11008),
+    ];
+    for (name, m, n, k) in products {
+        let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.125).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| (i % 5) as f32 * 0.125).collect();
+        // Every entry of the product is the same sum (the values are exact in bf16).
+        let expected: f64 = (0..k).map(|p| ((p % 7) as f64 * 0.125) * ((p % 5) as f64 * 0.125)).sum();
+        let bits: Vec<u16> = w.iter().map(|&v| round_to_bf16(v)).collect();
+        let (xt, wt) = (Tensor::from_vec(x.clone(), (m, k), &Device::Cpu)?, Tensor::from_vec(w, (n, k), &Device::Cpu)?.t()?);
+        let best = |f: &dyn Fn() -> Result<f32>| -> Result<f64> {
+            let mut best = f64::INFINITY;
+            for _ in 0..repeats.max(1) {
+                let t = std::time::Instant::now();
+                let first = f()?;
+                best = best.min(t.elapsed().as_secs_f64());
+                anyhow::ensure!((first as f64 - expected).abs() <= 1e-4 * expected.max(1.0), "{name}: the product's first entry is {first}, expected {expected}");
+            }
+            Ok(2.0 * (m * n * k) as f64 / best / 1e9)
+        };
+        let f32_rate = best(&|| Ok(spatial_models::blas::matmul(&xt, &wt)?.get(0)?.get(0)?.to_scalar::<f32>()?))?;
+        let bf16_rate = best(&|| Ok(matmul_bf16(&x, m, k, &bits, n)?.expect("checked above")[0]))?;
+        println!("| {name} | {m} x {n} x {k} | {f32_rate:.0} | {bf16_rate:.0} | {:.2}x | {:.0}% |", bf16_rate / f32_rate, 100.0 * bf16_rate / peak);
+    }
+    Ok(())
 }
 
 /// The models' products as each core computes its piece (the fused kernels split a product over
@@ -438,7 +492,8 @@ fn bench_attention(frames: usize, tokens_per_frame: usize, prompt_tokens: usize,
     let (vggt_heads, vggt_dim) = (16, 64);
     let (lm_heads, lm_kv_heads, lm_dim) = (16, 2, 128);
     let global_tokens = frames * tokens_per_frame;
-    println!("CPU attention, best of {repeats}; CPU: {}", cpu_model());
+    let products = if spatial_models::cpu_bf16::bf16_products() { ", bf16 products in the register kernels" } else { "" };
+    println!("CPU attention{products}, best of {repeats}; CPU: {}", cpu_model());
     println!("| attention | shape | queries x keys per tile | seconds | GFLOP/s |");
     println!("|---|---|---|---|---|");
     let time = |run: &dyn Fn() -> candle_core::Result<Vec<f32>>| -> Result<f64> {
@@ -510,10 +565,18 @@ pub fn cpu_model() -> String {
     format!("{name} ({cores} cores, {simd})")
 }
 
+/// A benchmark's `--dtype`: f32, bf16, f16, or bf16-products (bf16 weights whose products round
+/// the activations to bf16 too, see `--dtype` of the other commands).
+pub(super) fn bench_dtype(name: &str) -> Result<candle_core::DType> {
+    let products = name == "bf16-products";
+    spatial_models::cpu_bf16::set_bf16_products(products);
+    if products { Ok(candle_core::DType::BF16) } else { spatial_models::parse_dtype(name).map_err(|e| anyhow::anyhow!("--dtype: {e} (or bf16-products)")) }
+}
+
 /// VGGT-1B with constant weights (aggregator in `dtype`, heads in f32, as `Vggt::load` does).
 fn vggt_1b_constant(device: &str, dtype: &str) -> Result<(VggtConfig, Vggt, candle_core::DType, candle_core::Device)> {
     let device = spatial_models::open_device(device)?;
-    let dtype = spatial_models::parse_dtype(dtype)?;
+    let dtype = bench_dtype(dtype)?;
     let cfg = VggtConfig::vggt_1b();
     let constant = super::bench_backend::ConstantWeights(1e-3);
     let vb = candle_nn::VarBuilder::from_backend(Box::new(constant), dtype, device.clone());
@@ -527,7 +590,7 @@ fn bench_mllm(prompt_tokens: usize, decode_tokens: usize, vision_frames: usize, 
     anyhow::ensure!(prompt_tokens > 0, "--prompt-tokens must be positive");
     let device = spatial_models::open_device(device)?;
     let dtype_name = dtype;
-    let dtype = spatial_models::parse_dtype(dtype)?;
+    let dtype = bench_dtype(dtype)?;
     let cfg = Qwen25VlConfig::qwen2_5_vl_3b();
     let constant = super::bench_backend::ConstantWeights(1e-3);
     let vb = candle_nn::VarBuilder::from_backend(Box::new(constant), dtype, device.clone());

@@ -24,7 +24,9 @@ pub struct ComputeArgs {
     #[arg(long, default_value = "auto")]
     pub device: DeviceRequest,
     /// auto (on the CPU: f32, but a bf16/f16 Spatial-MLLM checkpoint keeps its precision in memory
-    /// with f32 activations; bf16 on a GPU), f32, bf16 or f16.
+    /// with f32 activations; bf16 on a GPU), f32, bf16, f16, or bf16-products (bf16 weights and
+    /// products with bf16-rounded activations and f32 sums, as on a GPU: faster on CPUs with
+    /// AVX512-BF16).
     #[arg(long, default_value = "auto")]
     pub dtype: DTypeRequest,
 }

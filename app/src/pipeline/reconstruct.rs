@@ -94,7 +94,9 @@ impl LoadedVggt {
 /// cancelled.
 pub fn reconstruct(vggt: &LoadedVggt, source: &Source, plan: &ReconstructPlan, cache: Option<&ReconstructionCache>, cancel: &Cancel, progress: &mut dyn FnMut(Progress)) -> Result<Option<Reconstructed>> {
     let start = Instant::now();
-    let settings = format!("{:?} width {} dtype {:?}", plan.resize, plan.width, vggt.compute.dtype);
+    // bf16 products give other numbers than the exact bf16-weight path: a key of their own.
+    let products = if vggt.compute.bf16_products { " with bf16 products" } else { "" };
+    let settings = format!("{:?} width {} dtype {:?}{products}", plan.resize, plan.width, vggt.compute.dtype);
     let inputs: Vec<PathBuf> = match source {
         Source::Folder(f) => plan.frames.iter().map(|&i| f.files[i].clone()).collect(),
         _ => source.path().map(|p| vec![p.to_path_buf()]).unwrap_or_default(),

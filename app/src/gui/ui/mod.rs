@@ -294,7 +294,7 @@ fn timeline(ui: &mut egui::Ui, player: &Player, sampled: &SampledFrames, region:
 
 /// Device and dtype choices offered in the settings.
 const DEVICES: [(&str, DeviceRequest); 4] = [("auto", DeviceRequest::Auto), ("cpu", DeviceRequest::Cpu), ("cuda:0", DeviceRequest::Cuda(0)), ("metal", DeviceRequest::Metal(0))];
-const DTYPES: [&str; 4] = ["auto", "f32", "bf16", "f16"];
+const DTYPES: [&str; 5] = ["auto", "f32", "bf16", "bf16-products", "f16"];
 
 #[allow(clippy::too_many_arguments)]
 fn ui_system(
