@@ -190,6 +190,9 @@ fn runs_unsharded_sharded_and_resumed_agree() {
     // A rerun into the same folder with other settings is refused; so is merging other runs.
     let o = viewer(&run_args(&d, &w, &full, &["--base-model"]));
     assert!(!o.status.success() && text(&o).contains("other settings"), "{}", text(&o));
+    // So is one in another precision: its answers would not be the run's.
+    let o = viewer(&run_args(&d, &w, &full, &["--dtype", "bf16-products"]));
+    assert!(!o.status.success() && text(&o).contains("other settings") && text(&o).contains("bf16 products"), "{}", text(&o));
     let other = out("other");
     let o = viewer(&run_args(&d, &w, &other, &["--limit", "2"]));
     assert!(o.status.success(), "{}", text(&o));

@@ -5,8 +5,10 @@
 //!
 //! On CPUs with AVX512-BF16 (AMD Zen 4 and later, Intel Cooper Lake and Sapphire Rapids) one
 //! `vdpbf16ps` multiplies 32 bf16 pairs into 16 f32 sums: twice an f32 FMA's multiply-adds per
-//! cycle (Zen 4: 234 against 117 GFLOP/s on one core). Elsewhere the same rounded activations go
-//! through the f32 product of the widened weights: the same results, at f32 speed.
+//! cycle (Zen 4: 234 against 117 GFLOP/s on one core). The attention's two products then run on
+//! it too (`cpu_attention::attend_block_bf16`). Elsewhere the same rounded activations go
+//! through the f32 product of the widened weights (the same results up to summation order, at
+//! f32 speed) and the attention stays f32.
 
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -123,12 +123,29 @@ pub struct EvalModels {
 /// returns the metrics of all its results.
 pub fn run(settings: &EvalSettings, questions: &[BenchQuestion], models: &mut EvalModels, out: &Path, cancel: &Cancel, progress: &mut dyn FnMut(EvalProgress)) -> Result<Value> {
     crate::pipeline::fsio::create_dir_all(out)?;
-    let record = settings.record();
+    let mut record = settings.record();
+    // The precision the models run in (`--dtype bf16-products` answers differently from `bf16`):
+    // a run continues only in the one it started with.
+    record["compute"] = json!(models.mllm.compute.label());
+    if let Some(vggt) = &models.vggt {
+        record["vggt_compute"] = json!(vggt.compute.label());
+    }
     let settings_path = out.join(SETTINGS);
     if let Ok(text) = std::fs::read_to_string(&settings_path) {
         let previous: Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", settings_path.display()))?;
-        if previous != record {
-            bail!("{} holds a run with other settings ({previous}); continue it with the same settings or choose another --out", out.display());
+        // Runs from before the precision was recorded continue when everything else matches.
+        let mut comparable = record.clone();
+        for key in ["compute", "vggt_compute"] {
+            if previous.get(key).is_none() {
+                comparable.as_object_mut().expect("an object").remove(key);
+            }
+        }
+        if previous != comparable {
+            let mut keys: Vec<&String> = comparable.as_object().expect("an object").keys().collect();
+            keys.extend(previous.as_object().map(|o| o.keys().filter(|k| comparable.get(k.as_str()).is_none()).collect::<Vec<_>>()).unwrap_or_default());
+            let at = |v: &Value, k: &str| v.get(k).cloned().unwrap_or(Value::Null);
+            let differ: Vec<String> = keys.into_iter().filter(|k| at(&previous, k) != at(&comparable, k)).map(|k| format!("{k}: {} there, {} here", at(&previous, k), at(&comparable, k))).collect();
+            bail!("{} holds a run with other settings ({}); continue it with the same settings or choose another --out", out.display(), differ.join("; "));
         }
     } else {
         write_json(&settings_path, &record)?;
