@@ -427,7 +427,7 @@ pub(crate) unsafe fn attend_block_bf16(q: *const f32, q_stride: usize, rows: usi
 #[cfg(target_arch = "x86_64")]
 mod avx512_bf16 {
     use super::{KernelScratch, Keys, RowState};
-    use crate::cpu_bf16::round_pairs;
+    use crate::cpu_bf16::{accumulate_pairs, round_pairs};
     use std::arch::x86_64::*;
 
     const LANES: usize = 16;
@@ -459,12 +459,6 @@ mod avx512_bf16 {
         }
     }
 
-    #[inline(always)]
-    fn bh(v: __m512i) -> __m512bh {
-        // SAFETY: both are 512 bits of plain data.
-        unsafe { std::mem::transmute(v) }
-    }
-
     /// s[r, c*16..] = scale * q2[r] . kp[.., c*16..] over `pairs` pairs, R rows x NC vectors.
     #[target_feature(enable = "avx512f,avx512bf16")]
     #[inline]
@@ -472,18 +466,7 @@ mod avx512_bf16 {
     unsafe fn score_tile<const R: usize, const NC: usize>(q2: *const u32, q2_stride: usize, kp: *const u32, kp_stride: usize, pairs: usize, scale: f32, s: *mut f32, s_stride: usize) {
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); NC]; R];
-            for i in 0..pairs {
-                let mut key = [bh(_mm512_setzero_si512()); NC];
-                for c in 0..NC {
-                    key[c] = bh(_mm512_loadu_si512(kp.add(i * kp_stride + c * LANES).cast()));
-                }
-                for r in 0..R {
-                    let qi = bh(_mm512_set1_epi32(*q2.add(r * q2_stride + i) as i32));
-                    for c in 0..NC {
-                        acc[r][c] = _mm512_dpbf16_ps(acc[r][c], qi, key[c]);
-                    }
-                }
-            }
+            accumulate_pairs(&mut acc, q2, q2_stride, 1, kp, kp_stride, pairs);
             let scale = _mm512_set1_ps(scale);
             for r in 0..R {
                 for c in 0..NC {
@@ -509,18 +492,7 @@ mod avx512_bf16 {
                     }
                 }
             }
-            for j in 0..pairs {
-                let mut value = [bh(_mm512_setzero_si512()); NC];
-                for c in 0..NC {
-                    value[c] = bh(_mm512_loadu_si512(vp.add(j * vp_stride + c * LANES).cast()));
-                }
-                for r in 0..R {
-                    let pj = bh(_mm512_set1_epi32(*p2.add(r * p2_stride + j) as i32));
-                    for c in 0..NC {
-                        acc[r][c] = _mm512_dpbf16_ps(acc[r][c], pj, value[c]);
-                    }
-                }
-            }
+            accumulate_pairs(&mut acc, p2, p2_stride, 1, vp, vp_stride, pairs);
             for r in 0..R {
                 for c in 0..NC {
                     _mm512_storeu_ps(o.add(r * o_stride + c * LANES), acc[r][c]);

@@ -252,16 +252,8 @@ unsafe fn tile(rows: usize, depth: usize, a: *const u32, b: *const u32, c: *mut 
 unsafe fn micro_kernel<const R: usize>(depth: usize, a: *const u32, b: *const u32, c: *mut f32, ldc: usize, cols: usize, accumulate: bool) {
     use std::arch::x86_64::*;
     let mut sums = [[_mm512_setzero_ps(); 2]; R];
-    for p in 0..depth {
-        // SAFETY (all loads): inside the packed panels, per the caller.
-        let (w0, w1) = unsafe { (bh(_mm512_loadu_si512(b.add(p * TILE_COLS).cast())), bh(_mm512_loadu_si512(b.add(p * TILE_COLS + 16).cast()))) };
-
-        for (i, s) in sums.iter_mut().enumerate() {
-            let x = bh(_mm512_set1_epi32(unsafe { *a.add(p * TILE_ROWS + i) } as i32));
-            s[0] = _mm512_dpbf16_ps(s[0], x, w0);
-            s[1] = _mm512_dpbf16_ps(s[1], x, w1);
-        }
-    }
+    // SAFETY: the packed panels hold `depth` pairs of R rows and of 32 columns, per the caller.
+    unsafe { accumulate_pairs(&mut sums, a, 1, TILE_ROWS, b, TILE_COLS, depth) };
     let lanes = |from: usize| -> __mmask16 { if cols >= from + 16 { 0xffff } else if cols > from { (1u32 << (cols - from)) as u16 - 1 } else { 0 } };
     let masks = [lanes(0), lanes(16)];
     for (i, s) in sums.iter().enumerate() {
@@ -276,9 +268,33 @@ unsafe fn micro_kernel<const R: usize>(depth: usize, a: *const u32, b: *const u3
     }
 }
 
+/// `sums[r][c] += sum over pairs i of a(r, i) . b(i, 16c..16c + 16)` with `vdpbf16ps`: R rows x
+/// NC vectors of 16 f32 sums held in registers, a(r, i) the bf16 pair at `a[r * a_row + i *
+/// a_pair]` broadcast to every lane, b(i, ..) 16 pairs at `b[i * b_pair + 16c]`. The inner loop
+/// of the linear kernel and of the attention kernel's two products.
+///
+/// # Safety
+/// AVX512-BF16; the addresses above are readable for r < R, i < pairs, c < NC.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
+pub(crate) unsafe fn accumulate_pairs<const R: usize, const NC: usize>(sums: &mut [[std::arch::x86_64::__m512; NC]; R], a: *const u32, a_row: usize, a_pair: usize, b: *const u32, b_pair: usize, pairs: usize) {
+    use std::arch::x86_64::*;
+    for i in 0..pairs {
+        // SAFETY (all loads): inside the operands, per the caller.
+        let w: [__m512bh; NC] = std::array::from_fn(|c| bh(unsafe { _mm512_loadu_si512(b.add(i * b_pair + 16 * c).cast()) }));
+        for (r, row) in sums.iter_mut().enumerate() {
+            let x = bh(_mm512_set1_epi32(unsafe { *a.add(r * a_row + i * a_pair) } as i32));
+            for (sum, w) in row.iter_mut().zip(&w) {
+                *sum = _mm512_dpbf16_ps(*sum, x, *w);
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn bh(v: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m512bh {
+pub(crate) fn bh(v: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m512bh {
     // SAFETY: both are 512 bits of plain data.
     unsafe { std::mem::transmute(v) }
 }

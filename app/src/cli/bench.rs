@@ -298,6 +298,19 @@ fn bench_blas(sizes: &[usize], repeats: usize, other: &str) -> Result<i32> {
     Ok(0)
 }
 
+/// (product, tokens, output features, input features) of the models' products that `bench blas`
+/// times.
+const MODEL_PRODUCTS: [(&str, usize, usize, usize); 8] = [
+    ("VGGT block, 2 frames of 224x224: q/k/v", 522, 3072, 1024),
+    ("VGGT block, 2 frames of 224x224: attention output", 522, 1024, 1024),
+    ("VGGT block, 2 frames of 224x224: MLP up", 522, 4096, 1024),
+    ("VGGT block, 2 frames of 224x224: MLP down", 522, 1024, 4096),
+    ("VGGT block, a 2,048-token chunk: MLP up", 2048, 4096, 1024),
+    ("VGGT block, a 2,048-token chunk: MLP down", 2048, 1024, 4096),
+    ("connector, 16 frames: one 1,024-deep slice of the first layer", 3128, 16384, 1024),
+    ("language model, a 2,048-token chunk: MLP down", 2048, 2048, 11008),
+];
+
 /// `--dtype bf16-products`' kernel against OpenBLAS's sgemm at the models' shapes, whole products
 /// on all cores, next to the measured peaks of both instructions.
 fn bench_bf16_products(repeats: usize) -> Result<()> {
@@ -311,15 +324,7 @@ fn bench_bf16_products(repeats: usize) -> Result<()> {
     println!("bf16 products (--dtype bf16-products: vdpbf16ps, 32 bf16 multiply-adds per instruction; measured peak {peak:.0} GFLOP/s on every core) against f32 OpenBLAS, whole products on all cores, best of {repeats}");
     println!("| product | m x n x k | OpenBLAS f32 GFLOP/s | bf16 products GFLOP/s | ratio | bf16 share of its peak |");
     println!("|---|---|---|---|---|---|");
-    let products: [(&str, usize, usize, usize); 6] = [
-        ("VGGT block, 2 frames of 224x224: q/k/v", 522, 3072, 1024),
-        ("VGGT block, 2 frames of 224x224: MLP down", 522, 1024, 4096),
-        ("VGGT block, a 2,048-token chunk: MLP up", 2048, 4096, 1024),
-        ("language model, 3,200 tokens: q", 3200, 2048, 2048),
-        ("language model, 3,200 tokens: MLP up", 3200, 11008, 2048),
-        ("language model, 3,200 tokens: MLP down", 3200, 2048, 11008),
-    ];
-    for (name, m, n, k) in products {
+    for (name, m, n, k) in MODEL_PRODUCTS {
         let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.125).collect();
         let w: Vec<f32> = (0..n * k).map(|i| (i % 5) as f32 * 0.125).collect();
         // Every entry of the product is the same sum (the values are exact in bf16).
@@ -351,17 +356,6 @@ fn bench_blas_model_shapes(repeats: usize, other: &str) -> Result<()> {
     use spatial_models::blas::{ComparedSgemm, OneCoreSgemm, product_pieces, sgemm_one_core};
     let other_lib = ComparedSgemm::load(other);
     let cores = product_pieces();
-    // (product, tokens, output features, input features) of a whole product.
-    let products: [(&str, usize, usize, usize); 8] = [
-        ("VGGT block, 2 frames of 224x224: q/k/v", 522, 3072, 1024),
-        ("VGGT block, 2 frames of 224x224: attention output", 522, 1024, 1024),
-        ("VGGT block, 2 frames of 224x224: MLP up", 522, 4096, 1024),
-        ("VGGT block, 2 frames of 224x224: MLP down", 522, 1024, 4096),
-        ("VGGT block, a 2,048-token chunk: MLP up", 2048, 4096, 1024),
-        ("VGGT block, a 2,048-token chunk: MLP down", 2048, 1024, 4096),
-        ("connector, 16 frames: one 1,024-deep slice of the first layer", 3128, 16384, 1024),
-        ("language model, a 2,048-token chunk: MLP down", 2048, 2048, 11008),
-    ];
     let other_name = match &other_lib {
         Some(lib) => lib.name.clone(),
         None => format!("{other} (not loaded: Debian's BLIS is apt-get install libblis4-serial)"),
@@ -370,7 +364,7 @@ fn bench_blas_model_shapes(repeats: usize, other: &str) -> Result<()> {
     println!("One core's piece of the models' products ({cores} cores split each along its longer side), best of {repeats}: OpenBLAS against {other_name}");
     println!("| product | whole m x n x k | one core's piece | OpenBLAS GFLOP/s | other GFLOP/s | other / OpenBLAS |");
     println!("|---|---|---|---|---|---|");
-    for (name, m, n, k) in products {
+    for (name, m, n, k) in MODEL_PRODUCTS {
         let (pm, pn) = if m >= n { (m.div_ceil(cores), n) } else { (m, n.div_ceil(cores)) };
         let a: Vec<f32> = (0..pm * k).map(|i| (i % 7) as f32 * 0.1).collect();
         let b: Vec<f32> = (0..pn * k).map(|i| (i % 5) as f32 * 0.1).collect();
