@@ -101,11 +101,12 @@ pub(crate) fn f32_data(t: &Tensor) -> Option<F32Data<impl std::ops::Deref<Target
     Some(F32Data::Owned(out))
 }
 
-/// A product's weight [n, k] as the fused block multiplies it: f32 values, or bf16 bits when bf16
-/// products are on ([`crate::cpu_bf16`]).
+/// A product's weight [n, k] as the fused block multiplies it: f32 values, f32 values packed at
+/// load ([`crate::cpu_packed`]), or bf16 bits when bf16 products are on ([`crate::cpu_bf16`]).
 #[derive(Clone, Copy)]
 pub(crate) enum WeightRows<'a> {
     F32(&'a [f32]),
+    Packed(&'a crate::cpu_packed::PackedWeight),
     Bf16(&'a [u16]),
 }
 
@@ -386,6 +387,13 @@ pub(crate) fn linear_nobias(x: &[f32], k: usize, w: &[f32]) -> Vec<f32> {
 pub(crate) fn linear_weight_rows(x: &[f32], k: usize, w: WeightRows) -> Result<Vec<f32>> {
     let bits = match w {
         WeightRows::F32(w) => return Ok(linear_nobias(x, k, w)),
+        WeightRows::Packed(w) => {
+            return match crate::cpu_packed::matmul(x, x.len() / k, w)? {
+                Some(y) => Ok(y),
+                // Packed where the kernel runs, so only reached if that changed: laid out again.
+                None => Ok(linear_nobias(x, k, &w.unpack())),
+            };
+        }
         WeightRows::Bf16(bits) => bits,
     };
     let (rows, n) = (x.len() / k, bits.len() / k);

@@ -18,6 +18,7 @@ pub mod cpu;
 mod cpu_attention;
 /// Opt-in bf16 products (AVX512-BF16 where the CPU has it).
 pub mod cpu_bf16;
+pub mod cpu_packed;
 pub mod cpu_peak;
 mod cpu_winograd;
 /// Fused attention on CUDA (a kernel of this crate's, `attention.cu`).

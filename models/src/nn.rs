@@ -100,19 +100,115 @@ pub fn stream_dtype(weights: DType, device: &candle_core::Device) -> DType {
     if device.is_cpu() { DType::F32 } else { weights }
 }
 
-/// `nn.Linear`: y = x W^T + b over the last dim, with the product through [`crate::blas`].
+/// `nn.Linear`: y = x W^T + b over the last dim, with the product through [`crate::blas`], or
+/// through [`crate::cpu_packed`] for a weight packed at load ([`Linear::packed_for_cpu`]).
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
+    weight: LinearWeight,
     bias: Option<Tensor>,
+}
+
+/// A Linear's weight [out, in]: the tensor as loaded, or (f32 on a CPU with AVX-512) packed in
+/// the product kernel's layout, which is then its only copy.
+#[derive(Debug, Clone)]
+enum LinearWeight {
+    Dense(Tensor),
+    Packed { weight: Arc<crate::cpu_packed::PackedWeight>, device: candle_core::Device },
 }
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self { weight: LinearWeight::Dense(weight), bias }
     }
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+
+    /// The weight [out, in] as a tensor: the loaded one, or a packed weight laid out again.
+    pub fn weight(&self) -> Result<Tensor> {
+        match &self.weight {
+            LinearWeight::Dense(t) => Ok(t.clone()),
+            LinearWeight::Packed { weight, device } => Tensor::from_vec(weight.unpack(), weight.dims(), device),
+        }
+    }
+
+    /// The weight as loaded, unless it was packed.
+    pub(crate) fn dense_weight(&self) -> Option<&Tensor> {
+        match &self.weight {
+            LinearWeight::Dense(t) => Some(t),
+            LinearWeight::Packed { .. } => None,
+        }
+    }
+
+    /// The packed weight, if it was packed.
+    pub(crate) fn packed_weight(&self) -> Option<&crate::cpu_packed::PackedWeight> {
+        match &self.weight {
+            LinearWeight::Packed { weight, .. } => Some(weight),
+            LinearWeight::Dense(_) => None,
+        }
+    }
+
+    /// The same layer with an f32 CPU weight packed for [`crate::cpu_packed`] (where that kernel
+    /// runs: AVX-512 within `SPATIAL_SIMD`'s cap), so its products pack only their activations;
+    /// other weights stay as they are. The packed weight replaces the loaded one (same memory).
+    pub fn packed_for_cpu(self) -> Result<Self> {
+        let LinearWeight::Dense(t) = &self.weight else { return Ok(self) };
+        if !crate::cpu_packed::available() || !t.device().is_cpu() || t.dtype() != DType::F32 || t.rank() != 2 {
+            return Ok(self);
+        }
+        let (n, k) = t.dims2()?;
+        let Some(view) = crate::cpu::f32_view(t) else { return Ok(self) };
+        let weight = Arc::new(crate::cpu_packed::PackedWeight::pack(view.slice(), n, k));
+        drop(view);
+        Ok(Self { weight: LinearWeight::Packed { weight, device: t.device().clone() }, bias: self.bias })
+    }
+
+    /// The weight's dtype (f32 when packed).
+    pub fn dtype(&self) -> DType {
+        match &self.weight {
+            LinearWeight::Dense(t) => t.dtype(),
+            LinearWeight::Packed { .. } => DType::F32,
+        }
+    }
+
+    pub fn device(&self) -> &candle_core::Device {
+        match &self.weight {
+            LinearWeight::Dense(t) => t.device(),
+            LinearWeight::Packed { device, .. } => device,
+        }
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> Result<usize> {
+        match &self.weight {
+            LinearWeight::Dense(t) => t.dim(0),
+            LinearWeight::Packed { weight, .. } => Ok(weight.dims().0),
+        }
+    }
+
+    /// Bias (and GELU, with `gelu`) added in place to the product `y` [rows, n].
+    fn finish_in_place(&self, y: &mut [f32], n: usize, gelu: bool) -> Result<()> {
+        match &self.bias {
+            Some(b) => {
+                let b = crate::cpu::f32_data(b).ok_or_else(|| candle_core::Error::Msg("a CPU linear's bias is not a float tensor".into()))?;
+                crate::cpu::add_bias_in_place(y, b.slice(), gelu);
+            }
+            None if gelu => crate::cpu::add_bias_in_place(y, &vec![0f32; n], true),
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// An f32 stream through a packed weight ([`crate::cpu_packed`]), the bias (and GELU) in
+    /// place. x: [rows, k].
+    fn forward_packed(&self, x: &Tensor, gelu: bool) -> Result<Option<Tensor>> {
+        let Some(w) = self.packed_weight() else { return Ok(None) };
+        if x.dtype() != DType::F32 || !x.device().is_cpu() {
+            return Ok(None);
+        }
+        let (rows, _) = x.dims2()?;
+        let Some(data) = crate::cpu::f32_data(x) else { return Ok(None) };
+        let Some(mut y) = crate::cpu_packed::matmul(data.slice(), rows, w)? else { return Ok(None) };
+        let n = w.dims().0;
+        self.finish_in_place(&mut y, n, gelu)?;
+        Ok(Some(Tensor::from_vec(y, (rows, n), x.device())?))
     }
 
     /// An f32 stream through half-precision weights on the CPU: the product in f32 with the
@@ -120,21 +216,15 @@ impl Linear {
     /// (and GELU, with `gelu`) applied in place, so the output is the only buffer of its size.
     /// x: [rows, k].
     fn forward_half_weights(&self, x: &Tensor, gelu: bool) -> Result<Option<Tensor>> {
-        if x.dtype() != DType::F32 || !x.device().is_cpu() || !matches!(self.weight.dtype(), DType::BF16 | DType::F16) {
+        let Some(weight) = self.dense_weight() else { return Ok(None) };
+        if x.dtype() != DType::F32 || !x.device().is_cpu() || !matches!(weight.dtype(), DType::BF16 | DType::F16) {
             return Ok(None);
         }
         let (rows, k) = x.dims2()?;
         let Some(data) = crate::cpu::f32_data(x) else { return Ok(None) };
-        let Some(mut y) = crate::cpu::linear_half_weights(data.slice(), k, &self.weight)? else { return Ok(None) };
-        let n = self.weight.dim(0)?;
-        match &self.bias {
-            Some(b) => {
-                let b = crate::cpu::f32_data(b).ok_or_else(|| candle_core::Error::Msg("a CPU linear's bias is not a float tensor".into()))?;
-                crate::cpu::add_bias_in_place(&mut y, b.slice(), gelu);
-            }
-            None if gelu => crate::cpu::add_bias_in_place(&mut y, &vec![0f32; n], true),
-            None => {}
-        }
+        let Some(mut y) = crate::cpu::linear_half_weights(data.slice(), k, weight)? else { return Ok(None) };
+        let n = weight.dim(0)?;
+        self.finish_in_place(&mut y, n, gelu)?;
         Ok(Some(Tensor::from_vec(y, (rows, n), x.device())?))
     }
 
@@ -150,11 +240,16 @@ impl Linear {
         let k = *dims.last().ok_or_else(|| candle_core::Error::Msg("Linear on a scalar".into()))?;
         let rows = x.elem_count() / k.max(1);
         let x2 = x.reshape((rows, k))?;
-        let y = match self.forward_half_weights(&x2, gelu)? {
+        let fast = match self.forward_packed(&x2, gelu)? {
+            Some(y) => Some(y),
+            None => self.forward_half_weights(&x2, gelu)?,
+        };
+        let y = match fast {
             Some(y) => y,
             None => {
-                let x2 = if x2.dtype() == self.weight.dtype() { x2 } else { x2.to_dtype(self.weight.dtype())? };
-                let mut y = crate::blas::matmul(&x2, &self.weight.t()?)?;
+                let weight = self.weight()?;
+                let x2 = if x2.dtype() == weight.dtype() { x2 } else { x2.to_dtype(weight.dtype())? };
+                let mut y = crate::blas::matmul(&x2, &weight.t()?)?;
                 if let Some(b) = &self.bias {
                     y = y.broadcast_add(&b.to_dtype(y.dtype())?)?;
                 }
@@ -163,7 +258,7 @@ impl Linear {
         };
         let mut out_dims = dims;
         let last = out_dims.len() - 1; // x has at least one dim: k came from it
-        out_dims[last] = self.weight.dim(0)?;
+        out_dims[last] = self.out_features()?;
         y.reshape(out_dims)
     }
 }
@@ -208,7 +303,7 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn new(in_dim: usize, hidden: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { fc1: linear(in_dim, hidden, vb.pp("fc1"))?, fc2: linear(hidden, out_dim, vb.pp("fc2"))? })
+        Ok(Self { fc1: linear(in_dim, hidden, vb.pp("fc1"))?.packed_for_cpu()?, fc2: linear(hidden, out_dim, vb.pp("fc2"))?.packed_for_cpu()? })
     }
 }
 
@@ -351,8 +446,8 @@ impl SelfAttention {
             None
         };
         Ok(Self {
-            qkv: linear(dim, 3 * dim, vb.pp("qkv"))?,
-            proj: linear(dim, dim, vb.pp("proj"))?,
+            qkv: linear(dim, 3 * dim, vb.pp("qkv"))?.packed_for_cpu()?,
+            proj: linear(dim, dim, vb.pp("proj"))?.packed_for_cpu()?,
             qk_norm,
             num_heads,
             head_dim,
@@ -441,9 +536,22 @@ impl Block {
         else {
             return Ok(None);
         };
-        // The products' weights: bf16 bits in place with bf16 products on, else f32 values.
-        let Some(products) = [&attn.qkv.weight, &attn.proj.weight, &self.mlp.fc1.weight, &self.mlp.fc2.weight].into_iter().map(product_weight).collect::<Option<Vec<_>>>() else { return Ok(None) };
-        let p: Vec<crate::cpu::WeightRows> = products.iter().map(|w| w.rows()).collect();
+        // The products' weights: packed at load, read in place; else bf16 bits in place with bf16
+        // products on, else f32 values.
+        let linears = [&attn.qkv, &attn.proj, &self.mlp.fc1, &self.mlp.fc2];
+        let dense: Vec<Option<_>> = linears.iter().map(|l| l.dense_weight().map(product_weight)).collect();
+        if dense.iter().any(|d| matches!(d, Some(None))) {
+            return Ok(None);
+        }
+        let p: Vec<crate::cpu::WeightRows> = linears
+            .iter()
+            .zip(&dense)
+            .map(|(l, d)| match (l.packed_weight(), d) {
+                (Some(packed), _) => crate::cpu::WeightRows::Packed(packed),
+                (None, Some(Some(w))) => w.rows(),
+                (None, _) => unreachable!("a Linear's weight is packed or dense"),
+            })
+            .collect();
         let mut tensors = vec![self.norm1.weight(), n1b, qkv_b, proj_b, &self.ls1.gamma, self.norm2.weight(), n2b, fc1_b, fc2_b, &self.ls2.gamma];
         if let Some((qn, kn)) = &attn.qk_norm {
             let (Some(qb), Some(kb)) = (qn.bias(), kn.bias()) else { return Ok(None) };
@@ -680,6 +788,42 @@ mod tests {
         let diff = (&got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         let size = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-5 * size.max(1.0), "fused block vs ops: {diff} (values up to {size})");
+    }
+
+    /// An f32 linear layer packed at load ([`Linear::packed_for_cpu`], where AVX-512 runs it)
+    /// gives candle's product of the loaded weight, bias and `gelu_erf` for one row, many rows,
+    /// 3-D inputs, widths off the 32-column panels and no bias; its weight reads back exactly;
+    /// and the transformer blocks pack theirs.
+    #[test]
+    fn packed_linear_matches_the_loaded_weight() {
+        let dev = Device::Cpu;
+        for (dims, k, n, with_bias) in [(vec![1usize], 70usize, 33usize, true), (vec![2, 150], 96, 70, true), (vec![37], 300, 64, false)] {
+            let mut x_shape = dims.clone();
+            x_shape.push(k);
+            let x = Tensor::randn(0f32, 2.0, x_shape, &dev).unwrap();
+            let w = Tensor::randn(0f32, 0.3, (n, k), &dev).unwrap();
+            let b = with_bias.then(|| Tensor::randn(0f32, 1.0, n, &dev).unwrap());
+            let linear = Linear::new(w.clone(), b.clone()).packed_for_cpu().unwrap();
+            assert_eq!(linear.packed_weight().is_some(), crate::cpu_packed::available(), "packed exactly where the kernel runs");
+            assert_eq!(linear.weight().unwrap().to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap(), "the weight as loaded");
+            assert_eq!((linear.dtype(), linear.out_features().unwrap()), (DType::F32, n));
+            let mut want = x.broadcast_matmul(&w.t().unwrap()).unwrap();
+            if let Some(b) = &b {
+                want = want.broadcast_add(b).unwrap();
+            }
+            let want_gelu = want.gelu_erf().unwrap();
+            for (got, want, what) in [(linear.forward(&x).unwrap(), &want, "forward"), (linear.forward_gelu(&x).unwrap(), &want_gelu, "forward_gelu")] {
+                assert_eq!(got.dims(), want.dims(), "{what}");
+                let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(diff < 1e-4, "{what} [{k} -> {n}]: {diff}");
+            }
+        }
+        let weights: std::collections::HashMap<String, Tensor> = [("fc1.weight", vec![64, 32]), ("fc1.bias", vec![64]), ("fc2.weight", vec![32, 64]), ("fc2.bias", vec![32])]
+            .into_iter()
+            .map(|(name, shape)| (name.to_string(), Tensor::randn(0f32, 0.2, shape, &dev).unwrap()))
+            .collect();
+        let mlp = Mlp::new(32, 64, 32, VarBuilder::from_tensors(weights, DType::F32, &dev)).unwrap();
+        assert_eq!(mlp.fc1.packed_weight().is_some(), crate::cpu_packed::available(), "a block's MLP packs its f32 weights");
     }
 
     /// A linear layer with half-precision weights on the CPU adds its bias (and with

@@ -294,6 +294,7 @@ fn bench_blas(sizes: &[usize], repeats: usize, other: &str) -> Result<i32> {
         println!("FMA peak ({} independent chains of fused multiply-adds on every core, {}): {fma:.0} GFLOP/s", spatial_models::cpu_peak::CHAINS, spatial_models::multiversion::simd_level().name());
     }
     bench_blas_model_shapes(repeats, other)?;
+    bench_packed_weights(repeats)?;
     bench_bf16_products(repeats)?;
     Ok(0)
 }
@@ -310,6 +311,46 @@ const MODEL_PRODUCTS: [(&str, usize, usize, usize); 8] = [
     ("connector, 16 frames: one 1,024-deep slice of the first layer", 3128, 16384, 1024),
     ("language model, a 2,048-token chunk: MLP down", 2048, 2048, 11008),
 ];
+
+/// The f32 kernel on weights packed at load (`spatial_models::cpu_packed`, what VGGT's blocks
+/// use on AVX-512 CPUs) against OpenBLAS's sgemm at the models' shapes, whole products on all
+/// cores, the two timed in turn, next to the FMA peak.
+fn bench_packed_weights(repeats: usize) -> Result<()> {
+    use candle_core::{Device, Tensor};
+    use spatial_models::cpu_packed::{PackedWeight, available, matmul};
+    println!();
+    if !available() {
+        println!("f32 products on packed weights: this CPU has no AVX-512 (within SPATIAL_SIMD's cap), so the models' f32 products run on OpenBLAS alone");
+        return Ok(());
+    }
+    let peak = spatial_models::cpu_peak::fma_peak_gflops();
+    println!("f32 products on weights packed at load (14 x 32 AVX-512 tiles; the FMA peak: {}) against OpenBLAS, whole products on all cores, best of {repeats}", peak.map_or("-".to_string(), |p| format!("{p:.0} GFLOP/s")));
+    println!("| product | m x n x k | OpenBLAS GFLOP/s | packed weights GFLOP/s | ratio | packed share of the FMA peak | packing the weight (once, at load) |");
+    println!("|---|---|---|---|---|---|---|");
+    for (name, m, n, k) in MODEL_PRODUCTS {
+        let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.125).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| (i % 5) as f32 * 0.125).collect();
+        // Every entry of the product is the same sum.
+        let expected: f64 = (0..k).map(|p| ((p % 7) as f64 * 0.125) * ((p % 5) as f64 * 0.125)).sum();
+        let packing = std::time::Instant::now();
+        let packed = PackedWeight::pack(&w, n, k);
+        let packing = packing.elapsed().as_secs_f64();
+        let (xt, wt) = (Tensor::from_vec(x.clone(), (m, k), &Device::Cpu)?, Tensor::from_vec(w, (n, k), &Device::Cpu)?.t()?);
+        let (mut blas, mut ours) = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..repeats.max(1) {
+            for (best, product) in [(&mut blas, &(|| Ok(spatial_models::blas::matmul(&xt, &wt)?.get(0)?.get(0)?.to_scalar::<f32>()?)) as &dyn Fn() -> Result<f32>), (&mut ours, &|| Ok(matmul(&x, m, &packed)?.expect("checked above")[0]))] {
+                let t = std::time::Instant::now();
+                let first = product()?;
+                *best = best.min(t.elapsed().as_secs_f64());
+                anyhow::ensure!((first as f64 - expected).abs() <= 1e-4 * expected.max(1.0), "{name}: the product's first entry is {first}, expected {expected}");
+            }
+        }
+        let rate = |s: f64| 2.0 * (m * n * k) as f64 / s / 1e9;
+        let share = peak.map_or("-".to_string(), |p| format!("{:.0}%", 100.0 * rate(ours) / p));
+        println!("| {name} | {m} x {n} x {k} | {:.0} | {:.0} | {:.2}x | {share} | {:.1} ms, {:.1} GB/s |", rate(blas), rate(ours), rate(ours) / rate(blas), packing * 1e3, (n * k * 4) as f64 / packing / 1e9);
+    }
+    Ok(())
+}
 
 /// `--dtype bf16-products`' kernel against OpenBLAS's sgemm at the models' shapes, whole products
 /// on all cores, next to the measured peaks of both instructions.

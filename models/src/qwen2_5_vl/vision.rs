@@ -143,7 +143,7 @@ impl VisionTransformer {
 
     /// The hidden states' dtype (see [`crate::nn::stream_dtype`]).
     pub fn dtype(&self) -> DType {
-        crate::nn::stream_dtype(self.patch_embed.weight().dtype(), self.patch_embed.weight().device())
+        crate::nn::stream_dtype(self.patch_embed.dtype(), self.patch_embed.device())
     }
 
     /// pixel_values: [sum of t*h*w, patch_dim] in the processor's patch order; returns

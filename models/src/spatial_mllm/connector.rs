@@ -33,14 +33,13 @@ impl Connector {
 
     /// Floating-point operations of projecting `tokens` merged tokens (for benchmarks).
     pub fn estimate_flops(&self, tokens: usize) -> f64 {
-        let (m, out) = (self.merged_dim as f64, self.fc2.weight().dim(0).unwrap_or(0) as f64);
+        let (m, out) = (self.merged_dim as f64, self.fc2.out_features().unwrap_or(0) as f64);
         tokens as f64 * 2.0 * (m * m + m * out)
     }
 
     /// [N, merged_dim] -> [N, language_dim]
     pub fn project(&self, merged: &Tensor) -> Result<Tensor> {
-        let w = self.fc1.weight();
-        let x = self.ln_q.forward(merged)?.to_dtype(crate::nn::stream_dtype(w.dtype(), w.device()))?;
+        let x = self.ln_q.forward(merged)?.to_dtype(crate::nn::stream_dtype(self.fc1.dtype(), self.fc1.device()))?;
         let hidden = self.fc1.forward_gelu(&x)?;
         drop(x); // [N, merged_dim]: 205 MB at 16 frames
         self.fc2.forward(&hidden)
