@@ -62,6 +62,7 @@ enum Command {
 
 fn main() {
     spatial_models::tune_allocator();
+    spatial_models::blas::prefer_fastest_openblas_kernels();
     pipeline::fsio::report_file_size_limits_as_errors();
     let args = Args::parse();
     let gui = |input, script, bench_points| {

@@ -96,7 +96,9 @@ pub enum BenchCommand {
     },
     /// Single-precision matrix products at sizes where the hardware peak shows: OpenBLAS (the
     /// kernel its DYNAMIC_ARCH picked) next to the gemm crate candle uses without it; GFLOP/s.
-    /// Then one core's piece of the models' own products, OpenBLAS next to another BLAS (--other).
+    /// Then one core's piece of the models' own products, OpenBLAS next to another BLAS (--other);
+    /// then the models' products on weights packed at load (AVX-512) and with bf16 products
+    /// (AVX512-BF16), each against OpenBLAS.
     Blas {
         #[arg(long, value_delimiter = ',', default_values_t = [1024usize, 2048, 4096])]
         sizes: Vec<usize>,
