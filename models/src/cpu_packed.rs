@@ -37,8 +37,8 @@ pub fn available() -> bool {
 }
 
 /// A weight [n, k] (a Linear's, row-major) packed for [`matmul`]: panel p holds columns
-/// 32p..32p + 32 as [k][32] values, the last panel's missing columns zero.
-#[derive(Clone)]
+/// 32p..32p + 32 as [k][32] values, the last panel's missing columns zero. Not `Clone`: layers
+/// share it through an `Arc` (a copy would be the weight's size again).
 pub struct PackedWeight {
     panels: Vec<f32>,
     n: usize,
