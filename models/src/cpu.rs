@@ -364,6 +364,14 @@ pub(crate) fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], eps: f32) -> V
     unsafe { out.into_vec() }
 }
 
+/// `x[rows, k] · w[n, k]^T` as the fused blocks run an f32 weight that is not packed: split over
+/// rayon's threads, each piece one single-threaded OpenBLAS call (for `bench blas`: OpenBLAS's
+/// own threads spin for a while after a call and would take a core from the next product).
+pub fn blocks_f32_product(x: &[f32], k: usize, w: &[f32]) -> Vec<f32> {
+    let _single = SingleThreadedBlas::new();
+    linear_nobias(x, k, w)
+}
+
 /// `x[rows, k] · w[n, k]^T` (a Linear without its bias) into a new [rows, n] buffer.
 pub(crate) fn linear_nobias(x: &[f32], k: usize, w: &[f32]) -> Vec<f32> {
     let rows = x.len() / k;

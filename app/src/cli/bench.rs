@@ -315,10 +315,9 @@ const MODEL_PRODUCTS: [(&str, usize, usize, usize); 8] = [
 ];
 
 /// The f32 kernel on weights packed at load (`spatial_models::cpu_packed`, what VGGT's blocks
-/// use on AVX-512 CPUs) against OpenBLAS's sgemm at the models' shapes, whole products on all
-/// cores, the two timed in turn, next to the FMA peak.
+/// use on AVX-512 CPUs) against OpenBLAS as the blocks call it for unpacked weights, at the
+/// models' shapes, whole products on all cores, the two timed in turn, next to the FMA peak.
 fn bench_packed_weights(repeats: usize) -> Result<()> {
-    use candle_core::{Device, Tensor};
     use spatial_models::cpu_packed::{PackedWeight, available, matmul};
     println!();
     if !available() {
@@ -326,7 +325,7 @@ fn bench_packed_weights(repeats: usize) -> Result<()> {
         return Ok(());
     }
     let peak = spatial_models::cpu_peak::fma_peak_gflops();
-    println!("f32 products on weights packed at load (14 x 32 AVX-512 tiles; the FMA peak: {}) against OpenBLAS, whole products on all cores, best of {repeats}", peak.map_or("-".to_string(), |p| format!("{p:.0} GFLOP/s")));
+    println!("f32 products on weights packed at load (14 x 32 AVX-512 tiles; the FMA peak: {}) against OpenBLAS as the blocks call it for unpacked weights (a single-threaded call per rayon thread), whole products on all cores, timed in turn, best of {repeats}", peak.map_or("-".to_string(), |p| format!("{p:.0} GFLOP/s")));
     println!("| product | m x n x k | OpenBLAS GFLOP/s | packed weights GFLOP/s | ratio | packed share of the FMA peak | packing the weight (once, at load) |");
     println!("|---|---|---|---|---|---|---|");
     for (name, m, n, k) in MODEL_PRODUCTS {
@@ -337,10 +336,13 @@ fn bench_packed_weights(repeats: usize) -> Result<()> {
         let packing = std::time::Instant::now();
         let packed = PackedWeight::pack(&w, n, k);
         let packing = packing.elapsed().as_secs_f64();
-        let (xt, wt) = (Tensor::from_vec(x.clone(), (m, k), &Device::Cpu)?, Tensor::from_vec(w, (n, k), &Device::Cpu)?.t()?);
         let (mut blas, mut ours) = (f64::INFINITY, f64::INFINITY);
         for _ in 0..repeats.max(1) {
-            for (best, product) in [(&mut blas, &(|| Ok(spatial_models::blas::matmul(&xt, &wt)?.get(0)?.get(0)?.to_scalar::<f32>()?)) as &dyn Fn() -> Result<f32>), (&mut ours, &|| Ok(matmul(&x, m, &packed)?.expect("checked above")[0]))] {
+            // OpenBLAS as the blocks call it for a weight that is not packed (rayon's threads,
+            // one single-threaded call each): with its own threads it was the whole-product
+            // comparison, and those threads, spinning for a while after each call, took a core
+            // from the packed product timed next (the smallest products then ran at half speed).
+            for (best, product) in [(&mut blas, &(|| Ok(spatial_models::cpu::blocks_f32_product(&x, k, &w)[0])) as &dyn Fn() -> Result<f32>), (&mut ours, &|| Ok(matmul(&x, m, &packed)?.expect("checked above")[0]))] {
                 let t = std::time::Instant::now();
                 let first = product()?;
                 *best = best.min(t.elapsed().as_secs_f64());
@@ -354,10 +356,9 @@ fn bench_packed_weights(repeats: usize) -> Result<()> {
     Ok(())
 }
 
-/// `--dtype bf16-products`' kernel against OpenBLAS's sgemm at the models' shapes, whole products
-/// on all cores, next to the measured peaks of both instructions.
+/// `--dtype bf16-products`' kernel against the f32 product as the blocks run it (OpenBLAS) at the
+/// models' shapes, whole products on all cores, next to the measured peaks of both instructions.
 fn bench_bf16_products(repeats: usize) -> Result<()> {
-    use candle_core::{Device, Tensor};
     use spatial_models::cpu_bf16::{matmul_bf16, round_to_bf16};
     println!();
     let Some(peak) = spatial_models::cpu_peak::bf16_dot_peak_gflops() else {
@@ -373,7 +374,6 @@ fn bench_bf16_products(repeats: usize) -> Result<()> {
         // Every entry of the product is the same sum (the values are exact in bf16).
         let expected: f64 = (0..k).map(|p| ((p % 7) as f64 * 0.125) * ((p % 5) as f64 * 0.125)).sum();
         let bits: Vec<u16> = w.iter().map(|&v| round_to_bf16(v)).collect();
-        let (xt, wt) = (Tensor::from_vec(x.clone(), (m, k), &Device::Cpu)?, Tensor::from_vec(w, (n, k), &Device::Cpu)?.t()?);
         let best = |f: &dyn Fn() -> Result<f32>| -> Result<f64> {
             let mut best = f64::INFINITY;
             for _ in 0..repeats.max(1) {
@@ -384,7 +384,7 @@ fn bench_bf16_products(repeats: usize) -> Result<()> {
             }
             Ok(2.0 * (m * n * k) as f64 / best / 1e9)
         };
-        let f32_rate = best(&|| Ok(spatial_models::blas::matmul(&xt, &wt)?.get(0)?.get(0)?.to_scalar::<f32>()?))?;
+        let f32_rate = best(&|| Ok(spatial_models::cpu::blocks_f32_product(&x, k, &w)[0]))?;
         let bf16_rate = best(&|| Ok(matmul_bf16(&x, m, k, &bits, n)?.expect("checked above")[0]))?;
         println!("| {name} | {m} x {n} x {k} | {f32_rate:.0} | {bf16_rate:.0} | {:.2}x | {:.0}% |", bf16_rate / f32_rate, 100.0 * bf16_rate / peak);
     }
