@@ -70,10 +70,26 @@ fn tmp_dir(name: &str) -> common::ScratchDir {
 /// Runs a script (with extra command-line arguments) while `during` drives the live window (e.g.
 /// with xdotool) on the same display; `during` gets the display and the viewer's process id.
 fn run_viewer(dir: &Path, script: &str, args: &[&str], during: impl FnOnce(&str, u32)) -> Output {
+    use std::os::unix::process::CommandExt;
     let path = dir.join("steps.json");
     std::fs::write(&path, script).unwrap();
     let xvfb = start_xvfb();
-    let child = Command::new(env!("CARGO_BIN_EXE_spatial-viewer"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_spatial-viewer"));
+    // Ctrl-C as a terminal's foreground job gets it: a test run started in the background
+    // (`cmd &` in a script) inherits SIGINT ignored, and an app started so rightly keeps ignoring it.
+    // SAFETY: only resets one signal's disposition in the child before it execs.
+    unsafe {
+        command.pre_exec(|| {
+            unsafe extern "C" {
+                fn signal(signum: i32, handler: usize) -> usize;
+            }
+            const SIGINT: i32 = 2;
+            const SIG_DFL: usize = 0;
+            signal(SIGINT, SIG_DFL);
+            Ok(())
+        });
+    }
+    let child = command
         .arg("--script")
         .arg(&path)
         .args(args)
