@@ -26,14 +26,22 @@ const TASK_COLS: usize = 256;
 /// two more the weight vectors.
 const TILE_ROWS: usize = 14;
 
-/// Whether the packed kernel runs here: AVX-512 within `SPATIAL_SIMD`'s cap.
+/// Whether the packed kernel runs here: AVX-512 within `SPATIAL_SIMD`'s cap, unless
+/// `SPATIAL_PACKED_WEIGHTS=off` (to time OpenBLAS on the same kernels otherwise); decided once.
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        crate::multiversion::simd_level() == crate::multiversion::SimdLevel::Avx512
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        let off = std::env::var("SPATIAL_PACKED_WEIGHTS").is_ok_and(|v| matches!(v.as_str(), "off" | "0"));
+        #[cfg(target_arch = "x86_64")]
+        {
+            !off && crate::multiversion::simd_level() == crate::multiversion::SimdLevel::Avx512
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = off;
+            false
+        }
+    })
 }
 
 /// A weight [n, k] (a Linear's, row-major) packed for [`matmul`]: panel p holds columns
