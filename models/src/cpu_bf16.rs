@@ -234,15 +234,7 @@ fn pack_weights(w: &[u16], k: usize, c0: usize, c1: usize, p0: usize, depth: usi
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile(rows: usize, depth: usize, a: *const u32, b: *const u32, c: *mut f32, ldc: usize, cols: usize, accumulate: bool) {
-    macro_rules! by_rows {
-        ($($r:literal)*) => {
-            match rows {
-                $($r => unsafe { micro_kernel::<$r>(depth, a, b, c, ldc, cols, accumulate) },)*
-                _ => unreachable!("a tile has 1 to {TILE_ROWS} rows"),
-            }
-        };
-    }
-    by_rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14)
+    crate::cpu_packed::by_tile_rows!(micro_kernel, rows, depth, a, b, c, ldc, cols, accumulate)
 }
 
 /// `c[R, cols] (+)= a · b` over `depth` pairs: 2R sums of 16 lanes stay in registers, each step
@@ -254,18 +246,7 @@ unsafe fn micro_kernel<const R: usize>(depth: usize, a: *const u32, b: *const u3
     let mut sums = [[_mm512_setzero_ps(); 2]; R];
     // SAFETY: the packed panels hold `depth` pairs of R rows and of 32 columns, per the caller.
     unsafe { accumulate_pairs(&mut sums, a, 1, TILE_ROWS, b, TILE_COLS, depth) };
-    let lanes = |from: usize| -> __mmask16 { if cols >= from + 16 { 0xffff } else if cols > from { (1u32 << (cols - from)) as u16 - 1 } else { 0 } };
-    let masks = [lanes(0), lanes(16)];
-    for (i, s) in sums.iter().enumerate() {
-        for (v, (&sum, &mask)) in s.iter().zip(&masks).enumerate() {
-            // SAFETY: row i, the masked columns of this tile, per the caller.
-            unsafe {
-                let at = c.add(i * ldc + 16 * v);
-                let total = if accumulate { _mm512_add_ps(sum, _mm512_maskz_loadu_ps(mask, at)) } else { sum };
-                _mm512_mask_storeu_ps(at, mask, total);
-            }
-        }
-    }
+    crate::cpu_packed::store_tile!(sums, c, ldc, cols, accumulate);
 }
 
 /// `sums[r][c] += sum over pairs i of a(r, i) . b(i, 16c..16c + 16)` with `vdpbf16ps`: R rows x

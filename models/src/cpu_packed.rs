@@ -185,15 +185,7 @@ fn pack_activations(x: &[f32], rows: usize, k: usize) -> Vec<f32> {
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile(rows: usize, depth: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, cols: usize, accumulate: bool) {
-    macro_rules! by_rows {
-        ($($r:literal)*) => {
-            match rows {
-                $($r => unsafe { micro_kernel::<$r>(depth, a, b, c, ldc, cols, accumulate) },)*
-                _ => unreachable!("a tile has 1 to {TILE_ROWS} rows"),
-            }
-        };
-    }
-    by_rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14)
+    crate::cpu_packed::by_tile_rows!(micro_kernel, rows, depth, a, b, c, ldc, cols, accumulate)
 }
 
 /// `c[R, cols] (+)= a · b` over `depth`: 2R sums of 16 lanes stay in registers;
@@ -212,19 +204,52 @@ unsafe fn micro_kernel<const R: usize>(depth: usize, a: *const f32, b: *const f3
             row[1] = _mm512_fmadd_ps(x, w[1], row[1]);
         }
     }
-    let lanes = |from: usize| -> __mmask16 { if cols >= from + 16 { 0xffff } else if cols > from { (1u32 << (cols - from)) as u16 - 1 } else { 0 } };
-    let masks = [lanes(0), lanes(16)];
-    for (i, s) in sums.iter().enumerate() {
-        for (v, (&sum, &mask)) in s.iter().zip(&masks).enumerate() {
-            // SAFETY: row i, the masked columns of this tile, per the caller.
-            unsafe {
-                let at = c.add(i * ldc + 16 * v);
-                let total = if accumulate { _mm512_add_ps(sum, _mm512_maskz_loadu_ps(mask, at)) } else { sum };
-                _mm512_mask_storeu_ps(at, mask, total);
+    store_tile!(sums, c, ldc, cols, accumulate);
+}
+
+/// Stores (or with `accumulate` adds) the rows of 2 x 16 sums `sums` into `c[rows, cols]`, `ldc`
+/// apart, the columns past `cols` untouched: the end of this kernel and of the bf16 one
+/// ([`crate::cpu_bf16`]). A macro, so it is compiled into each kernel: as a `#[target_feature]`
+/// function (which cannot be `#[inline(always)]`) it stayed a call per tile, the sums spilled to
+/// pass them, and both kernels ran 3-10% slower (`bench blas`, two runs each).
+/// `c` must have the rows of `sums` with `cols` (at most 32) writable columns, `ldc` apart; the
+/// caller's features include AVX-512F.
+macro_rules! store_tile {
+    ($sums:expr, $c:expr, $ldc:expr, $cols:expr, $accumulate:expr) => {{
+        use std::arch::x86_64::*;
+        let cols: usize = $cols;
+        let lanes = |from: usize| -> __mmask16 { if cols >= from + 16 { 0xffff } else if cols > from { (1u32 << (cols - from)) as u16 - 1 } else { 0 } };
+        let masks = [lanes(0), lanes(16)];
+        for (i, s) in $sums.iter().enumerate() {
+            for (v, (&sum, &mask)) in s.iter().zip(&masks).enumerate() {
+                // SAFETY: row i, the masked columns of this tile, per the caller.
+                unsafe {
+                    let at = $c.add(i * $ldc + 16 * v);
+                    let total = if $accumulate { _mm512_add_ps(sum, _mm512_maskz_loadu_ps(mask, at)) } else { sum };
+                    _mm512_mask_storeu_ps(at, mask, total);
+                }
             }
         }
-    }
+    }};
 }
+pub(crate) use store_tile;
+
+/// `kernel::<R>(args)` for R = `rows`, 1 to 14: the 14-row tile kernels (this one and
+/// [`crate::cpu_bf16`]'s) are compiled for each row count, so a last tile of fewer rows holds
+/// only its own sums in registers.
+macro_rules! by_tile_rows {
+    ($kernel:ident, $rows:expr, $($arg:expr),*) => {
+        $crate::cpu_packed::by_tile_rows!(@rows $kernel, $rows, ($($arg),*), 1 2 3 4 5 6 7 8 9 10 11 12 13 14)
+    };
+    (@rows $kernel:ident, $rows:expr, $args:tt, $($r:literal)*) => {
+        match $rows {
+            // SAFETY: the caller's contract is the kernel's.
+            $($r => unsafe { $kernel::<$r> $args },)*
+            _ => unreachable!("a tile has 1 to 14 rows"),
+        }
+    };
+}
+pub(crate) use by_tile_rows;
 
 #[cfg(test)]
 mod tests {
