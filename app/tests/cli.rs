@@ -188,6 +188,14 @@ fn bad_inputs_get_clear_messages() {
     let out = viewer(&["sample", "--geometry", dir.join("missing.safetensors").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("missing.safetensors"), "{}", text(&out));
+    let geometry = fixture("sa-sampling/expected.safetensors");
+    for (args, said) in [(["--k", "0"], "--k 0"), (["--conf-percentile", "150"], "percentile 150: expected 0 to 100")] {
+        let mut all = vec!["sample", "--geometry", geometry.to_str().unwrap()];
+        all.extend_from_slice(&args);
+        let out = viewer(&all);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(said), "{args:?}: {}", text(&out));
+    }
 
     let out = viewer(&["reconstruct", "--weights", dir.to_str().unwrap(), "--input", frames.to_str().unwrap(), "--out", dir.join("o.safetensors").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
@@ -290,6 +298,21 @@ fn ask_rejects_bad_input_clearly() {
     let out = viewer(&["ask", "--weights", w, "--input", f, "--question", "  "]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("--question is empty"), "{}", text(&out));
+
+    // Generation settings no sampler can use are named before anything loads.
+    for (args, said) in [
+        (["--max-new-tokens", "0"], "--max-new-tokens 0"),
+        (["--temperature=-1", "--seed=1"], "--temperature -1: expected 0 (greedy) or more"),
+        (["--temperature", "NaN"], "--temperature NaN"),
+        (["--top-p", "2"], "--top-p 2: expected more than 0 and at most 1"),
+        (["--top-p", "0"], "--top-p 0"),
+    ] {
+        let mut all = vec!["ask", "--weights", w, "--input", f, "--question", "how far?"];
+        all.extend_from_slice(&args);
+        let out = viewer(&all);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(said) && !text(&out).contains("loaded on"), "{args:?}: {}", text(&out));
+    }
 
     // A prompt longer than the context.
     let short = dir.join("short-context");

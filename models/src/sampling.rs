@@ -667,6 +667,7 @@ impl VoxelSets {
     /// points: S frames of P points, xyz interleaved ([S*P*3]); conf: [S*P].
     pub fn build(points: &[f32], conf: &[f32], frames: usize, params: &SamplingParams) -> anyhow::Result<Self> {
         anyhow::ensure!(frames > 0, "space-aware sampling needs at least one frame");
+        anyhow::ensure!((0.0..=100.0).contains(&params.conf_percentile), "confidence percentile {}: expected 0 to 100", params.conf_percentile);
         anyhow::ensure!(conf.len() % frames == 0 && points.len() == conf.len() * 3, "point map has {} values and confidence {}; expected 3 values per confidence for {frames} frames", points.len(), conf.len());
         anyhow::ensure!(!conf.is_empty(), "space-aware sampling needs points, and the frames have none");
         let per_frame = conf.len() / frames;
@@ -909,6 +910,15 @@ mod tests {
         points[30] = f32::INFINITY;
         let err = VoxelSets::build(&points, &[1.0; 100], 1, &SamplingParams { conf_percentile: 0.0, ..Default::default() }).unwrap_err();
         assert!(err.to_string().contains("infinity"), "{err}");
+    }
+
+    #[test]
+    fn a_percentile_outside_0_to_100_is_named_in_the_error() {
+        let points: Vec<f32> = (0..300).map(|i| (i % 17) as f32).collect();
+        for bad in [150.0, -1.0, f64::NAN] {
+            let err = VoxelSets::build(&points, &[1.0; 100], 1, &SamplingParams { conf_percentile: bad, ..Default::default() }).unwrap_err();
+            assert!(err.to_string().contains("expected 0 to 100"), "{bad}: {err}");
+        }
     }
 
     #[test]

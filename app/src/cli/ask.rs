@@ -10,7 +10,7 @@ use crate::pipeline::sample::space_aware;
 use crate::pipeline::source::{FrameCount, Source, SourceSpec, question_frames};
 use crate::pipeline::threads::Cancel;
 use crate::pipeline::weights::WeightsKind;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 use spatial_models::reconstruction::Reconstruction;
 use spatial_models::sampling::SamplingParams;
@@ -97,6 +97,9 @@ pub fn run(a: AskArgs) -> Result<i32> {
         other => bail!("--resize '{other}': expected qwen or none"),
     };
     let count: FrameCount = a.frames.parse()?;
+    ensure!(a.max_new_tokens >= 1, "--max-new-tokens 0: the answer needs at least one token");
+    let params = GenerationParams { max_new_tokens: a.max_new_tokens, temperature: a.temperature, top_p: a.top_p, seed: a.seed };
+    params.check().map_err(|e| anyhow::anyhow!("--{e}"))?;
     let sampling = a.sampling.as_str();
     if !matches!(sampling, "uniform" | "space-aware" | "sa") {
         bail!("--sampling '{sampling}': expected uniform or space-aware");
@@ -123,7 +126,7 @@ pub fn run(a: AskArgs) -> Result<i32> {
         format,
         system: Some(a.system.clone()),
         use_spatial: !a.base_model,
-        params: GenerationParams { max_new_tokens: a.max_new_tokens, temperature: a.temperature, top_p: a.top_p, seed: a.seed },
+        params,
         resize,
     };
     let mut stage_line: Option<(String, ProgressLine)> = None;

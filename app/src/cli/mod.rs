@@ -80,9 +80,10 @@ impl ProgressLine {
 
     pub fn update(&self, done: usize, total: usize) {
         let elapsed = self.start.elapsed().as_secs_f64();
-        let eta = if done > 0 { elapsed / done as f64 * (total - done) as f64 } else { f64::NAN };
+        // No ETA until a step has finished to time it by.
+        let eta = if done > 0 { format!("{:.1}s", elapsed / done as f64 * total.saturating_sub(done) as f64) } else { "...".to_string() };
         let fraction = if total > 0 { done as f64 / total as f64 } else { 0.0 };
-        eprint!("\r{} {} {done}/{total}  {elapsed:.1}s elapsed, ETA {eta:.1}s   ", self.label, Self::bar(fraction));
+        eprint!("\r\x1b[K{} {} {done}/{total}  {elapsed:.1}s elapsed, ETA {eta}   ", self.label, Self::bar(fraction));
         if done == total {
             eprintln!();
         }
@@ -91,7 +92,8 @@ impl ProgressLine {
     /// A stage with a fraction and an ETA (from the pipeline's progress).
     pub fn stage(&self, stage: &str, fraction: f64, eta_s: f64) {
         let elapsed = self.start.elapsed().as_secs_f64();
-        eprint!("\r\x1b[K{} {} {:3.0}%  {elapsed:.1}s elapsed, ETA {eta_s:.0}s  {stage}", self.label, Self::bar(fraction), fraction * 100.0);
+        let eta = if eta_s.is_finite() { format!("{eta_s:.0}s") } else { "...".to_string() };
+        eprint!("\r\x1b[K{} {} {:3.0}%  {elapsed:.1}s elapsed, ETA {eta}  {stage}", self.label, Self::bar(fraction), fraction * 100.0);
     }
 
     pub fn bytes(&self, file: &str, done: u64, total: u64) {

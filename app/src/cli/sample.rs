@@ -23,6 +23,7 @@ pub struct SampleArgs {
 }
 
 pub fn run(a: SampleArgs) -> Result<i32> {
+    anyhow::ensure!(a.k >= 1, "--k 0: pick at least one frame");
     let rec = Reconstruction::load(&a.geometry)?;
     let params = SamplingParams { k: a.k, conf_percentile: a.conf_percentile, ..Default::default() };
     let r = space_aware_sampling(&rec.world_points, &rec.world_points_conf, rec.frames, &params)?;

@@ -86,6 +86,15 @@ pub struct GenerationParams {
     pub seed: u64,
 }
 
+impl GenerationParams {
+    /// A clear error for settings no sampler can use (NaN or negative temperature, top-p outside (0, 1]).
+    pub fn check(&self) -> Result<()> {
+        ensure!(self.temperature.is_finite() && self.temperature >= 0.0, "temperature {}: expected 0 (greedy) or more", self.temperature);
+        ensure!(self.top_p > 0.0 && self.top_p <= 1.0, "top-p {}: expected more than 0 and at most 1", self.top_p);
+        Ok(())
+    }
+}
+
 impl Default for GenerationParams {
     fn default() -> Self {
         Self { max_new_tokens: 128, temperature: 0.0, top_p: 1.0, seed: 299792458 }
@@ -298,6 +307,7 @@ impl SpatialMllm {
         hidden_out: Option<&mut Option<Tensor>>,
     ) -> Result<Generation> {
         ensure!(!input_ids.is_empty(), "empty prompt");
+        params.check()?;
         let limit = self.config.max_position_embeddings as i64;
         ensure!(positions.max() + (params.max_new_tokens as i64) < limit, "the prompt reaches position {} and {} new tokens would pass the model's context of {limit} positions; use fewer frames or a shorter question", positions.max(), params.max_new_tokens);
         self.text.clear_cache();
