@@ -6,6 +6,7 @@
 use super::picking::{PickAt, PickQuery, PickResults};
 use super::renderer::PointCloudRender;
 use super::state::*;
+use super::ui::live_texture::{LiveTexture, Pixels};
 use crate::pipeline::inspect::{self, Pin};
 use bevy::prelude::*;
 use bevy::window::PrimaryWindow;
@@ -395,7 +396,7 @@ fn video_panel(
     geometry: Res<Geometry>,
     sampling: Res<SamplingState>,
     mut inspection: ResMut<Inspection>,
-    mut overlay_cache: Local<Option<(OverlayKey, egui::TextureHandle, (f32, f32))>>,
+    (mut overlay_key, mut overlay_texture, mut images): (Local<Option<(OverlayKey, (f32, f32))>>, Local<Option<LiveTexture>>, ResMut<Assets<Image>>),
     mut drag_from: Local<Option<egui::Pos2>>,
 ) -> Result {
     let ctx = contexts.ctx_mut()?.clone();
@@ -431,15 +432,12 @@ fn video_panel(
                 .map(|r| r.picks_in_order.clone())
                 .unwrap_or_default(),
         };
-        if overlay_cache.as_ref().is_none_or(|(k, _, _)| *k != key) {
+        if overlay_key.as_ref().is_none_or(|(k, _)| *k != key) {
             let (image, range) = overlay_image(&scene, &sampling, g, mode);
-            *overlay_cache = Some((
-                key,
-                ctx.load_texture("video overlay", image, egui::TextureOptions::NEAREST),
-                range,
-            ));
+            LiveTexture::show(&mut overlay_texture, Pixels::from_color_image(&image), true, &mut contexts, &mut images);
+            *overlay_key = Some((key, range));
         }
-        if let Some((_, tex, range)) = overlay_cache.as_ref() {
+        if let (Some((_, range)), Some(tex)) = (overlay_key.as_ref(), overlay_texture.as_ref()) {
             painter.image(
                 tex.id(),
                 rect,

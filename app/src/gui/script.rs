@@ -560,7 +560,10 @@ fn run_script(
                 if let Err(e) = crate::pipeline::fsio::check_writable(path) {
                     Outcome::Fail(format!("screenshot: {e:#}"))
                 } else {
-                    if now >= WARMUP_SECS && r.frames_in_step > 5 && idle {
+                    // A playing video is shot as it plays: waiting for its decoding to pause
+                    // could take a minute.
+                    let settled = idle || (player.playing && activity.is_idle_but_decoding());
+                    if now >= WARMUP_SECS && r.frames_in_step > 5 && settled {
                         // An older file of that name must not pass for the new screenshot.
                         let _ = std::fs::remove_file(path);
                         shots.write(ScreenshotRequest(path.clone()));

@@ -60,7 +60,12 @@ pub struct Activity {
 
 impl Activity {
     pub fn is_idle(&self) -> bool {
-        self.opening == 0 && self.jobs == 0 && self.decodes == 0 && self.vggt == 0 && self.chat == 0
+        self.decodes == 0 && self.is_idle_but_decoding()
+    }
+
+    /// Idle apart from decoding frames: a playing video always has a frame on its way.
+    pub fn is_idle_but_decoding(&self) -> bool {
+        self.opening == 0 && self.jobs == 0 && self.vggt == 0 && self.chat == 0
     }
 }
 

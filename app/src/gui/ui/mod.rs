@@ -3,6 +3,7 @@
 //! The 3D camera renders into whatever rectangle the panels leave.
 
 pub mod colorbar;
+pub(crate) mod live_texture;
 mod open_window;
 mod panels;
 
@@ -43,7 +44,9 @@ pub const SHORTCUTS: [(&str, &str); 15] = [
 #[derive(Resource, Default)]
 pub struct UiState {
     pub show_help: bool,
-    frame_texture: Option<(usize, egui::TextureHandle)>,
+    /// The video frame on screen, and which decoded buffer is in it (a scrub preview and the
+    /// exact frame share an index but not a buffer).
+    frame_texture: Option<(usize, live_texture::LiveTexture)>,
     /// The device and dtype chosen in the settings (applied with "Apply").
     device_choice: Option<(DeviceRequest, DTypeRequest)>,
     open_window: OpenWindow,
@@ -318,7 +321,7 @@ fn ui_system(
         MessageWriter<SetCompute>,
     ),
     (opts, mut save_state, mut export_out, mut relocating_seen): (Res<StartupOptions>, MessageWriter<SaveState>, MessageWriter<ExportRequest>, Local<Option<PathBuf>>),
-    (mut app_settings, shared_cache, mut load_vggt, mut load_mllm): (ResMut<Settings>, Res<SharedCache>, MessageWriter<LoadVggt>, MessageWriter<LoadMllm>),
+    (mut app_settings, shared_cache, mut load_vggt, mut load_mllm, mut images): (ResMut<Settings>, Res<SharedCache>, MessageWriter<LoadVggt>, MessageWriter<LoadMllm>, ResMut<Assets<Image>>),
 ) -> Result {
     let ctx = contexts.ctx_mut()?.clone();
     // A saved state whose source moved: the open window asks where it is now.
@@ -451,21 +454,16 @@ fn ui_system(
         egui::ScrollArea::vertical().show(ui, |ui| {
             ui.heading("Video");
             if let Some((idx, frame)) = player.shown.clone() {
-                // Upload the frame only when it changes (a scrub preview and the exact frame
-                // share an index but not a buffer).
+                // Upload the frame only when it changes.
                 let key = Arc::as_ptr(&frame) as usize;
-                let image = || egui::ColorImage::from_rgb([frame.width, frame.height], &frame.data);
-                match &mut state.frame_texture {
-                    Some((shown, tex)) if *shown != key => {
-                        tex.set(image(), egui::TextureOptions::LINEAR);
-                        *shown = key;
-                    }
-                    Some(_) => {}
-                    None => state.frame_texture = Some((key, ctx.load_texture("current frame", image(), egui::TextureOptions::LINEAR))),
+                if state.frame_texture.as_ref().is_none_or(|(shown, _)| *shown != key) {
+                    let mut slot = state.frame_texture.take().map(|(_, tex)| tex);
+                    live_texture::LiveTexture::show(&mut slot, live_texture::Pixels::from_rgb(frame.width, frame.height, &frame.data), false, &mut contexts, &mut images);
+                    state.frame_texture = slot.map(|tex| (key, tex));
                 }
                 if let Some((_, tex)) = &state.frame_texture {
                     let w = ui.available_width();
-                    let h = w * frame.height as f32 / frame.width as f32;
+                    let h = w * frame.height as f32 / frame.width.max(1) as f32;
                     // Sensing drags keeps the panel from scrolling while a region is dragged on it.
                     let r = ui.add(egui::Image::new((tex.id(), egui::vec2(w, h))).sense(egui::Sense::click_and_drag())).rect;
                     let panel = VideoPanel { rect: Some((Vec2::new(r.min.x, r.min.y), Vec2::new(r.max.x, r.max.y))), frame: idx };
