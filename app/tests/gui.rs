@@ -328,7 +328,8 @@ fn a_video_plays_and_is_reconstructed() {
     let script = format!(
         r#"{{"steps": [{{"load_weights": {{"vggt": "{}"}}}}, {{"set": {{"control": "vggt_frames", "value": 4}}}}, {{"open": "clip.mp4"}}, {{"wait_idle": 120}}, {{"seek": 20}}, {{"wait_idle": 30}},
             {{"wait_frames": 5}}, {{"dump_state": "state.json"}}, {{"screenshot": "video.png"}},
-            {{"seek": 19}}, {{"wait_idle": 30}}, {{"wait_frames": 3}}, {{"dump_state": "stepped-back.json"}}, {{"quit": true}}]}}"#,
+            {{"seek": 19}}, {{"wait_idle": 30}}, {{"wait_frames": 3}}, {{"dump_state": "stepped-back.json"}},
+            {{"seek": 3}}, {{"wait_idle": 30}}, {{"wait_frames": 3}}, {{"dump_state": "jumped-back.json"}}, {{"quit": true}}]}}"#,
         weights.display()
     );
     let out = run_script(&dir, &script);
@@ -342,12 +343,17 @@ fn a_video_plays_and_is_reconstructed() {
     assert_eq!(state["shown"]["preview"], false);
     assert_eq!((state["shown"]["width"].as_u64(), state["shown"]["height"].as_u64()), (Some(224), Some(168)));
     assert_eq!(state["scrub_previews"], 30, "{state}");
-    // A step back restarts the decoder at the keyframe (frame 0 in this clip) and keeps the
-    // frames decoded on the way, so the next steps back are ready.
+    // The frames read on the way to frame 20 are kept, so stepping back finds them ready.
     let back: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("stepped-back.json")).unwrap()).unwrap();
     assert_eq!((back["shown"]["frame"].as_u64(), back["shown"]["preview"].as_bool()), (Some(19), Some(false)), "{back}");
     let decoded: Vec<u64> = back["decoded_frames"].as_array().unwrap().iter().filter_map(|v| v.as_u64()).collect();
-    assert!((0..=19).all(|i| decoded.contains(&i)), "decoded after stepping back: {decoded:?}");
+    assert!((8..=19).all(|i| decoded.contains(&i)), "decoded after stepping back: {decoded:?}");
+    // A jump back past them restarts the decoder at the keyframe (frame 0 in this clip) and keeps
+    // the frames before the one asked for, so the next steps back are ready too.
+    let jumped: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("jumped-back.json")).unwrap()).unwrap();
+    assert_eq!((jumped["shown"]["frame"].as_u64(), jumped["shown"]["preview"].as_bool()), (Some(3), Some(false)), "{jumped}");
+    let decoded: Vec<u64> = jumped["decoded_frames"].as_array().unwrap().iter().filter_map(|v| v.as_u64()).collect();
+    assert!((0..=19).all(|i| decoded.contains(&i)), "decoded after jumping back: {decoded:?}");
     // The video panel shows a decoded frame (the test pattern has many colours).
     let img = load_rgb(&dir.join("video.png"));
     let colours: std::collections::HashSet<[u8; 3]> = (40..250).flat_map(|y| (10..290).map(move |x| (x, y))).map(|(x, y)| img.get_pixel(x, y).0).collect();
@@ -924,6 +930,33 @@ fn a_playing_video_never_blanks_the_panel() {
     // Playing moves forward (and loops at the end: a fast machine can get there within the dumps).
     let forward = frames.windows(2).filter(|w| w[1] > w[0]).count();
     assert!(forward * 2 >= frames.len(), "the video did not play: {frames:?}");
+}
+
+/// At normal speed the exact frames are on screen while a video plays, not their low-resolution
+/// scrub previews: the frames due next are decoded before they are due.
+#[test]
+fn a_playing_video_shows_its_exact_frames() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmp_dir("playing-exact");
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25", "-frames:v", "500", "-c:v", "libx264", "-g", "250", "-pix_fmt", "yuv420p", "clip.mp4"])
+        .current_dir(&dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut steps = vec![serde_json::json!({"open": "clip.mp4"}), serde_json::json!({"wait_idle": 60}), serde_json::json!({"set": {"control": "playing", "value": true}}), serde_json::json!({"wait_frames": 20})];
+    for i in 0..16 {
+        steps.push(serde_json::json!({"wait_frames": 3}));
+        steps.push(serde_json::json!({"dump_state": format!("p{i}.json")}));
+    }
+    steps.push(serde_json::json!({"quit": true}));
+    let out = run_script(&dir, &serde_json::json!({"steps": steps}).to_string());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let states: Vec<serde_json::Value> = (0..16).map(|i| read_json(&dir.join(format!("p{i}.json")))).collect();
+    let exact = states.iter().filter(|s| s["shown"]["preview"] == false && s["shown"]["frame"] == s["frame"]).count();
+    let frames: Vec<_> = states.iter().map(|s| (s["frame"].as_u64().unwrap(), s["shown"]["preview"].as_bool().unwrap())).collect();
+    assert!(exact * 4 >= 3 * states.len(), "exact frames at {exact} of {} dumps while playing (frame, preview): {frames:?}", states.len());
+    assert!(frames.last().unwrap().0 > frames[0].0, "the video did not play: {frames:?}");
 }
 
 /// Reconstruction on demand and a sampler with a choice: a video is reconstructed at more

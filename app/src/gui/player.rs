@@ -27,6 +27,8 @@ pub struct Player {
     accumulated: f32,
     cache: VecDeque<(usize, Arc<RgbFrame>)>,
     requested: Option<usize>,
+    /// The frame asked for ahead of `current` while a video plays.
+    requested_ahead: Option<usize>,
     /// The frame on screen (may lag `current` while a decode is in flight).
     pub shown: Option<(usize, Arc<RgbFrame>)>,
     /// `shown` is a low-resolution scrub preview near `current`, the exact frame is on its way.
@@ -48,6 +50,7 @@ impl Player {
         self.shown_is_preview = false;
         self.frame_error = None;
         self.requested = None;
+        self.requested_ahead = None;
         self.previews = match &source {
             Source::Video(info) => ScrubPreviews::start(info),
             _ => ScrubPreviews::default(),
@@ -97,7 +100,7 @@ fn on_opened(mut opened: MessageReader<SourceOpened>, mut player: ResMut<Player>
 }
 
 /// Makes `shown` follow `current`: geometry frames directly, file frames via the decoder.
-fn update_shown(mut player: ResMut<Player>, mut worker: ResMut<Worker>, mut activity: ResMut<Activity>, mut decoded: MessageReader<FrameDecoded>, mut failed: MessageReader<DecodeFailed>) {
+fn update_shown(time: Res<Time>, mut player: ResMut<Player>, mut worker: ResMut<Worker>, mut activity: ResMut<Activity>, mut decoded: MessageReader<FrameDecoded>, mut failed: MessageReader<DecodeFailed>) {
     let player = &mut *player;
     for FrameDecoded(index, frame, source) in decoded.read() {
         // A frame of what was open before (decoded while the user opened something else).
@@ -116,6 +119,9 @@ fn update_shown(mut player: ResMut<Player>, mut worker: ResMut<Worker>, mut acti
         if player.requested == Some(*index) {
             player.requested = None;
         }
+        if player.requested_ahead == Some(*index) {
+            player.requested_ahead = None;
+        }
     }
     for DecodeFailed(index, why) in failed.read() {
         if player.requested == Some(*index) {
@@ -124,6 +130,14 @@ fn update_shown(mut player: ResMut<Player>, mut worker: ResMut<Worker>, mut acti
         }
     }
     player.previews.receive();
+    follow_current(player, &mut worker, &mut activity);
+    // After the current frame's request: a newer request supersedes an older one still queued,
+    // and a read ahead returns the frames on its way, the current one among them.
+    read_ahead(player, &mut worker, &mut activity, time.delta_secs());
+}
+
+/// Makes `shown` the current frame, or its preview while the frame decodes.
+fn follow_current(player: &mut Player, worker: &mut Worker, activity: &mut Activity) {
     let current = player.current;
     if player.shows_current() {
         return;
@@ -155,7 +169,7 @@ fn update_shown(mut player: ResMut<Player>, mut worker: ResMut<Worker>, mut acti
                     Source::Folder(info) => FrameRef::Image(info.files[current].clone()),
                     Source::Geometry(_) => unreachable!(),
                 };
-                worker.request_decode(&mut activity, current, frame);
+                worker.request_decode(activity, current, frame);
             }
             // While it decodes, scrubbing shows the frame's preview at once; otherwise the last
             // good frame stays until the exact one arrives.
@@ -166,6 +180,34 @@ fn update_shown(mut player: ResMut<Player>, mut worker: ResMut<Worker>, mut acti
         }
     }
 }
+
+/// While a video plays, asks for the frames due in the next few display frames before they are
+/// due: asking for each frame only once it is current showed its low-resolution preview whenever
+/// the video advanced every display frame (fast playback, or a slow display). The decoder hands
+/// over the frames it reads on the way, so one request fills the cache up to the frame asked for.
+fn read_ahead(player: &mut Player, worker: &mut Worker, activity: &mut Activity, frame_secs: f32) {
+    let Some(Source::Video(info)) = &player.source else { return };
+    let current = player.current;
+    if !player.playing || player.frame_count == 0 {
+        return;
+    }
+    // Two display frames' worth of video, and at least two frames.
+    let per_display_frame = frame_secs.clamp(0.0, 0.25) * player.speed * player.fps;
+    let lead = ((2.0 * per_display_frame).ceil() as usize).clamp(2, READ_AHEAD_MAX);
+    let target = (current + lead).min(player.frame_count - 1);
+    let stale = player.requested_ahead.is_some_and(|r| r <= current || r > current + READ_AHEAD_MAX);
+    if stale {
+        player.requested_ahead = None;
+    }
+    if target <= current || player.requested_ahead.is_some() || player.cache.iter().any(|(i, _)| *i == target) {
+        return;
+    }
+    player.requested_ahead = Some(target);
+    worker.request_decode(activity, target, FrameRef::Video(info.clone(), target));
+}
+
+/// The furthest ahead a playing video is decoded (the decoder keeps at most 16 frames on the way).
+const READ_AHEAD_MAX: usize = 12;
 
 fn playback(time: Res<Time>, mut player: ResMut<Player>) {
     if !player.playing || player.frame_count == 0 {

@@ -280,6 +280,8 @@ struct Decoded {
 
 /// Frames kept before a frame that needed a restart, once the user steps or scrubs backwards.
 const DECODE_BEHIND: usize = 24;
+/// Frames kept of those read on the way to a frame ahead (playback asks a few frames ahead).
+const DECODE_AHEAD_KEPT: usize = 16;
 
 fn spawn_decoder() -> (Sender<(usize, FrameRef)>, Receiver<Decoded>, std::thread::JoinHandle<()>) {
     let (dec_tx, dec_rx) = unbounded::<(usize, FrameRef)>();
@@ -316,7 +318,8 @@ fn spawn_decoder() -> (Sender<(usize, FrameRef)>, Receiver<Decoded>, std::thread
                             *stream = crate::pipeline::video::VideoStream::open((**info).clone(), Some(DISPLAY_MAX_WIDTH)).ok();
                         }
                         let one_pass = || info.decode(&[*n], Some(DISPLAY_MAX_WIDTH)).map(|mut v| vec![(*n, v.remove(0))]);
-                        match stream.as_mut().map(|s| s.frame_with_preceding(*n, if backwards { DECODE_BEHIND } else { 0 })) {
+                        let frames = stream.as_mut().map(|s| if backwards { s.frame_with_preceding(*n, DECODE_BEHIND) } else { s.frames_through(*n, DECODE_AHEAD_KEPT) });
+                        match frames {
                             Some(Ok(frames)) => Ok(frames),
                             // Containers whose timestamps do not seek exactly fall back to one pass.
                             Some(Err(_)) | None => one_pass(),

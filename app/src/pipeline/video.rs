@@ -338,6 +338,24 @@ impl VideoStream {
         Ok(frames)
     }
 
+    /// Displayed frame `n`, preceded (oldest first) by up to `keep` of the frames read on the way
+    /// when `n` lies ahead of the running decoder: those are decoded and scaled anyway, so a
+    /// playing video gets the frames before the one it asked for at no cost. A jump gives `n` alone.
+    pub fn frames_through(&mut self, n: usize, keep: usize) -> Result<Vec<(usize, RgbFrame)>> {
+        if n >= self.info.frames || !self.reachable(n) {
+            return Ok(vec![(n, self.frame(n)?)]);
+        }
+        let mut frames = Vec::with_capacity((n + 1 - self.next).min(keep + 1));
+        while self.next <= n {
+            let index = self.next;
+            let frame = self.read_one()?;
+            if n - index <= keep {
+                frames.push((index, frame));
+            }
+        }
+        Ok(frames)
+    }
+
     fn reachable(&self, n: usize) -> bool {
         self.process.is_some() && n >= self.next && n - self.next <= DECODE_FORWARD_LIMIT
     }
@@ -486,6 +504,15 @@ mod tests {
                 assert_eq!(got.first().map(|(i, _)| *i), Some(n.saturating_sub(behind).max(keyframe)), "{}: frames before {n}", info.path.display());
                 for (i, f) in &got {
                     assert_eq!(f.data, all[*i].data, "{}: frame {i} before {n}", info.path.display());
+                }
+            }
+            // Reading ahead (a playing video) hands over the frames on the way, at most `keep`;
+            // a jump gives the frame alone.
+            for (n, keep, first) in [(60usize, 16usize, 51usize), (90, 5, 85), (10, 16, 10)] {
+                let got = stream.frames_through(n, keep).unwrap();
+                assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), (first..=n).collect::<Vec<_>>(), "{}: frames through {n}", info.path.display());
+                for (i, f) in &got {
+                    assert_eq!(f.data, all[*i].data, "{}: frame {i} on the way to {n}", info.path.display());
                 }
             }
         }
