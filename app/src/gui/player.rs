@@ -283,6 +283,7 @@ mod tests {
         app.add_message::<DecodeFailed>();
         app.insert_resource(super::super::tasks::spawn_threads());
         app.insert_resource(player);
+        app.init_resource::<Time>();
         app.add_systems(Update, update_shown);
         app
     }
@@ -320,5 +321,29 @@ mod tests {
         assert!(!player.shows_current());
         assert_eq!(player.frame_error.as_ref().map(|(i, e)| (*i, e.as_str())), Some((4, "truncated")));
         assert_eq!(player.requested, None);
+    }
+
+    /// A playing video asks for the frames just ahead while the current one is on screen, one
+    /// request at a time; a paused one asks for nothing.
+    #[test]
+    fn a_playing_video_reads_ahead_one_request_at_a_time() {
+        let frame = |v: u8| Arc::new(RgbFrame::new(4, 2, vec![v; 24]));
+        let player = |playing| Player { source: Some(Source::Video(video("/videos/a.mp4"))), frame_count: 10, fps: 10.0, speed: 1.0, current: 3, cache: VecDeque::from([(3, frame(3))]), playing, ..default() };
+        let mut paused = app_with(player(false));
+        paused.update();
+        assert_eq!(paused.world().resource::<Activity>().decodes, 0);
+        assert_eq!(paused.world().resource::<Player>().requested_ahead, None);
+
+        let mut app = app_with(player(true));
+        app.update();
+        app.update();
+        let ahead = app.world().resource::<Player>().requested_ahead.expect("a frame ahead is asked for");
+        assert!(ahead > 3 && ahead <= 3 + READ_AHEAD_MAX, "{ahead}");
+        assert!(app.world().resource::<Player>().shows_current());
+        assert_eq!(app.world().resource::<Activity>().decodes, 1, "one request at a time");
+        app.world_mut().write_message(FrameDecoded(ahead, frame(9), "/videos/a.mp4".into()));
+        app.update();
+        assert_ne!(app.world().resource::<Player>().requested_ahead, Some(ahead));
+        assert!(app.world().resource::<Player>().cached_frames().contains(&ahead));
     }
 }
