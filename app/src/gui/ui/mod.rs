@@ -427,7 +427,8 @@ fn ui_system(
     egui::Panel::bottom("timeline").exact_size(96.0).show(&mut root, |ui| {
         ui.horizontal(|ui| {
             let label = if player.playing { "Pause" } else { "Play" };
-            if ui.button(label).clicked() {
+            // One width for both labels: the controls after it must not jump when it toggles.
+            if ui.add(egui::Button::new(label).min_size(egui::vec2(44.0, 0.0))).clicked() {
                 player.playing = !player.playing;
             }
             if ui.button("<").on_hover_text("previous frame").clicked() {
