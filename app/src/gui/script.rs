@@ -395,7 +395,8 @@ fn run_script(
     r.frames_in_step += 1;
     let waited = now - r.started;
     let first = r.frames_in_step == 1;
-    let idle = activity.is_idle();
+    // A playing video always has a frame on its way: its decoding is not work to wait for.
+    let idle = activity.is_idle() || (player.playing && activity.is_idle_but_decoding());
     // Steps that hand work to a background thread finish once it is idle again, and fail if the
     // work reported an error meanwhile.
     let settled = |busy: bool, limit_s: f32, what: &str| -> Outcome {
@@ -560,10 +561,7 @@ fn run_script(
                 if let Err(e) = crate::pipeline::fsio::check_writable(path) {
                     Outcome::Fail(format!("screenshot: {e:#}"))
                 } else {
-                    // A playing video is shot as it plays: waiting for its decoding to pause
-                    // could take a minute.
-                    let settled = idle || (player.playing && activity.is_idle_but_decoding());
-                    if now >= WARMUP_SECS && r.frames_in_step > 5 && settled {
+                    if now >= WARMUP_SECS && r.frames_in_step > 5 && idle {
                         // An older file of that name must not pass for the new screenshot.
                         let _ = std::fs::remove_file(path);
                         shots.write(ScreenshotRequest(path.clone()));
