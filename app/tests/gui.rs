@@ -932,6 +932,41 @@ fn a_playing_video_never_blanks_the_panel() {
     assert!(forward * 2 >= frames.len(), "the video did not play: {frames:?}");
 }
 
+/// Playing into the broken end of a truncated video stops at its first undecodable frame, with
+/// the last good frame on screen (exact) and the error named, instead of failing at every frame.
+#[test]
+fn playback_stops_at_the_first_broken_frame_of_a_truncated_video() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmp_dir("truncated");
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-frames:v", "200", "-c:v", "libx264", "-g", "250", "-pix_fmt", "yuv420p", "-movflags", "+faststart", "whole.mp4"])
+        .current_dir(&dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The index comes first (faststart), so cutting the file in half leaves a video whose later
+    // frames are missing.
+    let whole = std::fs::read(dir.join("whole.mp4")).unwrap();
+    std::fs::write(dir.join("clip.mp4"), &whole[..whole.len() / 2]).unwrap();
+    let probe = Command::new("ffprobe").args(["-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0", "clip.mp4"]).current_dir(&dir).output().unwrap();
+    let decodable: u64 = String::from_utf8_lossy(&probe.stdout).trim().parse().unwrap_or_else(|e| panic!("ffprobe: {e}: {}", String::from_utf8_lossy(&probe.stdout)));
+    assert!(decodable > 20 && decodable < 190, "{decodable} decodable frames");
+    let script = serde_json::json!({"steps": [{"open": "clip.mp4"}, {"wait_idle": 60}, {"seek": decodable - 20}, {"wait_idle": 30},
+        {"set": {"control": "speed", "value": 2.0}}, {"set": {"control": "playing", "value": true}}, {"wait_frames": 150}, {"dump_state": "state.json"}, {"quit": true}]});
+    let out = run_script(&dir, &script.to_string());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let state = read_json(&dir.join("state.json"));
+    assert_eq!(state["frame_count"], 200, "{state}");
+    assert_eq!(state["playing"], false, "{state}");
+    assert_eq!(state["frame"], decodable, "{state}");
+    assert_eq!(state["frame_error"]["frame"], decodable, "{state}");
+    assert!(state["frame_error"]["error"].as_str().unwrap().contains("clip.mp4"), "{state}");
+    assert_eq!((state["shown"]["frame"].as_u64(), state["shown"]["preview"].as_bool()), (Some(decodable - 1), Some(false)), "{state}");
+    let errors = String::from_utf8_lossy(&out.stderr).matches("error: ").count();
+    // A few superseded requests fail too; playing on would add one for every frame after the break.
+    assert!(errors <= 10, "{errors} errors reported while playing into the break");
+}
+
 /// At normal speed the exact frames are on screen while a video plays, not their low-resolution
 /// scrub previews: the frames due next are decoded before they are due. A script's `wait_idle`
 /// does not wait for a playing video's decoding, which never pauses.

@@ -29,6 +29,12 @@ pub struct Player {
     requested: Option<usize>,
     /// The frame asked for ahead of `current` while a video plays.
     requested_ahead: Option<usize>,
+    /// A frame ahead that failed to decode: until playback reaches it, frames are asked for one
+    /// at a time, so the first broken one is found and playback stops there.
+    ahead_failed: Option<usize>,
+    /// Playback stopped at a broken frame (and why) with frames before it not yet decoded: they
+    /// are stepped through one by one until the first that fails, or this one.
+    probing_to: Option<(usize, String)>,
     /// The frame on screen (may lag `current` while a decode is in flight).
     pub shown: Option<(usize, Arc<RgbFrame>)>,
     /// `shown` is a low-resolution scrub preview near `current`, the exact frame is on its way.
@@ -51,6 +57,8 @@ impl Player {
         self.frame_error = None;
         self.requested = None;
         self.requested_ahead = None;
+        self.ahead_failed = None;
+        self.probing_to = None;
         self.previews = match &source {
             Source::Video(info) => ScrubPreviews::start(info),
             _ => ScrubPreviews::default(),
@@ -59,6 +67,7 @@ impl Player {
     }
 
     pub fn seek(&mut self, frame: usize) {
+        self.probing_to = None;
         if self.frame_count > 0 {
             self.current = frame.min(self.frame_count - 1);
         }
@@ -124,16 +133,51 @@ fn update_shown(time: Res<Time>, mut player: ResMut<Player>, mut worker: ResMut<
         }
     }
     for DecodeFailed(index, why) in failed.read() {
-        if player.requested == Some(*index) {
+        let index = *index;
+        if player.requested_ahead == Some(index) {
+            player.requested_ahead = None;
+            player.ahead_failed = Some(index);
+            continue;
+        }
+        // Playing on would fail at every later frame of a broken file: stop at the first. The
+        // failure may arrive after playback moved past the frame.
+        if player.playing && index <= player.current {
+            player.playing = false;
+            // Right after the last frame decoded before it: the frames in between may be broken
+            // too (their requests were superseded), and asking for the first of them tells.
+            let last_good = player.cache.iter().map(|(i, _)| *i).filter(|&i| i < index && index - i <= READ_AHEAD_MAX + 1).max();
+            player.current = last_good.map_or(index, |g| g + 1);
+            player.requested = (player.current == index).then_some(index);
+            player.probing_to = (player.current < index).then(|| (index, why.clone()));
+        }
+        if player.requested == Some(index) {
             player.requested = None;
-            player.frame_error = Some((*index, why.clone()));
+            player.frame_error = Some((index, why.clone()));
         }
     }
     player.previews.receive();
+    probe_towards_break(player);
     follow_current(player, &mut worker, &mut activity);
     // After the current frame's request: a newer request supersedes an older one still queued,
     // and a read ahead returns the frames on its way, the current one among them.
     read_ahead(player, &mut worker, &mut activity, time.delta_secs());
+}
+
+/// After playback stopped at a broken frame: steps on from the last good frame, one decoded
+/// frame at a time, so it ends at the first frame that fails.
+fn probe_towards_break(player: &mut Player) {
+    let Some((broken, why)) = player.probing_to.clone() else { return };
+    let current = player.current;
+    if player.playing || player.frame_error.as_ref().is_some_and(|(i, _)| *i == current) {
+        player.probing_to = None;
+    } else if player.shows_current() {
+        player.current += 1;
+        if player.current >= broken {
+            player.current = broken;
+            player.frame_error = Some((broken, why));
+            player.probing_to = None;
+        }
+    }
 }
 
 /// Makes `shown` the current frame, or its preview while the frame decodes.
@@ -160,7 +204,15 @@ fn follow_current(player: &mut Player, worker: &mut Worker, activity: &mut Activ
                 return;
             }
             if player.frame_error.as_ref().is_some_and(|(i, _)| *i == current) {
-                return; // it failed: keep what is on screen, the error says why
+                // It failed: the last good frame before it stays (exact, when decoded), the
+                // error says why.
+                if player.shown_is_preview
+                    && let Some((i, f)) = player.cache.iter().filter(|(i, _)| *i < current).max_by_key(|(i, _)| *i)
+                {
+                    player.shown = Some((*i, f.clone()));
+                    player.shown_is_preview = false;
+                }
+                return;
             }
             if player.requested != Some(current) {
                 player.requested = Some(current);
@@ -187,6 +239,7 @@ fn follow_current(player: &mut Player, worker: &mut Worker, activity: &mut Activ
 /// over the frames it reads on the way, so one request fills the cache up to the frame asked for.
 fn read_ahead(player: &mut Player, worker: &mut Worker, activity: &mut Activity, frame_secs: f32) {
     let Some(Source::Video(info)) = &player.source else { return };
+    let info = info.clone();
     let current = player.current;
     if !player.playing || player.frame_count == 0 {
         return;
@@ -195,6 +248,10 @@ fn read_ahead(player: &mut Player, worker: &mut Worker, activity: &mut Activity,
     let per_display_frame = frame_secs.clamp(0.0, 0.25) * player.speed * player.fps;
     let lead = ((2.0 * per_display_frame).ceil() as usize).clamp(2, READ_AHEAD_MAX);
     let target = (current + lead).min(player.frame_count - 1);
+    if player.ahead_failed.is_some_and(|f| f >= current && f <= current + READ_AHEAD_MAX) {
+        return;
+    }
+    player.ahead_failed = None;
     let stale = player.requested_ahead.is_some_and(|r| r <= current || r > current + READ_AHEAD_MAX);
     if stale {
         player.requested_ahead = None;
@@ -203,7 +260,7 @@ fn read_ahead(player: &mut Player, worker: &mut Worker, activity: &mut Activity,
         return;
     }
     player.requested_ahead = Some(target);
-    worker.request_decode(activity, target, FrameRef::Video(info.clone(), target));
+    worker.request_decode(activity, target, FrameRef::Video(info, target));
 }
 
 /// The furthest ahead a playing video is decoded (the decoder keeps at most 16 frames on the way).
@@ -308,11 +365,11 @@ mod tests {
     }
 
     /// A frame that cannot be decoded leaves the last good frame on screen (under its own number)
-    /// and records why; it is not asked for again every frame.
+    /// and records why; it is not asked for again every frame, and a playing video stops there.
     #[test]
     fn a_frame_that_fails_to_decode_keeps_the_last_good_one_labelled() {
         let good = Arc::new(RgbFrame::new(4, 2, vec![7; 24]));
-        let mut app = app_with(Player { source: Some(Source::Video(video("/videos/a.mp4"))), frame_count: 10, current: 4, requested: Some(4), shown: Some((3, good)), ..default() });
+        let mut app = app_with(Player { source: Some(Source::Video(video("/videos/a.mp4"))), frame_count: 10, fps: 10.0, speed: 1.0, current: 4, requested: Some(4), shown: Some((3, good)), playing: true, ..default() });
         app.world_mut().write_message(DecodeFailed(4, "truncated".into()));
         app.update();
         app.update();
@@ -321,6 +378,40 @@ mod tests {
         assert!(!player.shows_current());
         assert_eq!(player.frame_error.as_ref().map(|(i, e)| (*i, e.as_str())), Some((4, "truncated")));
         assert_eq!(player.requested, None);
+        // Playback stops at the broken frame rather than failing at every one after it, also when
+        // the failure arrives after playback moved on.
+        assert!(!player.playing);
+        assert_eq!(player.current, 4);
+        let good = Arc::new(RgbFrame::new(4, 2, vec![7; 24]));
+        let mut app = app_with(Player { source: Some(Source::Video(video("/videos/a.mp4"))), frame_count: 10, fps: 10.0, speed: 1.0, current: 6, requested: Some(6), shown: Some((3, good)), playing: true, ..default() });
+        app.world_mut().write_message(DecodeFailed(4, "truncated".into()));
+        app.update();
+        let player = app.world().resource::<Player>();
+        assert!(!player.playing);
+        assert_eq!(player.current, 4);
+        assert_eq!(player.frame_error.as_ref().map(|(i, _)| *i), Some(4));
+        // With frames decoded just before it, playback stops right after the last of them, and
+        // that frame is asked for: it may be the first broken one.
+        let frame = |v: u8| Arc::new(RgbFrame::new(4, 2, vec![v; 24]));
+        let mut app = app_with(Player { source: Some(Source::Video(video("/videos/a.mp4"))), frame_count: 10, fps: 10.0, speed: 1.0, current: 7, requested: Some(7), cache: VecDeque::from([(2, frame(2)), (3, frame(3))]), playing: true, ..default() });
+        app.world_mut().write_message(DecodeFailed(6, "truncated".into()));
+        app.update();
+        let player = app.world().resource::<Player>();
+        assert!(!player.playing);
+        assert_eq!((player.current, player.requested), (4, Some(4)));
+        assert!(player.frame_error.is_none());
+        // Frame 4 decodes: on to 5, which fails: that is where it stays.
+        app.world_mut().write_message(FrameDecoded(4, frame(4), "/videos/a.mp4".into()));
+        app.update();
+        app.update();
+        assert_eq!(app.world().resource::<Player>().current, 5);
+        app.world_mut().write_message(DecodeFailed(5, "truncated".into()));
+        app.update();
+        app.update();
+        let player = app.world().resource::<Player>();
+        assert_eq!(player.current, 5);
+        assert_eq!(player.frame_error.as_ref().map(|(i, _)| *i), Some(5));
+        assert_eq!(player.shown.as_ref().map(|(i, _)| *i), Some(4));
     }
 
     /// A playing video asks for the frames just ahead while the current one is on screen, one

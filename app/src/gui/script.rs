@@ -644,6 +644,7 @@ fn run_script(
                 });
                 let json = serde_json::json!({
                     "frame": player.current,
+                    "playing": player.playing,
                     "frame_count": player.frame_count,
                     "scrub_previews": player.previews.len(),
                     "decoded_frames": player.cached_frames(),
