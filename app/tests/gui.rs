@@ -541,6 +541,20 @@ fn slow_clip(dir: &Path) -> PathBuf {
     clip
 }
 
+/// An H.264 test-pattern clip (`testsrc2`) written to `dir/name`, with extra encoder options.
+fn test_pattern_clip(dir: &Path, name: &str, size: &str, rate: u32, frames: usize, options: &[&str]) -> PathBuf {
+    let path = dir.join(name);
+    let source = format!("testsrc2=size={size}:rate={rate}");
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", &source, "-frames:v", &frames.to_string(), "-c:v", "libx264", "-pix_fmt", "yuv420p"])
+        .args(options)
+        .arg(&path)
+        .status()
+        .expect("ffmpeg is needed (apt-get install ffmpeg)");
+    assert!(status.success(), "ffmpeg could not write {}", path.display());
+    path
+}
+
 fn vggt_tiny() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/vggt-tiny")
 }
@@ -897,12 +911,7 @@ fn a_startup_load_error_reaches_the_chat_panel() {
 fn a_playing_video_never_blanks_the_panel() {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tmp_dir("playing");
-    let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30", "-frames:v", "300", "-c:v", "libx264", "-g", "60", "-pix_fmt", "yuv420p", "clip.mp4"])
-        .current_dir(&dir)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    test_pattern_clip(&dir, "clip.mp4", "640x360", 30, 300, &["-g", "60"]);
     let mut steps = vec![serde_json::json!({"open": "clip.mp4"}), serde_json::json!({"wait_idle": 60}), serde_json::json!({"set": {"control": "speed", "value": 4.0}}), serde_json::json!({"set": {"control": "playing", "value": true}})];
     for i in 0..12 {
         steps.push(serde_json::json!({"wait_frames": 2}));
@@ -938,12 +947,7 @@ fn a_playing_video_never_blanks_the_panel() {
 fn playback_stops_at_the_first_broken_frame_of_a_truncated_video() {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tmp_dir("truncated");
-    let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-frames:v", "200", "-c:v", "libx264", "-g", "250", "-pix_fmt", "yuv420p", "-movflags", "+faststart", "whole.mp4"])
-        .current_dir(&dir)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    test_pattern_clip(&dir, "whole.mp4", "320x240", 25, 200, &["-g", "250", "-movflags", "+faststart"]);
     // The index comes first (faststart), so cutting the file in half leaves a video whose later
     // frames are missing.
     let whole = std::fs::read(dir.join("whole.mp4")).unwrap();
@@ -974,12 +978,7 @@ fn playback_stops_at_the_first_broken_frame_of_a_truncated_video() {
 fn a_playing_video_shows_its_exact_frames() {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tmp_dir("playing-exact");
-    let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25", "-frames:v", "500", "-c:v", "libx264", "-g", "250", "-pix_fmt", "yuv420p", "clip.mp4"])
-        .current_dir(&dir)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    test_pattern_clip(&dir, "clip.mp4", "640x360", 25, 500, &["-g", "250"]);
     let mut steps = vec![serde_json::json!({"open": "clip.mp4"}), serde_json::json!({"wait_idle": 60}), serde_json::json!({"set": {"control": "playing", "value": true}}), serde_json::json!({"wait_frames": 20}), serde_json::json!({"wait_idle": 10})];
     for i in 0..16 {
         steps.push(serde_json::json!({"wait_frames": 3}));
